@@ -1,0 +1,267 @@
+"""Environment specs: the ``envs/*.toml`` files, as frozen dataclasses validated on load.
+
+A spec file maps one to one onto :class:`EnvSpec`; its tables ``[episode]``, ``[reward]`` and
+``[workloads]`` onto :class:`EpisodeSpec`, :class:`RewardSpec` and :class:`WorkloadSet`, and each
+``[workloads.define.NAME]`` table onto a :class:`rlagent.workloads.WorkloadSpec`. Anything
+missing, mistyped, unknown or out of range is refused with a :class:`SpecError` naming the field
+and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from rlagent.errors import SpecError
+from rlagent.workloads import BUILTIN_WORKLOADS, WorkloadSpec, check_range
+
+ACTIONS = ("discrete", "continuous")
+REWARDS = ("val_acc", "best_improvement", "final")
+COST_UNITS = ("steps", "seconds")
+
+
+def _check_type(name: str, value: Any, types_: tuple[type, ...], allowed: str) -> None:
+    if isinstance(value, bool) and bool not in types_:
+        raise SpecError(name, value, allowed)
+    if not isinstance(value, types_):
+        raise SpecError(name, value, allowed)
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """How one episode (one training run) goes."""
+
+    epochs: int | None = None
+    """Epochs per episode; None uses each workload's own budget."""
+    action: str = "discrete"
+    """``discrete``: MultiDiscrete([5, 3]), LR ×{¼,½,1,2,4} and batch size ×{½,1,2};
+    ``continuous``: Box(-1, 1, (2,)), LR ×4^a and batch size ×2^b."""
+    lr_range: tuple[float, float] | None = None
+    """Learning-rate range the agent moves within; None uses each workload's own."""
+    batch_size_range: tuple[int, int] | None = None
+    """Batch-size range the agent moves within; None uses each workload's own."""
+    init_lr: float | str = 1e-3
+    """Learning rate of the first epoch, or ``"sample"`` for log-uniform in the range."""
+    init_batch_size: int | str = 32
+    """Batch size of the first epoch, or ``"sample"`` for a power of two in the range."""
+
+    def __post_init__(self) -> None:
+        if self.epochs is not None:
+            _check_type("episode.epochs", self.epochs, (int,), "an integer >= 1")
+            if self.epochs < 1:
+                raise SpecError("episode.epochs", self.epochs, "an integer >= 1")
+        if self.action not in ACTIONS:
+            raise SpecError("episode.action", self.action, f"one of {ACTIONS}")
+        if self.lr_range is not None:
+            check_range("episode.lr_range", self.lr_range, positive=True)
+            object.__setattr__(self, "lr_range", tuple(float(v) for v in self.lr_range))
+        if self.batch_size_range is not None:
+            check_range("episode.batch_size_range", self.batch_size_range, positive=True, integer=True)
+            object.__setattr__(self, "batch_size_range", tuple(self.batch_size_range))
+        if self.init_lr != "sample":
+            _check_type("episode.init_lr", self.init_lr, (int, float), "a number > 0 or 'sample'")
+            if not (self.init_lr > 0 and math.isfinite(self.init_lr)):
+                raise SpecError("episode.init_lr", self.init_lr, "a number > 0 or 'sample'")
+            if self.lr_range and not self.lr_range[0] <= self.init_lr <= self.lr_range[1]:
+                raise SpecError("episode.init_lr", self.init_lr, f"a value inside lr_range {self.lr_range}")
+        if self.init_batch_size != "sample":
+            _check_type("episode.init_batch_size", self.init_batch_size, (int,), "an integer >= 1 or 'sample'")
+            if self.init_batch_size < 1:
+                raise SpecError("episode.init_batch_size", self.init_batch_size, "an integer >= 1 or 'sample'")
+            bs = self.batch_size_range
+            if bs and not bs[0] <= self.init_batch_size <= bs[1]:
+                raise SpecError(
+                    "episode.init_batch_size", self.init_batch_size, f"a value inside batch_size_range {bs}"
+                )
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    """What the agent is paid for."""
+
+    mode: str = "val_acc"
+    """``val_acc``: validation accuracy every epoch (area under the curve);
+    ``best_improvement``: increase of the best validation accuracy (sums to the final best);
+    ``final``: validation accuracy at the last epoch only."""
+    cost_weight: float = 0.0
+    """Subtracted per epoch: ``cost_weight × cost``; 0 ignores compute."""
+    cost_unit: str = "steps"
+    """``steps``: optimiser steps / 100 (deterministic); ``seconds``: epoch wall time."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in REWARDS:
+            raise SpecError("reward.mode", self.mode, f"one of {REWARDS}")
+        _check_type("reward.cost_weight", self.cost_weight, (int, float), "a number >= 0")
+        if not (self.cost_weight >= 0 and math.isfinite(self.cost_weight)):
+            raise SpecError("reward.cost_weight", self.cost_weight, "a finite number >= 0")
+        if self.cost_unit not in COST_UNITS:
+            raise SpecError("reward.cost_unit", self.cost_unit, f"one of {COST_UNITS}")
+
+
+@dataclass(frozen=True)
+class WorkloadSet:
+    """Which workloads the agent trains on and which it must never see."""
+
+    train: tuple[str, ...]
+    """Workloads episodes are drawn from during training."""
+    heldout: tuple[str, ...] = ()
+    """Workloads kept for evaluation only; never trained on."""
+    define: Mapping[str, WorkloadSpec] = field(default_factory=dict)
+    """Workloads defined in the spec itself (built-ins are always known)."""
+
+    def __post_init__(self) -> None:
+        for name in ("train", "heldout"):
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise SpecError(f"workloads.{name}", value, "a list of workload names")
+            object.__setattr__(self, name, tuple(value))
+        if not self.train:
+            raise SpecError("workloads.train", list(self.train), "at least one workload")
+        known = sorted(set(BUILTIN_WORKLOADS) | set(self.define))
+        for name in ("train", "heldout"):
+            for w in getattr(self, name):
+                if w not in known:
+                    raise SpecError(f"workloads.{name}", w, f"a known workload: {known}")
+        overlap = sorted(set(self.train) & set(self.heldout))
+        if overlap:
+            raise SpecError("workloads.heldout", overlap, "no workload that is also in workloads.train")
+
+    def get(self, name: str) -> WorkloadSpec:
+        """Look a workload up among the spec's definitions, then the built-ins."""
+        if name in self.define:
+            return self.define[name]
+        if name in BUILTIN_WORKLOADS:
+            return BUILTIN_WORKLOADS[name]
+        known = sorted(set(BUILTIN_WORKLOADS) | set(self.define))
+        raise SpecError("workload", name, f"a known workload: {known}")
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """One environment spec file."""
+
+    workloads: WorkloadSet
+    """Training and held-out workloads."""
+    name: str = "custom"
+    """Short name of the spec."""
+    description: str = ""
+    """What this spec is for."""
+    seed: int = 0
+    """Default seed of training and benchmark runs made from this spec."""
+    episode: EpisodeSpec = field(default_factory=EpisodeSpec)
+    """Episode length, action space, ranges and initial hyperparameters."""
+    reward: RewardSpec = field(default_factory=RewardSpec)
+    """Reward mode and compute-cost weight."""
+
+    def __post_init__(self) -> None:
+        _check_type("seed", self.seed, (int,), "an integer")
+        _check_type("name", self.name, (str,), "a string")
+
+    def workload(self, name: str) -> WorkloadSpec:
+        """The workload called ``name``, with this spec's episode overrides applied."""
+        spec = self.workloads.get(name)
+        changes: dict[str, Any] = {}
+        if self.episode.epochs is not None:
+            changes["epochs"] = self.episode.epochs
+        if self.episode.lr_range is not None:
+            changes["lr_range"] = self.episode.lr_range
+        if self.episode.batch_size_range is not None:
+            changes["batch_size_range"] = self.episode.batch_size_range
+        return dataclasses.replace(spec, **changes) if changes else spec
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain-data form (JSON/TOML-able) that :func:`spec_from_dict` reads back."""
+        return dataclasses.asdict(self)
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Instantiate a spec dataclass from a TOML table, refusing unknown and missing keys."""
+    if not isinstance(data, Mapping):
+        raise SpecError(where or "spec", data, "a table")
+    fields_ = {f.name: f for f in dataclasses.fields(cls)}
+    prefix = f"{where}." if where else ""
+    for key in data:
+        if key not in fields_:
+            raise SpecError(
+                f"{prefix}{key}", data[key], f"a known field of [{where or 'top level'}]: {sorted(fields_)}"
+            )
+    for name, f in fields_.items():
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and name not in data:
+            raise SpecError(f"{prefix}{name}", None, "a value (this field is required)")
+    kwargs = {}
+    for key, value in data.items():
+        kwargs[key] = tuple(value) if isinstance(value, list) else value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # e.g. a table where a number was expected
+        raise SpecError(where or "spec", dict(data), f"valid fields ({exc})") from exc
+
+
+def spec_from_dict(data: Mapping[str, Any]) -> EnvSpec:
+    """Validate a parsed spec (e.g. a TOML document) and build an :class:`EnvSpec`."""
+    if not isinstance(data, Mapping):
+        raise SpecError("spec", data, "a table")
+    data = dict(data)
+    sections = {"episode": EpisodeSpec, "reward": RewardSpec}
+    for key, cls in sections.items():
+        if key in data:
+            data[key] = _build(cls, data[key], key)
+    if "workloads" not in data:
+        raise SpecError("workloads", None, "a [workloads] table with a 'train' list")
+    wl = data["workloads"]
+    if not isinstance(wl, Mapping):
+        raise SpecError("workloads", wl, "a table")
+    wl = dict(wl)
+    define = wl.get("define", {})
+    if not isinstance(define, Mapping):
+        raise SpecError("workloads.define", define, "a table of workload tables")
+    defined = {}
+    for name, table in define.items():
+        if not isinstance(table, Mapping):
+            raise SpecError(f"workloads.define.{name}", table, "a table")
+        defined[name] = _build(WorkloadSpec, {"name": name, **table}, f"workloads.define.{name}")
+    wl["define"] = defined
+    data["workloads"] = _build(WorkloadSet, wl, "workloads")
+    return _build(EnvSpec, data, "")
+
+
+def load_spec(path: str | Path) -> EnvSpec:
+    """Read and validate a spec file.
+
+    ``path`` is a file path or the name of a spec shipped with rlagent (``"default"``).
+    """
+    file = resolve_spec_path(path)
+    try:
+        data = tomllib.loads(file.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(str(file), "<file>", f"valid TOML ({exc})") from exc
+    if "name" not in data:
+        data["name"] = file.stem
+    return spec_from_dict(data)
+
+
+def data_dir(kind: str) -> Path:
+    """Where the shipped ``envs/`` or ``policies/`` folder lies (wheel or source checkout)."""
+    packaged = Path(str(resources.files("rlagent"))) / "_data" / kind
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / kind
+
+
+def resolve_spec_path(path: str | Path) -> Path:
+    """A spec file path, or a shipped spec by name."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    shipped = data_dir("envs") / f"{p.stem}.toml"
+    if p.suffix in ("", ".toml") and p.parent == Path(".") and shipped.is_file():
+        return shipped
+    names = sorted(f.stem for f in data_dir("envs").glob("*.toml"))
+    raise SpecError("spec", str(path), f"an existing .toml file or a shipped spec name {names}")

@@ -1,0 +1,304 @@
+"""``rlagent/HyperTune-v0``: one step trains a network for one epoch at the LR and batch size chosen."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from rlagent.config import EnvSpec, load_spec, spec_from_dict
+from rlagent.errors import SpecError
+from rlagent.features import FEATURE_NAMES, OBS_HIGH, OBS_LOW, RunTracker
+from rlagent.training import Trainer
+from rlagent.workloads import (
+    Data,
+    Source,
+    WorkloadSpec,
+    build_model,
+    load_source,
+    run_seeds,
+    split_data,
+)
+
+LR_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
+"""Discrete action 0: the learning rate is multiplied by one of these."""
+BS_FACTORS = (0.5, 1.0, 2.0)
+"""Discrete action 1: the batch size is multiplied by one of these."""
+RESET_OPTIONS = ("workload", "lr", "batch_size")
+
+
+def action_space(kind: str) -> spaces.Space:
+    """The action space of an episode spec's ``action`` kind."""
+    if kind == "discrete":
+        return spaces.MultiDiscrete([len(LR_FACTORS), len(BS_FACTORS)])
+    return spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+
+
+def decode_action(action: Any, kind: str) -> tuple[float, float]:
+    """Multiplicative (LR, batch size) changes requested by an action."""
+    a = np.asarray(action).reshape(-1)
+    if a.shape != (2,):
+        raise ValueError(f"action: got shape {np.asarray(action).shape}; expected (2,)")
+    if kind == "discrete":
+        i, j = int(a[0]), int(a[1])
+        if not (0 <= i < len(LR_FACTORS) and 0 <= j < len(BS_FACTORS)):
+            raise ValueError(f"action: got {a.tolist()}; expected [0..{len(LR_FACTORS) - 1}, 0..{len(BS_FACTORS) - 1}]")
+        return LR_FACTORS[i], BS_FACTORS[j]
+    c = np.clip(a.astype(np.float64), -1.0, 1.0)
+    return float(4.0 ** c[0]), float(2.0 ** c[1])
+
+
+def apply_action(
+    lr: float,
+    batch_size: int,
+    lr_factor: float,
+    bs_factor: float,
+    lr_range: tuple[float, float],
+    batch_size_range: tuple[int, int],
+    n_train: int,
+) -> tuple[float, int]:
+    """New (LR, batch size) after a change, clipped to the ranges and the training-set size."""
+    new_lr = float(min(max(lr * lr_factor, lr_range[0]), lr_range[1]))
+    high = max(batch_size_range[0], min(batch_size_range[1], n_train))
+    new_bs = int(min(max(round(batch_size * bs_factor), batch_size_range[0]), high))
+    return new_lr, new_bs
+
+
+class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
+    """Tune the learning rate and batch size of a neural network, one epoch per step.
+
+    ## Description
+    An episode is one training run of a workload (dataset + model + optimiser) drawn from the
+    spec's training workloads. Each step, the agent changes the learning rate and batch size; the
+    env then trains the network for exactly one epoch with them and evaluates it on the whole
+    validation split. Optimiser state (Adam moments, momentum) is kept across changes.
+
+    ## Action Space
+    ``episode.action = "discrete"`` (default): ``MultiDiscrete([5, 3])`` — the LR is multiplied
+    by ``LR_FACTORS[a0]`` = ×{¼, ½, 1, 2, 4} and the batch size by ``BS_FACTORS[a1]`` = ×{½, 1, 2}.
+    ``"continuous"``: ``Box(-1, 1, (2,))`` — LR ×4^a0, batch size ×2^a1 (rounded). Both are
+    clipped to the spec's ranges (batch size also to the training-set size).
+
+    ## Observation Space
+    ``Box(OBS_LOW, OBS_HIGH, (18,), float32)``: scale-free features of the run named in
+    :data:`rlagent.features.FEATURE_NAMES` — progress, LR/batch-size position in their ranges,
+    losses / log(classes), accuracies above chance, their changes, generalisation gap, minibatch
+    loss noise, best validation accuracy and epochs since, gradient noise scale vs batch size,
+    and the last action. Always finite and inside the bounds.
+
+    ## Rewards
+    ``reward.mode``: ``val_acc`` — validation accuracy after each epoch; ``best_improvement`` —
+    increase of the best validation accuracy (the episode's sum is final best − initial);
+    ``final`` — validation accuracy after the last epoch, 0 before. Each minus
+    ``reward.cost_weight × cost`` (``cost_unit``: optimiser steps / 100, or wall seconds).
+    A diverged epoch counts as chance accuracy.
+
+    ## Starting State
+    A freshly initialised model (weights, data split and shuffling drawn from the episode
+    seed) at ``episode.init_lr`` / ``episode.init_batch_size`` (fixed or sampled); the first
+    observation comes from evaluating the untrained model on the validation split.
+
+    ## Episode End
+    Terminated when the epoch budget is spent — the budget is part of the task and the agent
+    observes ``progress``, so there is no future to bootstrap — or when the loss becomes
+    non-finite (``info["diverged"] = True``). Never raises on divergence.
+
+    ## Info
+    ``workload``, ``heldout``, ``epoch``, ``lr``, ``batch_size``, ``train_loss``, ``train_acc``,
+    ``val_loss``, ``val_acc``, ``best_val_acc``, ``samples_seen``, ``steps``, ``epoch_time``,
+    ``diverged``; on the last step also ``test_loss`` / ``test_acc`` (for reporting only: the
+    test split never reaches the observation or the reward).
+
+    ## Arguments
+    ``gymnasium.make("rlagent/HyperTune-v0", spec="default", device="cpu", num_threads=None,
+    workloads=None)``. ``spec``: an :class:`EnvSpec`, a spec file path, the name of a shipped
+    spec, or a dict in the file's layout. ``device``: torch device the run lives on.
+    ``num_threads``: torch threads for this process (None leaves torch's setting).
+    ``workloads``: names to draw episodes from instead of the spec's training set.
+    ``reset(options={"workload": name, "lr": x, "batch_size": b})`` picks a workload
+    (held-out ones included, e.g. for evaluation) and initial values for one episode.
+
+    ## Version History
+    * v0: Initial version.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(
+        self,
+        spec: EnvSpec | str | Path | Mapping[str, Any] | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        num_threads: int | None = None,
+        workloads: Sequence[str] | None = None,
+    ) -> None:
+        if spec is None:
+            spec = "default"
+        if isinstance(spec, Mapping):
+            spec = spec_from_dict(spec)
+        elif not isinstance(spec, EnvSpec):
+            spec = load_spec(spec)
+        self.env_spec: EnvSpec = spec
+        self.device = torch.device(device)
+        if num_threads is not None:
+            if num_threads < 1:
+                raise SpecError("num_threads", num_threads, "an integer >= 1")
+            torch.set_num_threads(num_threads)
+        self.workload_names = tuple(workloads) if workloads is not None else spec.workloads.train
+        for name in self.workload_names:
+            spec.workload(name)  # raises on unknown names
+        self.action_kind = spec.episode.action
+        self.action_space = action_space(self.action_kind)
+        self.observation_space = spaces.Box(OBS_LOW, OBS_HIGH, shape=(len(FEATURE_NAMES),), dtype=np.float32)
+        self._sources: dict[str, Source] = {}
+        self.workload: WorkloadSpec | None = None
+        self.trainer: Trainer | None = None
+        self.data: Data | None = None
+        self.tracker: RunTracker | None = None
+
+    @property
+    def workload_name(self) -> str | None:
+        """Name of the current episode's workload (None before the first reset)."""
+        return self.workload.name if self.workload else None
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(RESET_OPTIONS))
+        if unknown:
+            raise SpecError("reset options", unknown, f"keys among {RESET_OPTIONS}")
+        name = options.get("workload")
+        if name is None:
+            name = self.workload_names[int(self.np_random.integers(len(self.workload_names)))]
+        wl = self.env_spec.workload(name)
+        episode_seed = seed if seed is not None else int(self.np_random.integers(2**31 - 1))
+        split_seed, init_seed, shuffle_seed = run_seeds(episode_seed)
+
+        key = f"{wl.dataset}{sorted(wl.dataset_args.items())}"  # workloads may share a dataset
+        if key not in self._sources:
+            self._sources[key] = load_source(wl)
+        data = split_data(self._sources[key], wl, split_seed).to(self.device)
+        model = build_model(wl, data.input_shape, data.num_classes, init_seed).to(self.device)
+        lr, bs = self._initial_values(wl, len(data.train), options)
+        self.trainer = Trainer(
+            model, data.train, optimizer=wl.optimizer, lr=lr, batch_size=bs,
+            generator=torch.Generator().manual_seed(shuffle_seed),
+        )  # fmt: skip
+        self.workload, self.data = wl, data
+        self.tracker = RunTracker(
+            num_classes=data.num_classes, lr_range=wl.lr_range,
+            batch_size_range=wl.batch_size_range, epochs=wl.epochs,
+        )  # fmt: skip
+        val = self.trainer.evaluate(data.val)
+        self._best = val.acc
+        self._samples = self._steps = 0
+        self._done = False
+        obs = self.tracker.start(val_loss=val.loss, val_acc=val.acc, lr=lr, batch_size=bs)
+        info = {
+            "workload": name,
+            "heldout": name in self.env_spec.workloads.heldout,
+            "epoch": 0,
+            "lr": lr,
+            "batch_size": bs,
+            "val_loss": val.loss,
+            "val_acc": val.acc,
+            "episode_seed": episode_seed,
+        }
+        return obs, info
+
+    def _initial_values(self, wl: WorkloadSpec, n_train: int, options: Mapping[str, Any]) -> tuple[float, int]:
+        ep = self.env_spec.episode
+        lr = options.get("lr", ep.init_lr)
+        if lr == "sample":
+            lo, hi = np.log(wl.lr_range)
+            lr = float(np.exp(self.np_random.uniform(lo, hi)))
+        bs = options.get("batch_size", ep.init_batch_size)
+        if bs == "sample":
+            lo_e = math.ceil(math.log2(wl.batch_size_range[0]))
+            hi_e = math.floor(math.log2(min(wl.batch_size_range[1], n_train)))
+            bs = 2 ** int(self.np_random.integers(lo_e, max(lo_e, hi_e) + 1))
+        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
+            raise SpecError("reset options.lr", lr, "a number > 0")
+        if not isinstance(bs, int) or isinstance(bs, bool) or bs < 1:
+            raise SpecError("reset options.batch_size", bs, "an integer >= 1")
+        return apply_action(float(lr), bs, 1.0, 1.0, wl.lr_range, wl.batch_size_range, n_train)
+
+    def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
+        if self.trainer is None or self.tracker is None or self.data is None or self.workload is None:
+            raise gym.error.ResetNeeded("call reset() before step()")
+        if self._done:
+            raise gym.error.ResetNeeded("the episode has ended; call reset()")
+        wl, trainer, tracker = self.workload, self.trainer, self.tracker
+        lr_f, bs_f = decode_action(action, self.action_kind)
+        lr, bs = apply_action(
+            trainer.lr, trainer.batch_size, lr_f, bs_f, wl.lr_range, wl.batch_size_range, len(self.data.train)
+        )
+        trainer.lr, trainer.batch_size = lr, bs
+
+        epoch = trainer.train_epoch()
+        self._samples += epoch.samples
+        self._steps += epoch.steps
+        diverged = epoch.diverged
+        if not diverged:
+            val = trainer.evaluate(self.data.val)
+            diverged = not math.isfinite(val.loss)
+        chance = 1.0 / self.data.num_classes
+        if diverged:
+            # A diverged run is as good as guessing; losses are pinned at the top of their scale.
+            worst = 10.0 * tracker.loss_scale
+            train_loss, train_acc, val_loss, val_acc = worst, chance, worst, chance
+        else:
+            train_loss, train_acc, val_loss, val_acc = epoch.train_loss, epoch.train_acc, val.loss, val.acc
+        obs = tracker.update(
+            train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
+            lr=lr, batch_size=bs, loss_noise=epoch.loss_noise, noise=epoch.noise,
+            lr_factor=lr_f, bs_factor=bs_f,
+        )  # fmt: skip
+        terminated = diverged or tracker.epoch >= wl.epochs
+        reward = self._reward(val_acc, terminated, epoch.steps, epoch.seconds)
+        self._done = terminated
+        info: dict[str, Any] = {
+            "workload": wl.name,
+            "heldout": wl.name in self.env_spec.workloads.heldout,
+            "epoch": tracker.epoch,
+            "lr": lr,
+            "batch_size": bs,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "best_val_acc": self._best,
+            "samples_seen": self._samples,
+            "steps": self._steps,
+            "epoch_time": epoch.seconds,
+            "diverged": diverged,
+        }
+        if terminated:
+            if diverged:
+                info["test_loss"], info["test_acc"] = float("nan"), chance
+            else:
+                test = trainer.evaluate(self.data.test)
+                info["test_loss"], info["test_acc"] = test.loss, test.acc
+        return obs, reward, terminated, False, info
+
+    def _reward(self, val_acc: float, terminated: bool, steps: int, seconds: float) -> float:
+        rs = self.env_spec.reward
+        if rs.mode == "val_acc":
+            reward = val_acc
+        elif rs.mode == "best_improvement":
+            reward = max(0.0, val_acc - self._best)
+        else:
+            reward = val_acc if terminated else 0.0
+        self._best = max(self._best, val_acc)
+        if rs.cost_weight:
+            cost = steps / 100.0 if rs.cost_unit == "steps" else seconds
+            reward -= rs.cost_weight * cost
+        return float(reward)

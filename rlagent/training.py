@@ -1,0 +1,188 @@
+"""The one training loop: one epoch of minibatch training at a given LR and batch size.
+
+The environment, the ``tune`` API and every baseline train through :class:`Trainer`, so an
+"epoch" costs the same everywhere and comparisons between tuners are fair. Data stay as
+tensors on the device and minibatches are gathered by indexing (no ``DataLoader``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from rlagent.workloads import Split
+
+NOISE_WINDOW = 4
+"""Consecutive minibatches whose mean gradient stands in for one batch ``NOISE_WINDOW`` times larger."""
+_DIVERGENCE_CHECK_EVERY = 32
+_EVAL_CHUNK = 4096
+
+
+@dataclass
+class EpochStats:
+    """What one training epoch measured."""
+
+    train_loss: float
+    """Mean minibatch loss over the epoch (sample-weighted)."""
+    train_acc: float
+    """Share of training samples classified correctly while they were trained on."""
+    loss_noise: float
+    """Standard deviation / mean of the minibatch losses."""
+    steps: int
+    """Optimiser steps taken."""
+    samples: int
+    """Training samples seen."""
+    seconds: float
+    """Wall time of the epoch."""
+    noise: tuple[float, float, float, float] | None
+    """(|G_small|², |G_big|², B_small, B_big) for the gradient noise scale, or None."""
+    diverged: bool
+    """True if the loss became non-finite."""
+
+
+@dataclass
+class EvalStats:
+    """Loss and accuracy of a model on one split."""
+
+    loss: float
+    acc: float
+
+
+def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    """``adam`` (torch defaults) or ``sgd`` with momentum 0.9."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    raise ValueError(f"optimizer: got {name!r}; expected 'adam' or 'sgd'")
+
+
+class Trainer:
+    """Trains ``model`` on ``train`` one epoch at a time; LR and batch size may change between epochs.
+
+    Changing either keeps the optimiser state (Adam moments, momentum buffers).
+
+    Args:
+        model: The network, already on ``device``.
+        train: Training split, already on ``device``.
+        optimizer: An optimiser over ``model``'s parameters, or the name of a family.
+        lr: Initial learning rate.
+        batch_size: Initial batch size.
+        generator: CPU generator that owns all shuffling randomness.
+        loss_fn: Loss on (logits, labels); cross-entropy by default.
+        measure_noise: Measure the gradient noise scale on a few minibatches per epoch.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train: Split,
+        *,
+        optimizer: str | torch.optim.Optimizer = "adam",
+        lr: float,
+        batch_size: int,
+        generator: torch.Generator,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        measure_noise: bool = True,
+    ) -> None:
+        self.model = model
+        self.train_split = train
+        self.optimizer = make_optimizer(optimizer, model.parameters(), lr) if isinstance(optimizer, str) else optimizer
+        self.loss_fn = loss_fn if loss_fn is not None else nn.functional.cross_entropy
+        self.generator = generator
+        self.measure_noise = measure_noise
+        self.batch_size = batch_size
+        self.lr = lr
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = value
+
+    def train_epoch(self) -> EpochStats:
+        """One pass over the training split in a fresh random order."""
+        start = time.perf_counter()
+        x, y = self.train_split.x, self.train_split.y
+        n, bs = len(y), int(self.batch_size)
+        perm = torch.randperm(n, generator=self.generator).to(x.device)
+        n_steps = math.ceil(n / bs)
+        full_steps = n // bs
+        # Measure the noise scale on a window of full batches in the middle of the epoch.
+        window = range(0)
+        if self.measure_noise and full_steps >= NOISE_WINDOW + 1:
+            first = (full_steps - NOISE_WINDOW) // 2
+            window = range(first, first + NOISE_WINDOW)
+        small_sq: list[torch.Tensor] = []
+        grad_sum: list[torch.Tensor] | None = None
+
+        self.model.train()
+        losses: list[torch.Tensor] = []
+        correct: list[torch.Tensor] = []
+        diverged = False
+        for step in range(n_steps):
+            idx = perm[step * bs : (step + 1) * bs]
+            xb, yb = x[idx], y[idx]
+            out = self.model(xb)
+            loss = self.loss_fn(out, yb)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if step in window:
+                grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+                small_sq.append(torch.nn.utils.get_total_norm(grads).square())
+                if grad_sum is None:
+                    grad_sum = [g.detach().clone() for g in grads]
+                else:
+                    torch._foreach_add_(grad_sum, grads)
+            self.optimizer.step()
+            losses.append(loss.detach())
+            correct.append((out.detach().argmax(1) == yb).sum())
+            if step % _DIVERGENCE_CHECK_EVERY == _DIVERGENCE_CHECK_EVERY - 1 and not torch.isfinite(loss):
+                diverged = True
+                break
+
+        loss_t = torch.stack(losses).float()
+        sizes = torch.full((len(losses),), float(bs), device=loss_t.device)
+        sizes[-1] = min(bs, n - (len(losses) - 1) * bs)
+        seen = int(sizes.sum().item())
+        train_loss = float((loss_t * sizes).sum() / sizes.sum())
+        train_acc = float(torch.stack(correct).sum()) / seen
+        mean = float(loss_t.mean())
+        loss_noise = float(loss_t.std()) / mean if len(losses) > 1 and mean > 0 else 0.0
+        noise = None
+        if grad_sum is not None and len(small_sq) == NOISE_WINDOW:
+            big_sq = torch.nn.utils.get_total_norm(grad_sum).square() / NOISE_WINDOW**2
+            noise = (float(torch.stack(small_sq).mean()), float(big_sq), float(bs), float(bs * NOISE_WINDOW))
+        diverged = diverged or not math.isfinite(train_loss)
+        return EpochStats(
+            train_loss=train_loss,
+            train_acc=train_acc,
+            loss_noise=loss_noise if math.isfinite(loss_noise) else 0.0,
+            steps=len(losses),
+            samples=seen,
+            seconds=time.perf_counter() - start,
+            noise=noise,
+            diverged=diverged,
+        )
+
+    @torch.inference_mode()
+    def evaluate(self, split: Split) -> EvalStats:
+        """Mean loss and accuracy on a whole split, in large chunks."""
+        self.model.eval()
+        loss_sum = torch.zeros((), device=split.x.device)
+        correct = torch.zeros((), device=split.x.device, dtype=torch.long)
+        for i in range(0, len(split), _EVAL_CHUNK):
+            xb, yb = split.x[i : i + _EVAL_CHUNK], split.y[i : i + _EVAL_CHUNK]
+            out = self.model(xb)
+            loss_sum += self.loss_fn(out, yb).float() * len(yb)
+            correct += (out.argmax(1) == yb).sum()
+        n = max(1, len(split))
+        return EvalStats(loss=float(loss_sum) / n, acc=float(correct) / n)
