@@ -365,7 +365,8 @@ def _json_default(obj: Any) -> Any:
 def _is_replaceable(target: Path) -> bool:
     if not target.is_dir() or target.is_symlink():
         return False
-    return all(p.name in (JSON_NAME, WEIGHTS_NAME) for p in target.iterdir())
+    # A policy directory (it may also hold a model card, plots, logs) or an empty one.
+    return (target / JSON_NAME).is_file() or not any(target.iterdir())
 
 
 def _write_synced(path: Path, data: bytes) -> None:
@@ -380,6 +381,11 @@ def _replace_dir(tmp: Path, target: Path) -> None:
     if not target.exists():
         os.replace(tmp, target)
         return
+    # Keep what else lives beside the policy (model card, training curve, logs).
+    for extra in target.iterdir():
+        if extra.name not in (JSON_NAME, WEIGHTS_NAME):
+            copy = shutil.copytree if extra.is_dir() else shutil.copy2
+            copy(extra, tmp / extra.name)
     # rename() cannot replace a non-empty directory: move the old one aside first.
     old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
     os.rmdir(old)

@@ -37,9 +37,7 @@ class _ToyEnv(gym.Env[np.ndarray, np.ndarray]):
     def __init__(self, continuous: bool = False) -> None:
         self.observation_space = spaces.Box(OBS_LOW, OBS_HIGH, dtype=np.float32)
         self.action_space = (
-            spaces.Box(-1.0, 1.0, (2,), dtype=np.float32)
-            if continuous
-            else spaces.MultiDiscrete([5, 3])
+            spaces.Box(-1.0, 1.0, (2,), dtype=np.float32) if continuous else spaces.MultiDiscrete([5, 3])
         )
         self._t = 0
         self._obs = np.zeros(N_FEATURES, dtype=np.float32)
@@ -128,9 +126,7 @@ def test_round_trip_gives_identical_actions(
     tmp_path: Path, trained: dict[str, tuple[PPO, VecNormalize]], kind: str
 ) -> None:
     model, venv = trained[kind]
-    path = save_policy(
-        tmp_path / kind, model, normalizer=venv, metadata={"seed": 0, "timesteps": 160}
-    )
+    path = save_policy(tmp_path / kind, model, normalizer=venv, metadata={"seed": 0, "timesteps": 160})
     loaded = load_policy(path)
     assert isinstance(loaded, SavedPolicy)
     assert not loaded.policy.training
@@ -163,9 +159,7 @@ def test_policy_json_path_and_metadata(saved: Path) -> None:
     assert len(meta["sha256"]) == 64
 
 
-def test_other_architecture_and_running_mean_std(
-    tmp_path: Path, trained: dict[str, tuple[PPO, VecNormalize]]
-) -> None:
+def test_other_architecture_and_running_mean_std(tmp_path: Path, trained: dict[str, tuple[PPO, VecNormalize]]) -> None:
     _, venv = trained["discrete"]
     model = PPO(
         "MlpPolicy",
@@ -207,9 +201,7 @@ def test_predict_rejects_wrong_shape(saved: Path) -> None:
 # -------------------------------------------------------------------------------- saving
 
 
-def test_save_overwrites_atomically(
-    tmp_path: Path, trained: dict[str, tuple[PPO, VecNormalize]]
-) -> None:
+def test_save_overwrites_atomically(tmp_path: Path, trained: dict[str, tuple[PPO, VecNormalize]]) -> None:
     model, venv = trained["continuous"]
     first = save_policy(tmp_path / "p", trained["discrete"][0], normalizer=None)
     second = save_policy(first, model, normalizer=venv)
@@ -218,14 +210,24 @@ def test_save_overwrites_atomically(
     assert sorted(p.name for p in second.iterdir()) == [JSON_NAME, WEIGHTS_NAME]
 
 
-def test_save_refuses_to_overwrite_other_things(
-    tmp_path: Path, trained: dict[str, tuple[PPO, VecNormalize]]
-) -> None:
+def test_save_refuses_to_overwrite_other_things(tmp_path: Path, trained: dict[str, tuple[PPO, VecNormalize]]) -> None:
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "notes.txt").write_text("keep me")
     with pytest.raises(FileExistsError):
         save_policy(tmp_path / "p", trained["discrete"][0], normalizer=None)
     assert (tmp_path / "p" / "notes.txt").read_text() == "keep me"
+
+
+def test_save_keeps_model_card_beside_the_policy(tmp_path: Path, trained: dict[str, tuple[PPO, VecNormalize]]) -> None:
+    first = save_policy(tmp_path / "p", trained["discrete"][0], normalizer=None)
+    (first / "README.md").write_text("card")
+    (first / "curves").mkdir()
+    (first / "curves" / "a.csv").write_text("1,2")
+    save_policy(first, trained["continuous"][0], normalizer=trained["continuous"][1])
+    assert (first / "README.md").read_text() == "card"
+    assert (first / "curves" / "a.csv").read_text() == "1,2"
+    assert load_policy(first).metadata["action_space"]["type"] == "Box"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]
 
 
 def test_save_refuses_unlisted_activation(tmp_path: Path) -> None:
@@ -240,13 +242,9 @@ def test_save_refuses_unlisted_activation(tmp_path: Path) -> None:
     assert not (tmp_path / "p").exists()
 
 
-def test_save_refuses_wrong_feature_count(
-    tmp_path: Path, trained: dict[str, tuple[PPO, VecNormalize]]
-) -> None:
+def test_save_refuses_wrong_feature_count(tmp_path: Path, trained: dict[str, tuple[PPO, VecNormalize]]) -> None:
     with pytest.raises(PolicyFileError, match="feature names"):
-        save_policy(
-            tmp_path / "p", trained["discrete"][0], normalizer=None, feature_names=["a", "b"]
-        )
+        save_policy(tmp_path / "p", trained["discrete"][0], normalizer=None, feature_names=["a", "b"])
 
 
 # ------------------------------------------------------------------------------- refusals
@@ -301,9 +299,7 @@ def test_pickle_files_given_directly_are_refused(
         ((FEATURE_NAMES[1], FEATURE_NAMES[0], *FEATURE_NAMES[2:]), ["reordered", "'lr_pos' at 1"]),
     ],
 )
-def test_feature_mismatch_names_the_difference(
-    saved: Path, expected: tuple[str, ...], words: list[str]
-) -> None:
+def test_feature_mismatch_names_the_difference(saved: Path, expected: tuple[str, ...], words: list[str]) -> None:
     with pytest.raises(PolicyFileError, match="feature list mismatch") as info:
         load_policy(saved, expected_features=expected)
     for word in words:
@@ -365,14 +361,10 @@ def test_tampered_weights(saved: Path) -> None:
 
 
 def test_weights_not_fitting_architecture(saved: Path) -> None:
-    _edit_json(
-        saved, lambda doc: doc["architecture"].__setitem__("net_arch", {"pi": [16], "vf": [8]})
-    )
+    _edit_json(saved, lambda doc: doc["architecture"].__setitem__("net_arch", {"pi": [16], "vf": [8]}))
     with pytest.raises(PolicyFileError, match="do not fit the architecture.*policy_net"):
         load_policy(saved)
-    _edit_json(
-        saved, lambda doc: doc["architecture"].__setitem__("net_arch", {"pi": [8, 8], "vf": [8]})
-    )
+    _edit_json(saved, lambda doc: doc["architecture"].__setitem__("net_arch", {"pi": [8, 8], "vf": [8]}))
     with pytest.raises(PolicyFileError, match="missing keys"):
         load_policy(saved)
 
