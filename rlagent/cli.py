@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -63,11 +64,111 @@ def _cmd_rollout(args: argparse.Namespace) -> None:
         done = terminated or truncated
         table.add_row(
             str(info["epoch"]), f"{info['lr']:.2e}", str(info["batch_size"]), f"{info['train_loss']:.3f}",
-            f"{info['val_acc']:.3f}", f"{reward:.3f}", f"{info['epoch_time']:.2f}",
+            f"{info['val_acc']:.3f}", f"{reward:.3f}", f"{env.unwrapped.epoch_time:.2f}",
         )  # fmt: skip
     env.close()
     console.print(table)
     console.print(f"return {total:.3f}; final test accuracy {info['test_acc']:.3f}; diverged {info['diverged']}")
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from rlagent.agent import PPOSettings, TrainConfig, train_policy
+
+    if args.backend == "ray":
+        from rlagent.ray_pool import make_ray_pool  # noqa: F401  (raises with the extra to install)
+    ppo = PPOSettings(
+        n_steps=args.n_steps, batch_size=args.batch_size, n_epochs=args.ppo_epochs, learning_rate=args.ppo_lr,
+        gamma=args.gamma, ent_coef=args.ent_coef, net_arch=tuple(args.net_arch),
+    )  # fmt: skip
+    config = TrainConfig(
+        spec=args.spec, timesteps=args.timesteps, n_envs=args.n_envs, devices=args.devices, seed=args.seed,
+        out=args.out, run_dir=args.run_dir, resume=args.resume, tensorboard=args.tensorboard,
+        checkpoint_every=args.checkpoint_every, ppo=ppo, progress=not args.no_progress,
+        metadata={"command": "rlagent " + " ".join(sys.argv[1:])},
+    )  # fmt: skip
+    venv = None
+    if args.backend == "ray":
+        from rlagent.config import load_spec
+        from rlagent.ray_pool import make_ray_pool
+
+        venv = make_ray_pool(load_spec(args.spec), n_envs=args.n_envs, devices=args.devices, address=args.address)
+    result = train_policy(config, venv=venv)
+    console.print(
+        f"saved policy to {result.policy_dir} after {result.timesteps} env steps in {result.wall_seconds:.0f} s "
+        f"({result.env_steps_per_second:.1f} steps/s on {len(result.slots) or 'ray'} workers; "
+        f"PPO updates {100 * result.update_share:.0f}% of the time); "
+        f"mean final val acc of the last episodes {result.mean_final_val_acc:.3f}"
+    )
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from rlagent.agent import PPOSettings
+
+    d = PPOSettings()
+    p = sub.add_parser("train", help="train a tuning policy with PPO on a pool of envs")
+    p.add_argument("--spec", default="default", help="spec file or shipped spec name")
+    p.add_argument("--timesteps", type=int, default=20_000, help="total env steps (= epochs trained)")
+    p.add_argument("--n-envs", type=int, default=None, help="parallel envs (default: one per GPU, else per core)")
+    p.add_argument("--devices", default="auto", help="auto, or e.g. cuda:0,cuda:1 or cpu")
+    p.add_argument("--seed", type=int, default=None, help="default: the spec's seed")
+    p.add_argument("--out", default="policies/custom", help="policy directory to write")
+    p.add_argument("--run-dir", default=None, help="checkpoints and logs (default runs/SPEC__NAME__SEED)")
+    p.add_argument("--resume", default=None, help="checkpoint (or folder of checkpoints) to continue from")
+    p.add_argument("--tensorboard", default=None, help="TensorBoard log directory")
+    p.add_argument("--checkpoint-every", type=int, default=2_000, help="env steps between checkpoints (0: none)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local")
+    p.add_argument("--address", default=None, help="Ray cluster address (with --backend ray)")
+    p.add_argument("--n-steps", type=int, default=d.n_steps, help="PPO rollout length per env")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="PPO minibatch size")
+    p.add_argument("--ppo-epochs", type=int, default=d.n_epochs, help="PPO passes per rollout")
+    p.add_argument("--ppo-lr", type=float, default=d.learning_rate, help="PPO Adam learning rate")
+    p.add_argument("--gamma", type=float, default=d.gamma)
+    p.add_argument("--ent-coef", type=float, default=d.ent_coef)
+    p.add_argument("--net-arch", type=int, nargs="+", default=list(d.net_arch))
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_tune(args: argparse.Namespace) -> None:
+    from rlagent.tune import run_policy
+
+    result = run_policy(
+        args.policy, args.workload, spec=args.spec, seed=args.seed, epochs=args.epochs,
+        device=args.device, num_threads=args.threads,
+    )  # fmt: skip
+    role = (
+        "held-out" if result["heldout"] else "TRAINED ON by this policy" if result["trained_on"] else "not in the spec"
+    )
+    table = Table(title=f"{args.policy} tuning {args.workload} ({role}), seed {args.seed}")
+    for col in ("epoch", "lr", "batch", "train loss", "train acc", "val acc"):
+        table.add_column(col, justify="right")
+    for h in result["history"]:
+        table.add_row(
+            str(h["epoch"]), f"{h['lr']:.2e}", str(h["batch_size"]), f"{h['train_loss']:.3f}",
+            f"{h['train_acc']:.3f}", f"{h['val_acc']:.3f}",
+        )  # fmt: skip
+    console.print(table)
+    console.print(
+        f"final val acc {result['final_val_acc']:.4f}; test acc {result['test_acc']:.4f}"
+        + ("; DIVERGED" if result["diverged"] else "")
+    )
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        console.print(f"wrote {args.out}")
+
+
+def _add_tune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tune", help="one training run of a workload with a saved policy choosing LR and batch size")
+    p.add_argument("--policy", default="default", help="policy directory or shipped policy name")
+    p.add_argument("--workload", required=True, help="workload name (see `rlagent workloads`)")
+    p.add_argument("--spec", default="default", help="spec that defines the workload and ranges")
+    p.add_argument("--epochs", type=int, default=None, help="epoch budget (default: the spec's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=None, help="write the run as JSON here")
+    p.set_defaults(func=_cmd_tune)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.set_defaults(func=_cmd_rollout)
 
+    _add_train(sub)
+    _add_tune(sub)
     return parser
 
 

@@ -111,9 +111,10 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Info
     ``workload``, ``heldout``, ``epoch``, ``lr``, ``batch_size``, ``train_loss``, ``train_acc``,
-    ``val_loss``, ``val_acc``, ``best_val_acc``, ``samples_seen``, ``steps``, ``epoch_time``,
-    ``diverged``; on the last step also ``test_loss`` / ``test_acc`` (for reporting only: the
-    test split never reaches the observation or the reward).
+    ``val_loss``, ``val_acc``, ``best_val_acc``, ``samples_seen``, ``steps``, ``diverged``; on
+    the last step also ``test_loss`` / ``test_acc`` (for reporting only: the test split never
+    reaches the observation or the reward). Info is deterministic under a seed (``check_env``
+    compares it), so the epoch's wall time is kept out of it, in ``env.unwrapped.epoch_time``.
 
     ## Arguments
     ``gymnasium.make("rlagent/HyperTune-v0", spec="default", device="cpu", num_threads=None,
@@ -161,6 +162,8 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         self.trainer: Trainer | None = None
         self.data: Data | None = None
         self.tracker: RunTracker | None = None
+        self.epoch_time = 0.0
+        """Wall time of the last step's epoch in seconds (not in info: info is deterministic)."""
 
     @property
     def workload_name(self) -> str | None:
@@ -265,6 +268,7 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         terminated = diverged or tracker.epoch >= wl.epochs
         reward = self._reward(val_acc, terminated, epoch.steps, epoch.seconds)
         self._done = terminated
+        self.epoch_time = epoch.seconds
         info: dict[str, Any] = {
             "workload": wl.name,
             "heldout": wl.name in self.env_spec.workloads.heldout,
@@ -278,7 +282,6 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             "best_val_acc": self._best,
             "samples_seen": self._samples,
             "steps": self._steps,
-            "epoch_time": epoch.seconds,
             "diverged": diverged,
         }
         if terminated:

@@ -141,12 +141,12 @@ def _mnist1d(num_samples: int = 5000, data_seed: int = 42) -> tuple[Split, Split
     args.num_samples = num_samples
     args.seed = data_seed
     # make_dataset seeds Python's and NumPy's global RNGs; put them back as they were.
-    py_state, np_state = random.getstate(), np.random.get_state()
+    py_state, np_state = random.getstate(), np.random.get_state()  # noqa: NPY002
     try:
         data = make_dataset(args)
     finally:
         random.setstate(py_state)
-        np.random.set_state(np_state)
+        np.random.set_state(np_state)  # noqa: NPY002
     return _split(data["x"], data["y"]), _split(data["x_test"], data["y_test"])
 
 
@@ -295,7 +295,7 @@ def import_factory(ref: str, what: str) -> Callable[..., Any]:
     return obj
 
 
-def _as_split(obj: Any, what: str) -> Split:
+def as_split(obj: Any, what: str) -> Split:
     """Accept ``(x, y)`` tensors/arrays or a torch ``Dataset`` yielding ``(x, y)`` items."""
     if isinstance(obj, Split):
         return obj
@@ -334,10 +334,10 @@ def load_source(spec: WorkloadSpec) -> Source:
     out = factory(**spec.dataset_args)
     what = f"workload {spec.name!r} dataset factory {spec.dataset!r}"
     if isinstance(out, (tuple, list)) and len(out) == 3:
-        train, val, test = (_as_split(o, what) for o in out)
+        train, val, test = (as_split(o, what) for o in out)
         return Source(None, test, fixed=(train, val))
     if isinstance(out, (tuple, list)) and len(out) == 2:
-        return Source(_as_split(out[0], what), _as_split(out[1], what))
+        return Source(as_split(out[0], what), as_split(out[1], what))
     raise TypeError(f"{what} must return (train, val, test) or (train_pool, test)")
 
 

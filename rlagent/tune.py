@@ -1,0 +1,304 @@
+"""Reuse a saved tuning policy: on a workload, on your own model and data, or in your own loop.
+
+Three entry points, all driven by the same features (:class:`rlagent.features.RunTracker`) and the
+same action decoding as the environment the policy was trained in:
+
+* :func:`tune` trains a user's ``nn.Module`` with the policy choosing LR and batch size each epoch;
+* :class:`Controller` is the policy alone, for people who keep their own training loop;
+* :func:`run_policy` runs the policy on a named workload through ``HyperTuneEnv`` itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rlagent.config import EnvSpec, data_dir, load_spec
+from rlagent.env import HyperTuneEnv, apply_action, decode_action
+from rlagent.errors import RLAgentError, SpecError
+from rlagent.features import RunTracker
+from rlagent.policy_file import SavedPolicy, load_policy
+from rlagent.training import Trainer
+from rlagent.workloads import as_split
+
+DEFAULT_LR_RANGE = (1e-4, 0.3)
+DEFAULT_BATCH_SIZE_RANGE = (16, 512)
+
+
+def resolve_policy(policy: SavedPolicy | str | Path) -> SavedPolicy:
+    """A loaded policy, from a path or the name of a shipped policy (``"default"``)."""
+    if isinstance(policy, SavedPolicy):
+        return policy
+    p = Path(policy)
+    if not p.exists():
+        shipped = data_dir("policies") / str(policy)
+        if p.parent == Path(".") and shipped.is_dir():
+            p = shipped
+        else:
+            names = sorted(d.name for d in data_dir("policies").iterdir() if (d / "policy.json").is_file())
+            raise RLAgentError(f"policy: {policy!s} is neither a policy directory nor a shipped policy {names}")
+    return load_policy(p)
+
+
+def action_kind(policy: SavedPolicy) -> str:
+    """``discrete`` or ``continuous``, from the policy's action space."""
+    return "discrete" if policy.metadata["action_space"]["type"] == "MultiDiscrete" else "continuous"
+
+
+def _trained_ranges(policy: SavedPolicy) -> tuple[tuple[float, float], tuple[int, int]]:
+    episode = policy.metadata.get("training", {}).get("spec", {}).get("episode", {})
+    lr = tuple(episode.get("lr_range") or DEFAULT_LR_RANGE)
+    bs = tuple(episode.get("batch_size_range") or DEFAULT_BATCH_SIZE_RANGE)
+    return (float(lr[0]), float(lr[1])), (int(bs[0]), int(bs[1]))
+
+
+class Controller:
+    """A saved policy that picks the next epoch's LR and batch size from your loop's metrics.
+
+    Call :meth:`start` once with the untrained model's validation metrics, then train each epoch
+    with ``controller.lr`` / ``controller.batch_size`` and report its metrics with
+    :meth:`observe`, which returns the LR and batch size for the next epoch::
+
+        ctl = Controller("default", num_classes=10, epochs=15)
+        lr, bs = ctl.start(val_loss=2.30, val_acc=0.10)
+        for epoch in range(15):
+            ...  # one epoch at lr, bs
+            lr, bs = ctl.observe(train_loss=..., train_acc=..., val_loss=..., val_acc=...)
+
+    Args:
+        policy: A :class:`SavedPolicy`, a policy directory, or a shipped policy's name.
+        num_classes: Number of classes of the task.
+        epochs: Epoch budget of the run (the policy sees progress through it).
+        lr: Learning rate before the policy's first change.
+        batch_size: Batch size before the policy's first change.
+        lr_range: Range the LR is kept in; default: the range the policy was trained with.
+        batch_size_range: Range the batch size is kept in; default: the policy's.
+        n_train: Training-set size (batch sizes are capped at it).
+        deterministic: Take the policy's most likely action (else sample).
+    """
+
+    def __init__(
+        self,
+        policy: SavedPolicy | str | Path = "default",
+        *,
+        num_classes: int,
+        epochs: int,
+        lr: float = 1e-3,
+        batch_size: int = 32,
+        lr_range: tuple[float, float] | None = None,
+        batch_size_range: tuple[int, int] | None = None,
+        n_train: int | None = None,
+        deterministic: bool = True,
+    ) -> None:
+        if epochs < 1:
+            raise SpecError("epochs", epochs, "an integer >= 1")
+        if num_classes < 2:
+            raise SpecError("num_classes", num_classes, "an integer >= 2")
+        self.policy = resolve_policy(policy)
+        self.kind = action_kind(self.policy)
+        trained_lr, trained_bs = _trained_ranges(self.policy)
+        self.lr_range = tuple(lr_range) if lr_range else trained_lr
+        self.batch_size_range = tuple(batch_size_range) if batch_size_range else trained_bs
+        self.n_train = n_train or self.batch_size_range[1]
+        self.deterministic = deterministic
+        self.tracker = RunTracker(
+            num_classes=num_classes, lr_range=self.lr_range, batch_size_range=self.batch_size_range, epochs=epochs
+        )
+        self.lr, self.batch_size = apply_action(
+            lr, batch_size, 1.0, 1.0, self.lr_range, self.batch_size_range, self.n_train
+        )
+        self._factors = (1.0, 1.0)
+        self.history: list[dict[str, float]] = []
+
+    def _act(self, obs: np.ndarray) -> tuple[float, int]:
+        action = self.policy.predict(obs, deterministic=self.deterministic)
+        lr_f, bs_f = decode_action(action, self.kind)
+        self.lr, self.batch_size = apply_action(
+            self.lr, self.batch_size, lr_f, bs_f, self.lr_range, self.batch_size_range, self.n_train
+        )
+        self._factors = (lr_f, bs_f)
+        return self.lr, self.batch_size
+
+    def start(self, *, val_loss: float, val_acc: float) -> tuple[float, int]:
+        """Metrics of the untrained model; returns (LR, batch size) for the first epoch."""
+        obs = self.tracker.start(val_loss=val_loss, val_acc=val_acc, lr=self.lr, batch_size=self.batch_size)
+        return self._act(obs)
+
+    def observe(
+        self,
+        *,
+        train_loss: float,
+        train_acc: float,
+        val_loss: float,
+        val_acc: float,
+        loss_noise: float = 0.0,
+        noise: tuple[float, float, float, float] | None = None,
+    ) -> tuple[float, int]:
+        """Metrics of the epoch just trained; returns (LR, batch size) for the next one."""
+        self.history.append(
+            {"epoch": self.tracker.epoch + 1, "lr": self.lr, "batch_size": self.batch_size,
+             "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc}
+        )  # fmt: skip
+        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+            raise RLAgentError(
+                f"epoch {self.tracker.epoch + 1}: the loss is not finite (train {train_loss}, val {val_loss})"
+            )
+        lr_f, bs_f = self._factors
+        obs = self.tracker.update(
+            train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
+            lr=self.lr, batch_size=self.batch_size, loss_noise=loss_noise, noise=noise,
+            lr_factor=lr_f, bs_factor=bs_f,
+        )  # fmt: skip
+        return self._act(obs)
+
+
+@dataclass
+class TuneResult:
+    """A finished run: the trained model and what happened each epoch."""
+
+    model: nn.Module
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """Per epoch: lr, batch_size, train_loss, train_acc, val_loss, val_acc, seconds."""
+    test_acc: float | None = None
+    """Accuracy on ``test_data`` after the last epoch, if it was given (never used to decide)."""
+    diverged: bool = False
+
+
+def tune(
+    model: nn.Module,
+    train_data: Any,
+    val_data: Any,
+    *,
+    epochs: int,
+    policy: SavedPolicy | str | Path = "default",
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    device: str | torch.device | None = None,
+    optimizer: str | torch.optim.Optimizer = "adam",
+    lr: float = 1e-3,
+    batch_size: int = 32,
+    lr_range: tuple[float, float] | None = None,
+    batch_size_range: tuple[int, int] | None = None,
+    num_classes: int | None = None,
+    test_data: Any = None,
+    seed: int = 0,
+) -> TuneResult:
+    """Train your own classifier with a saved policy choosing the LR and batch size every epoch.
+
+    Args:
+        model: Any ``nn.Module`` mapping a batch of inputs to class logits.
+        train_data: ``(x, y)`` tensors/arrays or a torch ``Dataset`` of ``(x, y)`` items.
+        val_data: Validation data in the same form; drives the policy's decisions.
+        epochs: Epoch budget.
+        policy: A :class:`SavedPolicy`, a policy directory, or a shipped policy's name.
+        loss_fn: ``loss(logits, labels)`` with mean reduction; cross-entropy by default.
+        device: Where to train; default: the model's device.
+        optimizer: ``"adam"``, ``"sgd"`` or an optimiser over ``model``'s parameters.
+        lr: Learning rate before the policy's first change.
+        batch_size: Batch size before the policy's first change.
+        lr_range: LR range; default: the range the policy was trained with.
+        batch_size_range: Batch-size range; default: the policy's.
+        num_classes: Number of classes; default: inferred from the labels.
+        test_data: Optional data evaluated once at the end, for reporting only.
+        seed: Seed of the shuffling order.
+
+    Returns:
+        The trained model, the per-epoch history and the final test accuracy.
+    """
+    if device is None:
+        first = next(model.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
+    train = as_split(train_data, "train_data").to(device)
+    val = as_split(val_data, "val_data").to(device)
+    test = as_split(test_data, "test_data").to(device) if test_data is not None else None
+    if num_classes is None:
+        num_classes = int(torch.cat([train.y, val.y]).max()) + 1
+    model = model.to(device)
+    ctl = Controller(
+        policy, num_classes=num_classes, epochs=epochs, lr=lr, batch_size=batch_size,
+        lr_range=lr_range, batch_size_range=batch_size_range, n_train=len(train),
+    )  # fmt: skip
+    trainer = Trainer(
+        model, train, optimizer=optimizer, lr=ctl.lr, batch_size=ctl.batch_size,
+        generator=torch.Generator().manual_seed(seed), loss_fn=loss_fn,
+    )  # fmt: skip
+    result = TuneResult(model=model)
+    first = trainer.evaluate(val)
+    trainer.lr, trainer.batch_size = ctl.start(val_loss=first.loss, val_acc=first.acc)
+    for _ in range(epochs):
+        stats = trainer.train_epoch()
+        ev = trainer.evaluate(val) if not stats.diverged else None
+        if ev is None or not math.isfinite(ev.loss):
+            result.diverged = True
+            break
+        record = {
+            "epoch": len(result.history) + 1, "lr": trainer.lr, "batch_size": trainer.batch_size,
+            "train_loss": stats.train_loss, "train_acc": stats.train_acc,
+            "val_loss": ev.loss, "val_acc": ev.acc, "seconds": stats.seconds,
+        }  # fmt: skip
+        result.history.append(record)
+        trainer.lr, trainer.batch_size = ctl.observe(
+            train_loss=stats.train_loss, train_acc=stats.train_acc, val_loss=ev.loss, val_acc=ev.acc,
+            loss_noise=stats.loss_noise, noise=stats.noise,
+        )  # fmt: skip
+    if test is not None:
+        result.test_acc = trainer.evaluate(test).acc
+    return result
+
+
+def run_policy(
+    policy: SavedPolicy | str | Path,
+    workload: str,
+    *,
+    spec: EnvSpec | str | Path = "default",
+    seed: int = 0,
+    epochs: int | None = None,
+    device: str = "cpu",
+    num_threads: int | None = None,
+    deterministic: bool = True,
+) -> dict[str, Any]:
+    """One training run of ``workload`` with the policy choosing LR and batch size each epoch.
+
+    Runs inside ``HyperTuneEnv``, so the run (data split, init, shuffling) is the one every other
+    method gets for the same ``seed``.
+
+    Returns:
+        ``{"workload", "seed", "history": [per-epoch info], "final_val_acc", "test_acc", "diverged",
+        "heldout", "epochs"}``.
+    """
+    saved = resolve_policy(policy)
+    env_spec = load_spec(spec) if not isinstance(spec, EnvSpec) else spec
+    episode = dataclasses.replace(env_spec.episode, action=action_kind(saved))
+    if epochs is not None:
+        episode = dataclasses.replace(episode, epochs=epochs)
+    env_spec = dataclasses.replace(env_spec, episode=episode)
+    env = HyperTuneEnv(env_spec, device=device, num_threads=num_threads, workloads=[workload])
+    obs, info = env.reset(seed=seed, options={"workload": workload})
+    history, done = [], False
+    while not done:
+        obs, _, terminated, truncated, info = env.step(saved.predict(obs, deterministic=deterministic))
+        keys = ("epoch", "lr", "batch_size", "train_loss", "train_acc", "val_loss", "val_acc", "diverged")
+        history.append({**{k: info[k] for k in keys}, "seconds": env.epoch_time})
+        done = terminated or truncated
+    env.close()
+    return {
+        "workload": workload,
+        "seed": seed,
+        "epochs": len(history),
+        "heldout": info["heldout"],
+        "trained_on": workload in saved.metadata.get("training", {}).get("trained_on", []),
+        "history": history,
+        "final_val_acc": info["val_acc"],
+        "test_acc": info["test_acc"],
+        "diverged": info["diverged"],
+    }
+
+
+__all__ = ["Controller", "TuneResult", "resolve_policy", "run_policy", "tune"]
