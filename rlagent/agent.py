@@ -53,8 +53,9 @@ class PPOSettings:
     """Minibatch size of the PPO update."""
     n_epochs: int = 10
     """Passes over each rollout."""
-    learning_rate: float = 3e-4
-    """Adam learning rate of the policy and value networks."""
+    learning_rate: float = 1e-3
+    """Adam learning rate of the policy and value networks (1e-3 beat SB3's 3e-4 here: see
+    policies/default/README.md)."""
     gamma: float = 0.99
     """Discount factor."""
     gae_lambda: float = 0.95
@@ -113,6 +114,8 @@ class TrainConfig:
     """Seconds an env step may take before its worker is declared hung and restarted."""
     metadata: dict[str, Any] = field(default_factory=dict)
     """Extra fields for the saved policy's training record (e.g. the command line)."""
+    max_minutes: float | None = None
+    """Stop (and save as usual) after this much wall time, even before ``timesteps``."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.timesteps, int) or self.timesteps < 1:
@@ -121,6 +124,8 @@ class TrainConfig:
             raise SpecError("n_envs", self.n_envs, "an integer >= 1")
         if self.checkpoint_every < 0:
             raise SpecError("checkpoint_every", self.checkpoint_every, "an integer >= 0")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise SpecError("max_minutes", self.max_minutes, "a number > 0")
 
 
 @dataclass
@@ -177,9 +182,10 @@ def make_pool(
 class TrainingMonitor(BaseCallback):
     """Progress bar, per-episode log (CSV) and TensorBoard scalars; times rollouts vs updates."""
 
-    def __init__(self, total: int, log_path: Path | None, progress: bool) -> None:
+    def __init__(self, total: int, log_path: Path | None, progress: bool, max_seconds: float | None = None) -> None:
         super().__init__()
         self.total = total
+        self.max_seconds = max_seconds
         self.log_path = log_path
         self.progress = progress
         self.returns: deque[float] = deque(maxlen=50)
@@ -258,6 +264,9 @@ class TrainingMonitor(BaseCallback):
                     final_val_acc=f"{np.mean(self.final_accs):.3f}",
                     refresh=False,
                 )
+        if self.max_seconds is not None and time.perf_counter() - self._t0 > self.max_seconds:
+            logger.info("time limit reached after %d steps; stopping", self.num_timesteps)
+            return False
         return True
 
     def _on_training_end(self) -> None:
@@ -427,7 +436,8 @@ def train_policy(config: TrainConfig, *, venv: VecEnv | None = None) -> TrainRes
             ckpt = latest_checkpoint(config.resume)
             done = load_checkpoint(ckpt, model, norm)
             logger.info("resumed from %s at %d steps", ckpt, done)
-        monitor = TrainingMonitor(config.timesteps, run_dir / "training_log.csv", config.progress)
+        max_seconds = 60.0 * config.max_minutes if config.max_minutes else None
+        monitor = TrainingMonitor(config.timesteps, run_dir / "training_log.csv", config.progress, max_seconds)
         callbacks: list[BaseCallback] = [monitor]
         if config.checkpoint_every:
             callbacks.append(CheckpointEvery(config.checkpoint_every, run_dir / "checkpoints", norm, config))
@@ -439,6 +449,8 @@ def train_policy(config: TrainConfig, *, venv: VecEnv | None = None) -> TrainRes
                 reset_num_timesteps=not config.resume,
                 tb_log_name=f"{spec.name}__{out.name}__{seed}",
             )
+        if config.checkpoint_every:  # so that a finished or time-limited run can be continued
+            save_checkpoint(run_dir / "checkpoints" / f"step-{model.num_timesteps:09d}", model, norm, config)
         wall = time.perf_counter() - start
         metadata = {
             "spec_name": spec.name,

@@ -8,9 +8,13 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from rlagent.agent import TrainResult
 
 from rlagent.errors import RLAgentError
 
@@ -71,41 +75,11 @@ def _cmd_rollout(args: argparse.Namespace) -> None:
     console.print(f"return {total:.3f}; final test accuracy {info['test_acc']:.3f}; diverged {info['diverged']}")
 
 
-def _cmd_train(args: argparse.Namespace) -> None:
-    from rlagent.agent import PPOSettings, TrainConfig, train_policy
-
-    if args.backend == "ray":
-        from rlagent.ray_pool import make_ray_pool  # noqa: F401  (raises with the extra to install)
-    ppo = PPOSettings(
-        n_steps=args.n_steps, batch_size=args.batch_size, n_epochs=args.ppo_epochs, learning_rate=args.ppo_lr,
-        gamma=args.gamma, ent_coef=args.ent_coef, net_arch=tuple(args.net_arch),
-    )  # fmt: skip
-    config = TrainConfig(
-        spec=args.spec, timesteps=args.timesteps, n_envs=args.n_envs, devices=args.devices, seed=args.seed,
-        out=args.out, run_dir=args.run_dir, resume=args.resume, tensorboard=args.tensorboard,
-        checkpoint_every=args.checkpoint_every, ppo=ppo, progress=not args.no_progress,
-        metadata={"command": "rlagent " + " ".join(sys.argv[1:])},
-    )  # fmt: skip
-    venv = None
-    if args.backend == "ray":
-        from rlagent.config import load_spec
-        from rlagent.ray_pool import make_ray_pool
-
-        venv = make_ray_pool(load_spec(args.spec), n_envs=args.n_envs, devices=args.devices, address=args.address)
-    result = train_policy(config, venv=venv)
-    console.print(
-        f"saved policy to {result.policy_dir} after {result.timesteps} env steps in {result.wall_seconds:.0f} s "
-        f"({result.env_steps_per_second:.1f} steps/s on {len(result.slots) or 'ray'} workers; "
-        f"PPO updates {100 * result.update_share:.0f}% of the time); "
-        f"mean final val acc of the last episodes {result.mean_final_val_acc:.3f}"
-    )
-
-
-def _add_train(sub: argparse._SubParsersAction) -> None:
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``rlagent train`` (shared with ``scripts/train_policy.py``)."""
     from rlagent.agent import PPOSettings
 
     d = PPOSettings()
-    p = sub.add_parser("train", help="train a tuning policy with PPO on a pool of envs")
     p.add_argument("--spec", default="default", help="spec file or shipped spec name")
     p.add_argument("--timesteps", type=int, default=20_000, help="total env steps (= epochs trained)")
     p.add_argument("--n-envs", type=int, default=None, help="parallel envs (default: one per GPU, else per core)")
@@ -115,17 +89,56 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", default=None, help="checkpoints and logs (default runs/SPEC__NAME__SEED)")
     p.add_argument("--resume", default=None, help="checkpoint (or folder of checkpoints) to continue from")
     p.add_argument("--tensorboard", default=None, help="TensorBoard log directory")
-    p.add_argument("--checkpoint-every", type=int, default=2_000, help="env steps between checkpoints (0: none)")
+    p.add_argument("--checkpoint-every", type=int, default=5_000, help="env steps between checkpoints (0: none)")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop and save after this much wall time")
     p.add_argument("--backend", choices=("local", "ray"), default="local")
     p.add_argument("--address", default=None, help="Ray cluster address (with --backend ray)")
     p.add_argument("--n-steps", type=int, default=d.n_steps, help="PPO rollout length per env")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="PPO minibatch size")
     p.add_argument("--ppo-epochs", type=int, default=d.n_epochs, help="PPO passes per rollout")
     p.add_argument("--ppo-lr", type=float, default=d.learning_rate, help="PPO Adam learning rate")
-    p.add_argument("--gamma", type=float, default=d.gamma)
-    p.add_argument("--ent-coef", type=float, default=d.ent_coef)
-    p.add_argument("--net-arch", type=int, nargs="+", default=list(d.net_arch))
+    p.add_argument("--gamma", type=float, default=d.gamma, help="discount factor")
+    p.add_argument("--ent-coef", type=float, default=d.ent_coef, help="entropy bonus")
+    p.add_argument("--net-arch", type=int, nargs="+", default=list(d.net_arch), help="hidden layer widths")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_training(args: argparse.Namespace, command: str) -> TrainResult:
+    """Build the config from parsed ``add_train_arguments`` options and train."""
+    from rlagent.agent import PPOSettings, TrainConfig, train_policy
+
+    ppo = PPOSettings(
+        n_steps=args.n_steps, batch_size=args.batch_size, n_epochs=args.ppo_epochs, learning_rate=args.ppo_lr,
+        gamma=args.gamma, ent_coef=args.ent_coef, net_arch=tuple(args.net_arch),
+    )  # fmt: skip
+    config = TrainConfig(
+        spec=args.spec, timesteps=args.timesteps, n_envs=args.n_envs, devices=args.devices, seed=args.seed,
+        out=args.out, run_dir=args.run_dir, resume=args.resume, tensorboard=args.tensorboard,
+        checkpoint_every=args.checkpoint_every, ppo=ppo, progress=not args.no_progress,
+        metadata={"command": command}, max_minutes=args.max_minutes,
+    )  # fmt: skip
+    venv = None
+    if args.backend == "ray":
+        from rlagent.config import load_spec
+        from rlagent.ray_pool import make_ray_pool
+
+        venv = make_ray_pool(load_spec(args.spec), n_envs=args.n_envs, devices=args.devices, address=args.address)
+    return train_policy(config, venv=venv)
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    result = run_training(args, "rlagent " + " ".join(sys.argv[1:]))
+    console.print(
+        f"saved policy to {result.policy_dir} after {result.timesteps} env steps in {result.wall_seconds:.0f} s "
+        f"({result.env_steps_per_second:.1f} steps/s on {len(result.slots) or 'ray'} workers; "
+        f"PPO updates {100 * result.update_share:.0f}% of the time); "
+        f"mean final val acc of the last episodes {result.mean_final_val_acc:.3f}"
+    )
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a tuning policy with PPO on a pool of envs")
+    add_train_arguments(p)
     p.set_defaults(func=_cmd_train)
 
 

@@ -170,6 +170,13 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         """Name of the current episode's workload (None before the first reset)."""
         return self.workload.name if self.workload else None
 
+    def placement(self) -> dict[str, str | None]:
+        """Where the current run lives: model parameters, data, and the process's current CUDA device."""
+        model_device = next(self.trainer.model.parameters()).device if self.trainer else None
+        data_device = self.data.train.x.device if self.data else None
+        cuda = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_initialized() else None
+        return {"model_device": str(model_device), "data_device": str(data_device), "cuda_current": cuda}
+
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -230,9 +237,9 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             bs = 2 ** int(self.np_random.integers(lo_e, max(lo_e, hi_e) + 1))
         if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
             raise SpecError("reset options.lr", lr, "a number > 0")
-        if not isinstance(bs, int) or isinstance(bs, bool) or bs < 1:
+        if not isinstance(bs, (int, np.integer)) or isinstance(bs, bool) or bs < 1:
             raise SpecError("reset options.batch_size", bs, "an integer >= 1")
-        return apply_action(float(lr), bs, 1.0, 1.0, wl.lr_range, wl.batch_size_range, n_train)
+        return apply_action(float(lr), int(bs), 1.0, 1.0, wl.lr_range, wl.batch_size_range, n_train)
 
     def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
         if self.trainer is None or self.tracker is None or self.data is None or self.workload is None:

@@ -1,0 +1,368 @@
+"""Tests for rlagent.env: API conformance, determinism, divergence, observations, info, rewards."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import tomllib
+import warnings
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import rlagent
+from rlagent import ENV_ID, FEATURE_NAMES, HyperTuneEnv, SpecError
+from rlagent.config import EnvSpec, load_spec, resolve_spec_path
+from rlagent.env import BS_FACTORS, LR_FACTORS, apply_action, decode_action
+
+ENV_IDS = [i for i in gym.registry if i.startswith("rlagent/")]
+ACTION_KINDS = ("discrete", "continuous")
+RESET_KEYS = {"workload", "heldout", "epoch", "lr", "batch_size", "val_loss", "val_acc", "episode_seed"}
+STEP_KEYS = {
+    "workload", "heldout", "epoch", "lr", "batch_size", "train_loss", "train_acc", "val_loss", "val_acc",
+    "best_val_acc", "samples_seen", "steps", "diverged",
+}  # fmt: skip
+FINAL_KEYS = {"test_loss", "test_acc"}
+
+
+def _tiny(action: str = "discrete", **reward: Any) -> EnvSpec:
+    """The shipped tiny spec with another action kind and/or reward settings."""
+    spec = load_spec("tiny")
+    return dataclasses.replace(
+        spec,
+        episode=dataclasses.replace(spec.episode, action=action),
+        reward=dataclasses.replace(spec.reward, **reward),
+    )
+
+
+def _tiny_dict() -> dict[str, Any]:
+    """The shipped tiny spec as a plain dict, to be edited by a test."""
+    return tomllib.loads(resolve_spec_path("tiny").read_text())
+
+
+def _divergent_dict(**episode: Any) -> dict[str, Any]:
+    """SGD on a tiny task with an LR range that allows absurd learning rates."""
+    return {
+        "workloads": {
+            "train": ["sgd-tiny"],
+            "define": {
+                "sgd-tiny": {
+                    "dataset": "synthetic",
+                    "model": "mlp",
+                    "optimizer": "sgd",
+                    "dataset_args": {"n_samples": 300, "n_features": 8, "n_informative": 4, "n_classes": 3},
+                    "model_args": {"hidden": [16]},
+                }
+            },
+        },
+        "episode": {"epochs": 3, "lr_range": [1e-4, 1e6], "init_lr": 1e5, "init_batch_size": 16, **episode},
+    }
+
+
+def _actions(kind: str) -> list[np.ndarray]:
+    """A fixed action sequence that moves both hyperparameters."""
+    if kind == "discrete":
+        return [np.array(a) for a in ([4, 2], [0, 0], [2, 1], [3, 2])]
+    return [np.array(a, dtype=np.float32) for a in ([1.0, 1.0], [-0.7, -1.0], [0.0, 0.0], [0.3, 0.5])]
+
+
+def _episode(env: HyperTuneEnv, seed: int | None, options: dict[str, Any] | None = None) -> dict[str, list]:
+    """Run one episode with the fixed actions; returns observations, rewards and infos."""
+    obs, info = env.reset(seed=seed, options=options)
+    out: dict[str, list] = {"obs": [obs], "rewards": [], "infos": [info]}
+    for action in _actions(env.action_kind):
+        obs, reward, terminated, truncated, info = env.step(action)
+        out["obs"].append(obs)
+        out["rewards"].append(reward)
+        out["infos"].append(info)
+        assert not truncated
+        if terminated:
+            break
+    assert terminated
+    return out
+
+
+def _same(a: dict[str, list], b: dict[str, list]) -> bool:
+    return (
+        len(a["obs"]) == len(b["obs"])
+        and all(np.array_equal(x, y) for x, y in zip(a["obs"], b["obs"]))
+        and a["rewards"] == b["rewards"]
+    )
+
+
+def test_env_is_registered() -> None:
+    assert ENV_ID in ENV_IDS
+    assert isinstance(gym.make(ENV_ID, spec="tiny").unwrapped, HyperTuneEnv)
+
+
+@pytest.mark.parametrize("kind", ACTION_KINDS)
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_check_env(env_id: str, kind: str) -> None:
+    spec: str | EnvSpec = "tiny" if kind == "discrete" else _tiny(kind)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gym_check_env(gym.make(env_id, spec=spec).unwrapped)
+        sb3_check_env(gym.make(env_id, spec=spec).unwrapped)
+    assert [str(w.message) for w in caught if issubclass(w.category, UserWarning)] == []
+
+
+@pytest.mark.parametrize("kind", ACTION_KINDS)
+def test_same_seed_same_episode_other_seed_differs(kind: str) -> None:
+    first = _episode(HyperTuneEnv(_tiny(kind)), seed=3)
+    again = _episode(HyperTuneEnv(_tiny(kind)), seed=3)
+    other = _episode(HyperTuneEnv(_tiny(kind)), seed=4)
+    assert _same(first, again)
+    assert first["infos"] == again["infos"]
+    assert not _same(first, other)
+
+
+def test_reset_without_seed_continues_the_seeded_stream() -> None:
+    env_a, env_b = HyperTuneEnv("tiny"), HyperTuneEnv("tiny")
+    env_a.reset(seed=7)
+    env_b.reset(seed=7)
+    assert _same(_episode(env_a, seed=None), _episode(env_b, seed=None))
+
+
+def test_interleaved_envs_match_envs_run_alone() -> None:
+    alone = [_episode(HyperTuneEnv("tiny"), seed=s) for s in (1, 2)]
+    envs = [HyperTuneEnv("tiny"), HyperTuneEnv("tiny")]
+    runs = []
+    for env, seed in zip(envs, (1, 2)):
+        obs, _ = env.reset(seed=seed)
+        runs.append({"obs": [obs], "rewards": []})
+    for action in _actions("discrete")[:3]:  # tiny: 3 epochs
+        for env, run in zip(envs, runs):
+            obs, reward, *_ = env.step(action)
+            run["obs"].append(obs)
+            run["rewards"].append(reward)
+    assert _same(runs[0], alone[0])
+    assert _same(runs[1], alone[1])
+
+
+def test_global_rngs_untouched() -> None:
+    torch_state, np_state, py_state = torch.random.get_rng_state(), np.random.get_state(), random.getstate()  # noqa: NPY002
+    env = HyperTuneEnv("tiny")
+    _episode(env, seed=0)
+    _episode(env, seed=None, options={"workload": "tiny-wide", "lr": "sample", "batch_size": "sample"})
+    assert torch.equal(torch.random.get_rng_state(), torch_state)
+    after = np.random.get_state()  # noqa: NPY002
+    assert after[0] == np_state[0] and np.array_equal(after[1], np_state[1]) and after[2:] == np_state[2:]
+    assert random.getstate() == py_state
+
+
+@pytest.mark.parametrize(
+    ("episode", "options", "action"),
+    [
+        ({}, None, [2, 1]),  # init_lr 1e5
+        ({"init_lr": 1e-3}, {"lr": 1e5}, [2, 1]),
+        ({"init_lr": 1e3, "action": "continuous"}, None, [1.0, 0.0]),  # LR x4 per step until it blows up
+    ],
+)
+def test_divergence_ends_episode_cleanly(episode: dict[str, Any], options: dict | None, action: list) -> None:
+    env = HyperTuneEnv(_divergent_dict(**episode))
+    obs, info = env.reset(seed=0, options=options)
+    chance = 1.0 / env.data.num_classes
+    terminated = False
+    while not terminated:
+        obs, reward, terminated, truncated, info = env.step(np.array(action, dtype=env.action_space.dtype))
+        assert np.isfinite(obs).all() and env.observation_space.contains(obs)
+    assert info["diverged"] is True
+    assert info["epoch"] < 3  # ended early, not by the budget
+    assert not truncated
+    assert reward == pytest.approx(chance)
+    assert info["val_acc"] == info["test_acc"] == chance
+    with pytest.raises(gym.error.ResetNeeded):
+        env.step(np.array(action, dtype=env.action_space.dtype))
+    obs, _ = env.reset(seed=1, options={"lr": 1e-3})  # the env is usable again
+    _, _, _, _, info = env.step(np.array(action, dtype=env.action_space.dtype) * 0)
+    assert info["diverged"] is False
+
+
+def test_step_before_reset_raises() -> None:
+    with pytest.raises(gym.error.ResetNeeded):
+        HyperTuneEnv("tiny").step(np.array([2, 1]))
+
+
+@pytest.mark.parametrize("kind", ACTION_KINDS)
+def test_observations_finite_and_inside_box(kind: str) -> None:
+    env = HyperTuneEnv(_tiny(kind))
+    assert env.observation_space.shape == (len(FEATURE_NAMES),)
+    env.action_space.seed(0)
+    extremes = [env.action_space.low, env.action_space.high] if kind == "continuous" else [[0, 0], [4, 2]]
+    for episode in range(4):
+        obs, _ = env.reset(seed=episode)
+        assert obs.dtype == np.float32 and np.isfinite(obs).all() and env.observation_space.contains(obs)
+        terminated = False
+        while not terminated:
+            action = env.action_space.sample() if episode < 2 else np.asarray(extremes[episode - 2])
+            obs, _, terminated, _, _ = env.step(action.astype(env.action_space.dtype))
+            assert obs.dtype == np.float32 and np.isfinite(obs).all() and env.observation_space.contains(obs)
+
+
+def test_info_keys_and_test_acc_only_at_the_end() -> None:
+    env = HyperTuneEnv("tiny")
+    obs, info = env.reset(seed=0)
+    assert set(info) == RESET_KEYS
+    assert info["epoch"] == 0 and info["heldout"] is False and info["workload"] == "tiny-mlp"
+    samples = 0
+    for epoch in (1, 2, 3):
+        obs, reward, terminated, _, info = env.step(np.array([2, 1]))
+        samples += len(env.data.train)
+        assert info["epoch"] == epoch and info["samples_seen"] == samples
+        assert info["diverged"] is False
+        if epoch < 3:
+            assert set(info) == STEP_KEYS and not terminated
+        else:
+            assert set(info) == STEP_KEYS | FINAL_KEYS and terminated
+            assert 0.0 <= info["test_acc"] <= 1.0
+    assert env.epoch_time > 0.0
+
+
+def test_heldout_flag() -> None:
+    env = HyperTuneEnv("tiny")
+    _, info = env.reset(seed=0, options={"workload": "tiny-wide"})
+    assert info["heldout"] is True and info["workload"] == "tiny-wide"
+    assert env.step(np.array([2, 1]))[4]["heldout"] is True
+    _, info = env.reset(seed=0)
+    assert info["heldout"] is False
+
+
+def test_workloads_argument_restricts_draws() -> None:
+    env = HyperTuneEnv("tiny", workloads=["tiny-wide"])
+    assert {env.reset(seed=s)[1]["workload"] for s in range(3)} == {"tiny-wide"}
+    with pytest.raises(SpecError, match="nope"):
+        HyperTuneEnv("tiny", workloads=["nope"])
+
+
+def test_reward_val_acc_is_validation_accuracy() -> None:
+    run = _episode(HyperTuneEnv("tiny"), seed=0)
+    assert run["rewards"] == [i["val_acc"] for i in run["infos"][1:]]
+
+
+def test_reward_best_improvement_sums_to_final_best_minus_initial() -> None:
+    run = _episode(HyperTuneEnv(_tiny(mode="best_improvement")), seed=0)
+    initial = run["infos"][0]["val_acc"]
+    best = max([initial] + [i["val_acc"] for i in run["infos"][1:]])
+    assert all(r >= 0.0 for r in run["rewards"])
+    assert run["infos"][-1]["best_val_acc"] == best
+    assert sum(run["rewards"]) == pytest.approx(best - initial)
+
+
+def test_reward_final_is_zero_until_the_last_step() -> None:
+    run = _episode(HyperTuneEnv(_tiny(mode="final")), seed=0)
+    assert run["rewards"][:-1] == [0.0] * (len(run["rewards"]) - 1)
+    assert run["rewards"][-1] == run["infos"][-1]["val_acc"]
+
+
+def test_cost_weight_subtracts_steps() -> None:
+    plain = _episode(HyperTuneEnv("tiny"), seed=0)
+    costly = _episode(HyperTuneEnv(_tiny(cost_weight=0.5)), seed=0)
+    steps = [i["steps"] for i in costly["infos"][1:]]
+    per_epoch = np.diff([0, *steps])
+    expected = [r - 0.5 * s / 100.0 for r, s in zip(plain["rewards"], per_epoch)]
+    assert costly["rewards"] == pytest.approx(expected)
+    assert all(c < p for c, p in zip(costly["rewards"], plain["rewards"]))
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"learning_rate": 1e-3}, "learning_rate"),
+        ({"lr": 0.0}, r"reset options\.lr.*0\.0"),
+        ({"lr": -1e-3}, r"reset options\.lr.*-0\.001"),
+        ({"lr": "fast"}, r"reset options\.lr.*'fast'"),
+        ({"batch_size": 0}, r"reset options\.batch_size.*0"),
+        ({"batch_size": 8.5}, r"reset options\.batch_size.*8\.5"),
+        ({"workload": "nope"}, r"workload.*'nope'"),
+    ],
+)
+def test_bad_reset_options_raise(options: dict[str, Any], match: str) -> None:
+    with pytest.raises(SpecError, match=match):
+        HyperTuneEnv("tiny").reset(seed=0, options=options)
+
+
+def test_reset_options_are_clipped_to_ranges() -> None:
+    env = HyperTuneEnv("tiny")
+    _, info = env.reset(seed=0, options={"lr": 10.0, "batch_size": 100_000})
+    assert info["lr"] == 0.3  # tiny: lr_range [1e-4, 0.3]
+    assert info["batch_size"] == 128  # tiny: batch_size_range [8, 128]
+    _, info = env.reset(seed=0, options={"lr": "sample", "batch_size": "sample"})
+    assert 1e-4 <= info["lr"] <= 0.3 and info["batch_size"] in (8, 16, 32, 64, 128)
+
+
+def test_env_accepts_spec_dict_and_path(tmp_path) -> None:
+    data = _tiny_dict()
+    data["episode"]["epochs"] = 2
+    env = HyperTuneEnv(data)
+    assert env.env_spec.episode.epochs == 2
+    assert len(_episode(env, seed=0)["rewards"]) == 2
+    path = tmp_path / "mine.toml"
+    path.write_text(resolve_spec_path("tiny").read_text())
+    assert HyperTuneEnv(path).env_spec.name == "tiny"
+
+
+# ---------------------------------------------------------------------------------------------
+# Action handling
+
+
+def test_decode_discrete_action() -> None:
+    for i, lr_f in enumerate(LR_FACTORS):
+        for j, bs_f in enumerate(BS_FACTORS):
+            assert decode_action(np.array([i, j]), "discrete") == (lr_f, bs_f)
+
+
+@pytest.mark.parametrize("action", [[5, 1], [-1, 1], [2, 3], [2, -1]])
+def test_invalid_discrete_action_raises(action: list[int]) -> None:
+    with pytest.raises(ValueError, match=r"action: got \[.*\]; expected \[0\.\.4, 0\.\.2\]"):
+        decode_action(np.array(action), "discrete")
+
+
+@pytest.mark.parametrize("kind", ACTION_KINDS)
+def test_action_of_wrong_shape_raises(kind: str) -> None:
+    with pytest.raises(ValueError, match=r"expected \(2,\)"):
+        decode_action(np.zeros(3), kind)
+
+
+def test_invalid_action_raises_in_step() -> None:
+    env = HyperTuneEnv("tiny")
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="action"):
+        env.step(np.array([7, 0]))
+
+
+def test_decode_continuous_action_clips() -> None:
+    assert decode_action(np.array([0.0, 0.0]), "continuous") == (1.0, 1.0)
+    assert decode_action(np.array([1.0, -1.0]), "continuous") == (4.0, 0.5)
+    assert decode_action(np.array([5.0, -9.0]), "continuous") == (4.0, 0.5)
+    assert decode_action(np.array([-0.5, 0.5]), "continuous") == pytest.approx((0.5, 2**0.5))
+
+
+def test_apply_action_clips_to_ranges_and_training_set() -> None:
+    lr_range, bs_range = (1e-4, 0.1), (8, 512)
+    assert apply_action(1e-3, 32, 2.0, 2.0, lr_range, bs_range, 1000) == (2e-3, 64)
+    assert apply_action(0.08, 32, 4.0, 1.0, lr_range, bs_range, 1000) == (0.1, 32)
+    assert apply_action(2e-4, 8, 0.25, 0.5, lr_range, bs_range, 1000) == (1e-4, 8)
+    assert apply_action(1e-3, 256, 1.0, 2.0, lr_range, bs_range, 300) == (1e-3, 300)  # training-set size
+    assert apply_action(1e-3, 8, 1.0, 1.0, lr_range, bs_range, 5) == (1e-3, 8)  # never below the range
+    lr, bs = apply_action(1e-3, 33, 1.0, 2**0.5, lr_range, bs_range, 1000)
+    assert isinstance(bs, int) and bs == 47
+
+
+def test_batch_size_in_step_never_exceeds_training_set() -> None:
+    data = _tiny_dict()
+    data["episode"]["batch_size_range"] = [8, 4096]
+    env = HyperTuneEnv(data)
+    env.reset(seed=0, options={"batch_size": 128})
+    for _ in range(3):
+        _, _, _, _, info = env.step(np.array([2, 2]))
+    assert info["batch_size"] == len(env.data.train)
+
+
+def test_package_exports() -> None:
+    for name in rlagent.__all__:
+        assert hasattr(rlagent, name)
