@@ -16,15 +16,7 @@ from rlagent.config import EnvSpec, load_spec, spec_from_dict
 from rlagent.errors import SpecError
 from rlagent.features import FEATURE_NAMES, OBS_HIGH, OBS_LOW, RunTracker
 from rlagent.training import Trainer
-from rlagent.workloads import (
-    Data,
-    Source,
-    WorkloadSpec,
-    build_model,
-    load_source,
-    run_seeds,
-    split_data,
-)
+from rlagent.workloads import Data, Source, WorkloadSpec, make_run
 
 LR_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 """Discrete action 0: the learning rate is multiplied by one of these."""
@@ -190,18 +182,12 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             name = self.workload_names[int(self.np_random.integers(len(self.workload_names)))]
         wl = self.env_spec.workload(name)
         episode_seed = seed if seed is not None else int(self.np_random.integers(2**31 - 1))
-        split_seed, init_seed, shuffle_seed = run_seeds(episode_seed)
-
-        key = f"{wl.dataset}{sorted(wl.dataset_args.items())}"  # workloads may share a dataset
-        if key not in self._sources:
-            self._sources[key] = load_source(wl)
-        data = split_data(self._sources[key], wl, split_seed).to(self.device)
-        model = build_model(wl, data.input_shape, data.num_classes, init_seed).to(self.device)
+        run = make_run(wl, episode_seed, device=self.device, sources=self._sources)
+        data = run.data
         lr, bs = self._initial_values(wl, len(data.train), options)
         self.trainer = Trainer(
-            model, data.train, optimizer=wl.optimizer, lr=lr, batch_size=bs,
-            generator=torch.Generator().manual_seed(shuffle_seed),
-        )  # fmt: skip
+            run.model, data.train, optimizer=wl.optimizer, lr=lr, batch_size=bs, generator=run.generator
+        )
         self.workload, self.data = wl, data
         self.tracker = RunTracker(
             num_classes=data.num_classes, lr_range=wl.lr_range,

@@ -130,6 +130,8 @@ class Trainer:
         grad_sum: list[torch.Tensor] | None = None
 
         self.model.train()
+        if hasattr(self.optimizer, "train"):  # schedule-free optimisers keep two sets of weights
+            self.optimizer.train()
         losses: list[torch.Tensor] = []
         # Accuracy is counted in blocks: per-step argmax/compare/sum ops cost ~4% of a small model's epoch.
         logits: list[torch.Tensor] = []
@@ -190,6 +192,8 @@ class Trainer:
     def evaluate(self, split: Split) -> EvalStats:
         """Mean loss and accuracy on a whole split, in large chunks."""
         self.model.eval()
+        if hasattr(self.optimizer, "eval"):
+            self.optimizer.eval()
         loss_sum = torch.zeros((), device=split.x.device)
         correct = torch.zeros((), device=split.x.device, dtype=torch.long)
         for i in range(0, len(split), _EVAL_CHUNK):

@@ -373,6 +373,35 @@ def build_model(spec: WorkloadSpec, input_shape: tuple[int, ...], num_classes: i
     return model
 
 
+@dataclass
+class Run:
+    """One seeded training run of a workload: its data splits, a fresh model and its shuffling RNG."""
+
+    data: Data
+    model: nn.Module
+    generator: torch.Generator
+
+
+def source_key(spec: WorkloadSpec) -> str:
+    """Workloads with equal keys share their data source (e.g. the MNIST-1D models)."""
+    return f"{spec.dataset}{sorted(spec.dataset_args.items())}"
+
+
+def make_run(
+    spec: WorkloadSpec, seed: int, *, device: str | torch.device = "cpu", sources: dict[str, Source] | None = None
+) -> Run:
+    """The run of ``spec`` for ``seed``: every method given the same seed gets the same split,
+    initial weights and shuffling order. ``sources`` caches loaded data across calls."""
+    split_seed, init_seed, shuffle_seed = run_seeds(seed)
+    sources = {} if sources is None else sources
+    key = source_key(spec)
+    if key not in sources:
+        sources[key] = load_source(spec)
+    data = split_data(sources[key], spec, split_seed).to(device)
+    model = build_model(spec, data.input_shape, data.num_classes, init_seed).to(device)
+    return Run(data, model, torch.Generator().manual_seed(shuffle_seed))
+
+
 def run_seeds(seed: int) -> tuple[int, int, int]:
     """Independent seeds for (data split, weight init, shuffling) of one run."""
     split, init, shuffle = np.random.SeedSequence(seed).generate_state(3)
