@@ -1,0 +1,147 @@
+"""PPO training over the env pool: saving, checkpoints, resume, guards."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+from rlagent.agent import (
+    EnvFactory,
+    PPOSettings,
+    TrainConfig,
+    build_ppo,
+    latest_checkpoint,
+    load_checkpoint,
+    make_pool,
+    train_policy,
+)
+from rlagent.config import load_spec
+from rlagent.devices import WorkerSlot
+from rlagent.errors import RLAgentError, SpecError
+from rlagent.features import FEATURE_NAMES
+from rlagent.policy_file import load_policy
+
+TINY_PPO = PPOSettings(n_steps=16, batch_size=16, net_arch=(8,))
+
+
+def _config(tmp_path: Path, **kw) -> TrainConfig:
+    base = dict(
+        spec="tiny",
+        timesteps=64,
+        n_envs=2,
+        devices="cpu",
+        out=tmp_path / "pol",
+        run_dir=tmp_path / "run",
+        checkpoint_every=32,
+        progress=False,
+        ppo=TINY_PPO,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    tmp = tmp_path_factory.mktemp("agent")
+    return tmp, train_policy(_config(tmp))
+
+
+def test_training_saves_a_loadable_policy_with_its_record(trained: tuple[Path, object]) -> None:
+    tmp, result = trained
+    assert result.timesteps >= 64
+    saved = load_policy(tmp / "pol")
+    assert saved.feature_names == FEATURE_NAMES
+    record = saved.metadata["training"]
+    assert record["trained_on"] == ["tiny-mlp"]
+    assert record["held_out"] == ["tiny-wide"]
+    assert record["timesteps"] == result.timesteps
+    assert record["seed"] == 0 and record["n_envs"] == 2
+    assert saved.normalizer is not None and saved.normalizer["count"] > 1
+    assert 0.0 <= result.update_share <= 1.0 and result.env_steps_per_second > 0
+
+
+def test_training_log_names_only_training_workloads(trained: tuple[Path, object]) -> None:
+    tmp, result = trained
+    rows = list(csv.DictReader((tmp / "run" / "training_log.csv").open()))
+    assert len(rows) == result.episodes > 0
+    assert {r["workload"] for r in rows} == {"tiny-mlp"}
+
+
+def test_checkpoints_are_written_and_resume_restores_state(trained: tuple[Path, object]) -> None:
+    tmp, result = trained
+    ckpt = latest_checkpoint(tmp / "run" / "checkpoints")
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["num_timesteps"] == result.timesteps
+    assert not list((tmp / "run" / "checkpoints").glob(".*"))  # no temp dirs left behind
+
+    spec = load_spec("tiny")
+    venv = VecNormalize(DummyVecEnv([lambda: EnvFactory(spec, ("tiny-mlp",))(WorkerSlot("cpu", 1))]))
+    model = build_ppo(venv, TINY_PPO, seed=1, tensorboard=None)
+    steps = load_checkpoint(ckpt, model, venv)
+    assert steps == model.num_timesteps == result.timesteps
+    saved = load_policy(tmp / "pol")  # the final policy equals the last checkpoint
+    for key, value in saved.policy.state_dict().items():
+        assert torch.equal(model.policy.state_dict()[key], value), key
+    np.testing.assert_array_equal(venv.obs_rms.mean, np.asarray(saved.normalizer["mean"]))
+    assert venv.obs_rms.count == saved.normalizer["count"]
+    assert model.policy.optimizer.state_dict()["state"], "optimizer moments restored"
+    venv.close()
+
+
+def test_resume_continues_the_step_count(trained: tuple[Path, object], tmp_path: Path) -> None:
+    tmp, first = trained
+    result = train_policy(
+        _config(tmp_path, timesteps=first.timesteps + 32, resume=tmp / "run" / "checkpoints", n_envs=1)
+    )
+    assert result.timesteps == first.timesteps + 32
+    assert load_policy(tmp_path / "pol").metadata["training"]["timesteps"] == first.timesteps + 32
+
+
+def test_resume_from_nothing_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(RLAgentError, match="not a checkpoint"):
+        train_policy(_config(tmp_path, resume=tmp_path / "nowhere"))
+
+
+def test_time_limit_stops_early_and_still_saves(tmp_path: Path) -> None:
+    result = train_policy(_config(tmp_path, timesteps=100_000, max_minutes=0.05, n_envs=1))
+    assert 0 < result.timesteps < 100_000
+    assert load_policy(tmp_path / "pol").metadata["training"]["timesteps"] == result.timesteps
+
+
+def test_tensorboard_scalars_are_written(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    train_policy(_config(tmp_path, tensorboard=tmp_path / "tb", n_envs=1, checkpoint_every=0))
+    events = list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+    assert events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"rlagent/final_val_acc", "rlagent/lr_chosen_log10", "rlagent/env_steps_per_s"} <= tags
+
+
+def test_a_training_pool_refuses_held_out_workloads() -> None:
+    with pytest.raises(SpecError, match="held out"):
+        make_pool(load_spec("tiny"), n_envs=1, devices="cpu", workloads=["tiny-wide"])
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("timesteps", 0), ("n_envs", 0), ("checkpoint_every", -1), ("max_minutes", 0)]
+)
+def test_bad_training_config_names_the_field(field: str, value: object) -> None:
+    with pytest.raises(SpecError, match=field):
+        TrainConfig(**{field: value})
+
+
+def test_bad_ppo_settings_name_the_field() -> None:
+    with pytest.raises(SpecError, match="ppo.activation"):
+        PPOSettings(activation="sigmoid")
+    with pytest.raises(SpecError, match="ppo.n_steps"):
+        PPOSettings(n_steps=0)
