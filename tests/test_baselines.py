@@ -1,0 +1,242 @@
+"""Every tuning method of the benchmark: names, compute accounting, selection, determinism, resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from rlagent import baselines
+from rlagent.agent import PPOSettings, TrainConfig, train_policy
+from rlagent.baselines import METHOD_NEEDS, METHODS, MethodResult, TrialContext
+from rlagent.config import load_spec
+from rlagent.env import HyperTuneEnv
+from rlagent.errors import RLAgentError
+
+SPEC = load_spec("tiny")
+WORKLOAD = dataclasses.replace(SPEC.workload("tiny-mlp"), epochs=2)
+E = WORKLOAD.epochs
+SOURCES: dict[str, Any] = {}  # the tiny dataset, loaded once for the whole file
+
+
+def _ctx(workdir: Path, seed: int = 0, **kwargs: Any) -> TrialContext:
+    return TrialContext(SPEC, kwargs.pop("workload", WORKLOAD), seed, workdir, sources=SOURCES, **kwargs)
+
+
+def _comparable(results: list[MethodResult]) -> list[dict[str, Any]]:
+    """Results without their wall times (the only field allowed to differ between equal runs)."""
+    return [{k: v for k, v in r.to_dict().items() if k != "seconds"} for r in results]
+
+
+def _journal_trials(path: Path) -> list[optuna.trial.FrozenTrial]:
+    storage = JournalStorage(JournalFileBackend(str(path)))
+    (name,) = optuna.get_all_study_names(storage)
+    return optuna.load_study(study_name=name, storage=storage).trials
+
+
+@pytest.fixture(scope="module")
+def random_results(tmp_path_factory: pytest.TempPathFactory) -> list[MethodResult]:
+    return METHODS["random"](_ctx(tmp_path_factory.mktemp("random")))
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("policy")
+    # One env in this process: a worker process costs ~25 s of start-up on a busy 2-core machine.
+    venv = DummyVecEnv([lambda: Monitor(HyperTuneEnv(SPEC))])
+    config = TrainConfig(
+        spec="tiny", timesteps=64, n_envs=1, devices="cpu", out=tmp / "pol", run_dir=tmp / "run",
+        checkpoint_every=0, progress=False, ppo=PPOSettings(n_steps=32, batch_size=32, net_arch=(8,)),
+    )  # fmt: skip
+    return train_policy(config, venv=venv).policy_dir
+
+
+def test_registry() -> None:
+    assert set(METHODS) == {"random", "tpe", "hyperband", "pbt", "constant", "cosine", "plateau",
+                            "schedulefree", "prodigy", "open-loop", "policy"}  # fmt: skip
+    assert METHOD_NEEDS == {"cosine": "random", "open-loop": "policy"}
+
+
+def test_random_reports_best_of_1_4_16_by_validation(random_results: list[MethodResult]) -> None:
+    assert [r.method for r in random_results] == ["random-1", "random-4", "random-16"]
+    trials = random_results[-1].details["trials"]
+    assert len(trials) == 16
+    assert all(1e-4 <= t["lr"] <= 0.3 and t["batch_size"] in (8, 16, 32, 64, 128) for t in trials)
+    for n, r in zip((1, 4, 16), random_results):
+        assert r.epochs == n * E
+        assert r.details["n_trials"] == n and r.details["trials"] == trials[:n]
+        vals = [t["val_acc"] for t in trials[:n]]
+        chosen = trials[r.details["selected"]]
+        assert r.val_acc == max(vals) == chosen["val_acc"]
+        assert r.test_acc == chosen["test_acc"]  # the selected run's test accuracy, not the best test
+        assert (r.details["best_lr"], r.details["best_batch_size"]) == (chosen["lr"], chosen["batch_size"])
+        assert len(r.details["history"]) == E and r.details["history"][-1]["val_acc"] == r.val_acc
+        json.dumps(r.to_dict())
+    assert random_results[0].details["selected"] == 0
+
+
+def test_random_is_deterministic_under_a_seed(random_results: list[MethodResult], tmp_path: Path) -> None:
+    again = METHODS["random"](_ctx(tmp_path))
+    assert _comparable(again) == _comparable(random_results)
+    other = METHODS["random"](_ctx(tmp_path, seed=1))
+    assert other[-1].details["trials"] != random_results[-1].details["trials"]
+
+
+def test_pbt_accounting_selection_and_determinism(tmp_path: Path) -> None:
+    # Interval 1 so the 2-epoch runs exploit and explore once.
+    first = baselines.pbt(_ctx(tmp_path), interval=1)
+    (r,) = first
+    assert r.method == "pbt-8" and r.epochs == 8 * E
+    finals = r.details["final_val_accs"]
+    assert len(finals) == 8 and r.val_acc == max(finals) and r.details["selected"] == finals.index(max(finals))
+    exploits = r.details["exploits"]
+    assert len(exploits) == 2 and all(e["epoch"] == 1 for e in exploits)  # bottom 25% of 8, once
+    assert all(1e-4 <= e["lr"] <= 0.3 and e["batch_size"] in (8, 16, 32, 64, 128) for e in exploits)
+    assert [tuple(c) for c in r.details["initial"]] == [
+        (t["lr"], t["batch_size"]) for t in METHODS["random"](_ctx(tmp_path))[-1].details["trials"][:8]
+    ]
+    assert _comparable(baselines.pbt(_ctx(tmp_path), interval=1)) == _comparable(first)
+    assert METHODS["pbt"](_ctx(tmp_path))[0].details["exploits"] == []  # default interval 3 > E
+
+
+def test_pbt_exploit_copies_weights_and_optimizer_state() -> None:
+    ctx = _ctx(Path("unused"))
+    src, dst = baselines._Run(ctx), baselines._Run(ctx)
+    src.step(0.05, 16)
+    dst.step(0.001, 64)
+    baselines._exploit(dst, src)
+    for a, b in zip(dst.trainer.model.state_dict().values(), src.trainer.model.state_dict().values()):
+        assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
+    s_state, d_state = src.trainer.optimizer.state_dict(), dst.trainer.optimizer.state_dict()
+    for k, s in s_state["state"].items():
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(d_state["state"][k][name], s[name])
+            assert d_state["state"][k][name].data_ptr() != s[name].data_ptr()
+    assert dst.history == src.history  # the lineage of the weights
+    before = [p.detach().clone() for p in src.trainer.model.parameters()]
+    dst.step(0.05, 16)  # training the copy leaves the donor alone
+    assert all(torch.equal(p, q) for p, q in zip(src.trainer.model.parameters(), before))
+
+
+def test_pbt_explore_perturbs_or_resamples_within_the_ranges() -> None:
+    rng = np.random.default_rng(0)
+    sizes = [8, 16, 32, 64, 128]
+    moves = [baselines._explore(0.01, 32, rng, (1e-4, 0.3), sizes) for _ in range(400)]
+    perturbed = {round(lr / 0.01, 6) for lr, _ in moves} & {0.8, 1.2}
+    assert perturbed == {0.8, 1.2}
+    assert all(1e-4 <= lr <= 0.3 and bs in sizes for lr, bs in moves)
+    assert {bs for _, bs in moves} == set(sizes)  # neighbours 16/64 and resamples
+    assert sum(bs in (16, 64) for _, bs in moves) > 0.6 * len(moves)
+    assert baselines._explore(0.3, 128, np.random.default_rng(1), (1e-4, 0.3), sizes)[0] <= 0.3
+
+
+def test_tpe_selects_by_validation_and_resumes_from_its_journal(tmp_path: Path, monkeypatch) -> None:
+    ctx = _ctx(tmp_path)
+    journal = tmp_path / "tpe.journal"
+    # An interrupted study: 5 trials done, one left running by a dead process.
+    monkeypatch.setattr(baselines, "SEARCH_TRIALS", 5)
+    METHODS["tpe"](ctx)
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    optuna.load_study(study_name=f"tpe__{WORKLOAD.name}__seed0", storage=storage).ask()
+    monkeypatch.setattr(baselines, "SEARCH_TRIALS", 16)
+
+    (r,) = METHODS["tpe"](ctx)
+    trials = _journal_trials(journal)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 16 and len(trials) == 17  # 11 new trials; the stale one failed
+    assert r.method == "tpe-16" and r.epochs == 16 * E and r.details["n_trials"] == 16
+    best = max(complete, key=lambda t: (t.value, -t.number))
+    assert r.val_acc == best.value and r.details["selected"] == best.number
+    assert r.test_acc == best.user_attrs["test_acc"]
+    assert (r.details["lr"], r.details["batch_size"]) == (best.params["lr"], best.user_attrs["batch_size"])
+
+    (again,) = METHODS["tpe"](ctx)  # finished: nothing new is trained
+    assert len(_journal_trials(journal)) == 17
+    assert _comparable([again]) == _comparable([r])
+
+
+def test_hyperband_spends_the_equal_compute_budget_and_resumes(tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path)
+    (r,) = METHODS["hyperband"](ctx)
+    trials = _journal_trials(tmp_path / "hyperband.journal")
+    spent = sum(len(t.intermediate_values) for t in trials)
+    assert r.method == "hyperband" and r.epochs == spent
+    assert 16 * E <= r.epochs < 16 * E + E
+    assert r.details["n_pruned"] > 0 and r.details["n_complete"] + r.details["n_pruned"] == len(trials)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert all(len(t.intermediate_values) == E for t in complete)
+    assert r.val_acc == max(t.value for t in complete)
+    assert r.test_acc == trials[r.details["selected"]].user_attrs["test_acc"]
+
+    (again,) = METHODS["hyperband"](ctx)
+    assert len(_journal_trials(tmp_path / "hyperband.journal")) == len(trials)
+    assert _comparable([again]) == _comparable([r])
+
+
+def test_a_journal_of_another_setup_is_refused(tmp_path: Path) -> None:
+    METHODS["tpe"](_ctx(tmp_path))
+    with pytest.raises(RLAgentError, match="use another workdir"):
+        METHODS["tpe"](_ctx(tmp_path, workload=dataclasses.replace(WORKLOAD, epochs=1)))
+
+
+@pytest.mark.parametrize("method", ["constant", "plateau", "schedulefree", "prodigy"])
+def test_single_run_methods(method: str, tmp_path: Path) -> None:
+    (r,) = METHODS[method](_ctx(tmp_path))
+    assert r.method == method and r.epochs == E and r.workload == "tiny-mlp" and r.seed == 0
+    history = r.details["history"]
+    assert [h["epoch"] for h in history] == [1, 2] and history[-1]["val_acc"] == r.val_acc
+    assert all(h["batch_size"] == 32 for h in history)
+    expected_lr = {"constant": 1e-3, "plateau": 1e-3, "schedulefree": 0.0025, "prodigy": 1.0}[method]
+    assert history[0]["lr"] == pytest.approx(expected_lr)
+    assert 0.0 <= r.test_acc <= 1.0
+
+
+def test_cosine_decays_from_random_searchs_best_lr(random_results: list[MethodResult], tmp_path: Path) -> None:
+    best = random_results[-1].details
+    extra = {"best_lr": best["best_lr"], "best_batch_size": best["best_batch_size"]}
+    (r,) = METHODS["cosine"](_ctx(tmp_path, extra=extra))
+    assert r.method == "cosine" and r.epochs == E and r.details["uses"] == "random-16 best LR"
+    lrs = [h["lr"] for h in r.details["history"]]
+    assert lrs == pytest.approx([best["best_lr"] * 0.5 * (1 + math.cos(math.pi * t / E)) for t in range(E)])
+    assert {h["batch_size"] for h in r.details["history"]} == {best["best_batch_size"]}
+    with pytest.raises(RLAgentError, match="best_lr"):
+        METHODS["cosine"](_ctx(tmp_path))
+
+
+def test_open_loop_replays_the_schedule_exactly(tmp_path: Path) -> None:
+    schedule = [(0.02, 8), (0.003, 64)]
+    (r,) = METHODS["open-loop"](_ctx(tmp_path, extra={"schedule": schedule}))
+    assert [(h["lr"], h["batch_size"]) for h in r.details["history"]] == schedule
+    assert r.method == "open-loop" and r.epochs == E
+    with pytest.raises(RLAgentError, match="expected 2"):
+        METHODS["open-loop"](_ctx(tmp_path, extra={"schedule": schedule[:1]}))
+    mean = baselines.mean_schedule([[(0.01, 16)], [(0.04, 64), (0.01, 16)]], 2)  # the first padded
+    assert [lr for lr, _ in mean] == pytest.approx([0.02, 0.01]) and [bs for _, bs in mean] == [32, 16]
+
+
+def test_a_diverged_run_scores_chance_and_is_charged_the_full_budget(tmp_path: Path) -> None:
+    out = baselines._train(_ctx(tmp_path), lambda epoch, history, trainer: (float("nan"), 16))
+    assert out.diverged and len(out.history) == 1 and out.epochs == E
+    assert out.val_acc == out.test_acc == pytest.approx(1 / 3)  # three classes
+    assert out.history[0]["val_loss"] is None and out.history[0]["train_loss"] is None  # JSON-able
+
+
+def test_policy_method_runs_the_saved_policy(policy_dir: Path, tmp_path: Path) -> None:
+    (r,) = METHODS["policy"](_ctx(tmp_path, policy=str(policy_dir)))
+    assert r.method == "policy" and r.epochs == E and r.workload == "tiny-mlp"
+    assert r.details["trained_on"] is True and len(r.details["history"]) == E
+    assert r.details["schedule"] == [[h["lr"], h["batch_size"]] for h in r.details["history"]]
+    assert r.val_acc == r.details["history"][-1]["val_acc"]
+    with pytest.raises(RLAgentError, match="ctx.policy"):
+        METHODS["policy"](_ctx(tmp_path))
