@@ -184,6 +184,39 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_tune)
 
 
+def _cmd_bench(args: argparse.Namespace) -> None:
+    from rlagent.benchmark import BenchConfig, run_benchmark
+
+    seeds = args.seeds[0] if len(args.seeds) == 1 else args.seeds
+    config = BenchConfig(
+        spec=args.spec, policy=args.policy, workloads=args.workloads, seeds=seeds, methods=args.methods,
+        epochs=args.epochs, results_dir=args.results, n_workers=args.n_workers, devices=args.devices,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    report = run_benchmark(config)
+    print(report.table)
+    print(
+        f"{report.trials_run} tasks run, {report.trials_reused} reused; "
+        f"wrote {report.paths['table']}, {report.paths['csv'].name}, {report.paths['json'].name} "
+        f"and {len(report.plots)} plots in {report.results_dir}"
+    )
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmark a policy against the baselines on held-out workloads")
+    p.add_argument("--spec", default="default", help="spec file or shipped spec name")
+    p.add_argument("--policy", default="default", help="policy directory or shipped policy name")
+    p.add_argument("--workloads", nargs="+", default=None, help="workloads (default: the spec's held-out ones)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[5], help="one number N: seeds 0..N-1; several: those seeds")
+    p.add_argument("--methods", nargs="+", default=None, help="method tasks (default: all)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per training run (default: the spec's)")
+    p.add_argument("--results", default=None, help="results folder (default results/bench__SPEC__POLICY)")
+    p.add_argument("--n-workers", type=int, default=None, help="parallel workers (default: one per GPU, else core)")
+    p.add_argument("--devices", default="auto", help="auto, or e.g. cuda:0,cuda:1 or cpu")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlagent", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -205,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_train(sub)
     _add_tune(sub)
+    _add_bench(sub)
     return parser
 
 

@@ -1,0 +1,914 @@
+"""Benchmark a tuning policy against the baselines, with equal-compute accounting and honest reporting.
+
+For each workload (default: the spec's held-out ones) and each seed, every method of
+:mod:`rlagent.baselines` runs once; a *task* is one ``(method, workload, seed)`` and may report
+several results (``random`` reports best-of-1, -4 and -16). Seeds pair across methods: a seed
+fixes the data split, the initial weights and the shuffling order of every run (``make_run``).
+
+* Compute: each method reports the epochs it trained in total (and wall seconds); the table and
+  the plots show test accuracy against epochs spent.
+* Selection uses validation accuracy only; test accuracy is only reported.
+* The table says so whenever the policy is benchmarked on a workload it was trained on (†).
+* Each task writes its results atomically to ``RESULTS/trials/METHOD__WORKLOAD__seedS.json``; a
+  re-run skips tasks whose file is present and was made with the same settings, so an
+  interrupted benchmark resumes where it stopped.
+* Dependent tasks wait for their inputs: ``cosine`` for ``random`` of the same workload and seed
+  (it uses its best LR and batch size), ``open-loop`` for ``policy`` on every seed of the
+  workload (it replays the policy's geometric-mean schedule).
+* Tasks run in parallel in worker processes started with ``forkserver``/``spawn`` (never
+  ``fork``), one :class:`~rlagent.devices.WorkerSlot` (device + torch threads) per process.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import csv
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+import tempfile
+import time
+import traceback
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from rlagent.config import EnvSpec, data_dir, load_spec
+from rlagent.devices import WorkerSlot, plan_workers
+from rlagent.errors import RLAgentError, SpecError
+
+if TYPE_CHECKING:
+    from rlagent.baselines import MethodResult
+
+__all__ = [
+    "AggregateRow",
+    "BenchConfig",
+    "BenchReport",
+    "BenchRow",
+    "TrialError",
+    "aggregate",
+    "markdown_table",
+    "policy_schedule",
+    "run_benchmark",
+    "summarize",
+]
+
+logger = logging.getLogger(__name__)
+
+METHOD_ORDER = (
+    "random-1", "random-4", "random-16", "tpe-16", "hyperband", "pbt-8", "constant", "cosine",
+    "plateau", "schedulefree", "prodigy", "open-loop", "policy",
+)  # fmt: skip
+"""Order of the methods in tables and plots (others follow alphabetically)."""
+POLICY_METHODS = ("policy", "open-loop")
+"""Methods whose result depends on the policy (marked when it trained on the workload)."""
+SCORE_DEFINITION = (
+    "score = (test acc - chance) / (best method's test acc - chance) within each workload, "
+    "chance = 1 / number of classes (1 = the best method; 0 = chance)"
+)
+_ALL_SEEDS = frozenset({"open-loop"})
+"""Dependent tasks that need their input on every seed of the workload (else: the same seed)."""
+_TRIAL_FORMAT = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One benchmark: which workloads, seeds and methods, and where results go."""
+
+    spec: str | Path | EnvSpec = "default"
+    """Spec file, shipped spec name or :class:`EnvSpec`; defines workloads, ranges and epochs."""
+    policy: str | Path = "default"
+    """Policy directory or shipped policy name (needed by the ``policy`` and ``open-loop`` methods)."""
+    workloads: Sequence[str] | None = None
+    """Workloads to benchmark on; None: the spec's held-out workloads."""
+    seeds: int | Sequence[int] = 5
+    """A count S (seeds 0..S-1) or a list of seeds; seed s gives every method the same run."""
+    methods: Sequence[str] | None = None
+    """Method tasks of :data:`rlagent.baselines.METHODS` (e.g. ``random``, ``policy``); None: all.
+    The inputs of dependent methods are added (``cosine`` needs ``random``, ``open-loop`` ``policy``)."""
+    epochs: int | None = None
+    """Epoch budget of one training run; None: the spec's."""
+    results_dir: str | Path | None = None
+    """Output folder; None: ``results/bench__{spec name}__{policy name}``."""
+    n_workers: int | None = None
+    """Parallel worker processes; None: one per CUDA device, else one per CPU core (at most one per task)."""
+    devices: str | Sequence[str] = "auto"
+    """``auto``, or devices such as ``cuda:0,cuda:1`` / ``cpu`` assigned to workers round-robin."""
+    progress: bool = True
+    """Show a progress bar over tasks."""
+
+    def __post_init__(self) -> None:
+        from rlagent.baselines import METHODS
+
+        if not isinstance(self.spec, (str, Path, EnvSpec)):
+            raise SpecError("spec", self.spec, "a spec file, a shipped spec name or an EnvSpec")
+        if not isinstance(self.policy, (str, Path)):
+            raise SpecError("policy", self.policy, "a policy directory or a shipped policy name")
+        if self.workloads is not None:
+            if isinstance(self.workloads, str) or not all(isinstance(w, str) for w in self.workloads):
+                raise SpecError("workloads", self.workloads, "a list of workload names")
+            if not self.workloads:
+                raise SpecError("workloads", list(self.workloads), "at least one workload (or None)")
+            object.__setattr__(self, "workloads", tuple(dict.fromkeys(self.workloads)))
+        if isinstance(self.seeds, bool) or not isinstance(self.seeds, (int, list, tuple)):
+            raise SpecError("seeds", self.seeds, "a count >= 1 or a list of distinct integers >= 0")
+        if isinstance(self.seeds, int):
+            if self.seeds < 1:
+                raise SpecError("seeds", self.seeds, "a count >= 1 or a list of distinct integers >= 0")
+        else:
+            ok = all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds)
+            if not self.seeds or not ok or len(set(self.seeds)) != len(self.seeds):
+                raise SpecError("seeds", self.seeds, "a count >= 1 or a list of distinct integers >= 0")
+            object.__setattr__(self, "seeds", tuple(self.seeds))
+        if self.methods is not None:
+            if isinstance(self.methods, str) or not self.methods:
+                raise SpecError("methods", self.methods, f"a non-empty list of {sorted(METHODS)}")
+            for m in self.methods:
+                if m not in METHODS:
+                    raise SpecError("methods", m, f"one of {sorted(METHODS)}")
+            object.__setattr__(self, "methods", tuple(dict.fromkeys(self.methods)))
+        if self.epochs is not None and (isinstance(self.epochs, bool) or not isinstance(self.epochs, int)):
+            raise SpecError("epochs", self.epochs, "an integer >= 1 or None")
+        if self.epochs is not None and self.epochs < 1:
+            raise SpecError("epochs", self.epochs, "an integer >= 1 or None")
+        if self.n_workers is not None and (
+            isinstance(self.n_workers, bool) or not isinstance(self.n_workers, int) or self.n_workers < 1
+        ):
+            raise SpecError("n_workers", self.n_workers, "an integer >= 1 or None")
+
+    @property
+    def seed_list(self) -> tuple[int, ...]:
+        """The seeds, as a tuple."""
+        return tuple(range(self.seeds)) if isinstance(self.seeds, int) else tuple(self.seeds)
+
+    def task_methods(self) -> tuple[str, ...]:
+        """The method tasks to run: the chosen ones plus the inputs of dependent ones."""
+        from rlagent.baselines import METHOD_NEEDS, METHODS
+
+        chosen = list(self.methods) if self.methods is not None else list(METHODS)
+        for m in list(chosen):
+            need = METHOD_NEEDS.get(m)
+            while need is not None and need not in chosen:
+                chosen.insert(chosen.index(m), need)
+                need = METHOD_NEEDS.get(need)
+        return tuple(chosen)
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary: pure functions of the results
+
+
+@dataclass
+class BenchRow:
+    """One method on one workload, over seeds."""
+
+    workload: str
+    method: str
+    n_seeds: int
+    epochs: float
+    """Mean epochs trained per seed (the method's compute)."""
+    seconds: float
+    """Mean wall seconds per seed."""
+    val_acc: float
+    """Mean validation accuracy of the selected runs (what selection saw)."""
+    test_acc: float
+    """Mean test accuracy over seeds."""
+    test_ci95: float
+    """Half-width of the 95% confidence interval of the mean (Student t, n-1 dof); NaN for 1 seed."""
+    test_std: float
+    """Sample standard deviation over seeds (NaN for 1 seed)."""
+    rank: float
+    """Rank by mean test accuracy within the workload (1 = best, ties share the average)."""
+    score: float
+    """Normalised score, see :data:`SCORE_DEFINITION`."""
+    trained_on: bool
+    """True when the policy behind this row was trained on this workload (not a held-out result)."""
+
+
+@dataclass
+class AggregateRow:
+    """One method across workloads."""
+
+    method: str
+    workloads: int
+    """Workloads it ran on."""
+    mean_score: float
+    mean_rank: float
+    mean_epochs: float
+    trained_on: tuple[str, ...]
+    """Workloads among them that the policy behind this method was trained on."""
+
+
+def ci95(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% confidence interval (Student t); NaN width for n < 2."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    mean = float(x.mean())
+    if len(x) < 2:
+        return mean, math.nan
+    return mean, float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+
+
+def _method_key(method: str) -> tuple[int, str]:
+    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
+
+
+def _marked(result: MethodResult, trained_on: Iterable[str]) -> bool:
+    if result.method not in POLICY_METHODS:
+        return False
+    flag = result.details.get("trained_on") if isinstance(result.details, Mapping) else None
+    if isinstance(flag, (list, tuple)):
+        flag = result.workload in flag
+    return bool(flag) or result.workload in set(trained_on)
+
+
+def summarize(
+    results: Iterable[MethodResult],
+    *,
+    chance: Mapping[str, float] | None = None,
+    trained_on: Iterable[str] = (),
+) -> list[BenchRow]:
+    """Rows of the table: each method on each workload, over its seeds.
+
+    Args:
+        results: Method results (any seeds, workloads and methods).
+        chance: Chance accuracy per workload (1 / classes) for the score; missing: 0.
+        trained_on: Workloads the benchmarked policy was trained on. Results of ``policy`` and
+            ``open-loop`` there are marked, as are those whose ``details["trained_on"]`` says so.
+
+    Returns:
+        Rows ordered by workload (first appearance) and method (:data:`METHOD_ORDER`).
+    """
+    from scipy.stats import rankdata
+
+    trained_on = tuple(trained_on)
+    chance = chance or {}
+    groups: dict[tuple[str, str], list[MethodResult]] = {}
+    for r in results:
+        groups.setdefault((r.workload, r.method), []).append(r)
+    # Marking one policy-derived row of a workload marks them all: open-loop replays the policy.
+    marked_workloads = {w for (w, _), rs in groups.items() if any(_marked(r, trained_on) for r in rs)}
+    rows: list[BenchRow] = []
+    for workload in dict.fromkeys(w for w, _ in groups):
+        block = []
+        for method in sorted((m for w, m in groups if w == workload), key=_method_key):
+            rs = sorted(groups[(workload, method)], key=lambda r: r.seed)
+            test = [r.test_acc for r in rs]
+            mean, half = ci95(test)
+            block.append(
+                BenchRow(
+                    workload=workload,
+                    method=method,
+                    n_seeds=len(rs),
+                    epochs=float(np.mean([r.epochs for r in rs])),
+                    seconds=float(np.mean([r.seconds for r in rs])),
+                    val_acc=float(np.mean([r.val_acc for r in rs])),
+                    test_acc=mean,
+                    test_ci95=half,
+                    test_std=float(np.std(test, ddof=1)) if len(test) > 1 else math.nan,
+                    rank=math.nan,
+                    score=math.nan,
+                    trained_on=method in POLICY_METHODS and workload in marked_workloads,
+                )
+            )
+        accs = np.array([row.test_acc for row in block])
+        ranks = rankdata(-accs, method="average")
+        best, low = float(accs.max()), float(chance.get(workload, 0.0))
+        for row, rank in zip(block, ranks):
+            row.rank = float(rank)
+            row.score = (row.test_acc - low) / (best - low) if best > low else math.nan
+        rows.extend(block)
+    return rows
+
+
+def aggregate(rows: Sequence[BenchRow]) -> list[AggregateRow]:
+    """Each method's mean score and mean rank over the workloads it ran on."""
+    out = []
+    for method in sorted({r.method for r in rows}, key=_method_key):
+        mine = [r for r in rows if r.method == method]
+        scores = [r.score for r in mine if not math.isnan(r.score)]
+        out.append(
+            AggregateRow(
+                method=method,
+                workloads=len(mine),
+                mean_score=float(np.mean(scores)) if scores else math.nan,
+                mean_rank=float(np.mean([r.rank for r in mine])),
+                mean_epochs=float(np.mean([r.epochs for r in mine])),
+                trained_on=tuple(r.workload for r in mine if r.trained_on),
+            )
+        )
+    return out
+
+
+def _num(x: float, fmt: str = ".3f") -> str:
+    return "n/a" if math.isnan(x) else format(x, fmt)
+
+
+def _seconds(x: float) -> str:
+    return f"{x:.2f}" if x < 10 else f"{x:.0f}"
+
+
+def _epochs(x: float) -> str:
+    return f"{x:.0f}" if float(x).is_integer() else f"{x:.1f}"
+
+
+def markdown_table(rows: Sequence[BenchRow], *, title: str | None = None) -> str:
+    """The benchmark as markdown: per-workload rows, the aggregate and the definitions used.
+
+    Args:
+        rows: Output of :func:`summarize`.
+        title: Optional heading line (e.g. spec, policy and seeds).
+    """
+    lines: list[str] = []
+    if title:
+        lines += [f"# {title}", ""]
+    marked = sorted({r.workload for r in rows if r.trained_on})
+    if marked:
+        lines += [
+            f"**Not held out:** the policy was trained on {', '.join(marked)}; "
+            "its rows there (marked †) do not measure transfer.",
+            "",
+        ]
+    lines += [
+        "| workload | method | seeds | epochs | seconds | val acc | test acc (mean ± 95% CI) | rank | score |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        method = f"{r.method} †" if r.trained_on else r.method
+        lines.append(
+            f"| {r.workload} | {method} | {r.n_seeds} | {_epochs(r.epochs)} | {_seconds(r.seconds)} | {_num(r.val_acc)} "
+            f"| {_num(r.test_acc)} ± {_num(r.test_ci95)} | {r.rank:g} | {_num(r.score, '.2f')} |"
+        )
+    agg = aggregate(rows)
+    n_workloads = len({r.workload for r in rows})
+    lines += [
+        "",
+        f"Aggregate over {n_workloads} workload{'s' if n_workloads != 1 else ''}:",
+        "",
+        "| method | workloads | mean score | mean rank | mean epochs |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for a in agg:
+        method = f"{a.method} †" if a.trained_on else a.method
+        lines.append(
+            f"| {method} | {a.workloads} | {_num(a.mean_score)} | {a.mean_rank:.2f} | {_epochs(round(a.mean_epochs, 1))} |"
+        )
+    lines += [
+        "",
+        "- Every method selects its run by validation accuracy only; test accuracy is only reported.",
+        "- ± is the half-width of the 95% confidence interval of the mean over seeds (Student t, n-1 dof); "
+        "seeds pair across methods (same split, initial weights and data order).",
+        "- epochs: epochs trained per seed by the method in total (its compute); seconds: wall time per seed.",
+        "- rank: by mean test accuracy within the workload, 1 = best, ties share the average rank.",
+        f"- {SCORE_DEFINITION}.",
+    ]
+    if any(r.method == "cosine" for r in rows):
+        lines.append(
+            "- cosine starts from the LR and batch size random search (best of 16) selected; its epochs exclude that search."
+        )
+    if any(r.method == "open-loop" for r in rows):
+        lines.append("- open-loop replays the policy's per-epoch geometric-mean schedule over the seeds, blind.")
+    if marked:
+        lines.append(f"- † the policy was trained on this workload ({', '.join(marked)}); not a held-out result.")
+    return "\n".join(lines) + "\n"
+
+
+def policy_schedule(results: Iterable[MethodResult], epochs: int) -> list[tuple[float, int]]:
+    """The schedule ``open-loop`` replays: the per-epoch geometric mean of the policy's runs.
+
+    Args:
+        results: ``policy`` results (one per seed) with ``details["schedule"]`` or ``details["history"]``.
+        epochs: Length of the schedule (a diverged run's last entry is repeated).
+
+    Returns:
+        ``[(lr, batch_size), ...]``, one pair per epoch.
+    """
+    from rlagent.baselines import mean_schedule
+
+    schedules = []
+    for r in results:
+        steps = r.details.get("schedule") or [(h["lr"], h["batch_size"]) for h in r.details.get("history", [])]
+        if steps:
+            schedules.append(steps)
+    if not schedules:
+        raise RLAgentError("open-loop: the policy results hold no per-epoch schedule to replay")
+    return mean_schedule(schedules, epochs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tasks and the worker side
+
+
+@dataclass(frozen=True)
+class _Task:
+    method: str
+    workload: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}__{self.workload}__seed{self.seed}"
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything a worker needs for one task (picklable)."""
+
+    task: _Task
+    spec: EnvSpec
+    policy: str | None
+    extra: Mapping[str, Any]
+    fingerprint: str
+    trial_file: Path
+    workdir: Path
+
+
+_SLOT: WorkerSlot | None = None  # the slot of this worker process, set by _init_worker
+_SOURCES: dict[str, Any] = {}  # datasets loaded by this worker process, reused across its tasks
+
+
+def _init_worker(slots: Any) -> None:
+    """Pool initializer: take one slot from the queue and apply its threads and device."""
+    import torch
+
+    global _SLOT
+    _SLOT = slots.get()
+    torch.set_num_threads(_SLOT.num_threads)
+    if _SLOT.cuda_index is not None:  # the parent's set_device does not carry over
+        torch.cuda.set_device(_SLOT.cuda_index)
+    # Pay one-time costs now, so that no task's wall time includes them: imports of the methods,
+    # of sklearn (datasets) and of torch's compiler stack (the first optimiser built imports it).
+    import sklearn.datasets  # noqa: F401
+    import sklearn.model_selection  # noqa: F401
+
+    import rlagent.baselines  # noqa: F401
+    import rlagent.tune  # noqa: F401
+
+    torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+
+
+def _run_job(job: _Job) -> list[dict[str, Any]]:
+    """Run one task in a worker, write its trial file atomically, return its results as dicts."""
+    from rlagent.baselines import METHODS, TrialContext
+
+    slot = _SLOT or WorkerSlot("cpu", 1)
+    try:
+        job.workdir.mkdir(parents=True, exist_ok=True)
+        ctx = TrialContext(
+            spec=job.spec, workload=job.spec.workload(job.task.workload), seed=job.task.seed,
+            workdir=job.workdir, device=slot.device, policy=job.policy, extra=job.extra, sources=_SOURCES,
+        )  # fmt: skip
+        start = time.perf_counter()
+        results = [dataclasses.asdict(r) for r in METHODS[job.task.method](ctx)]
+        record = {
+            "format": _TRIAL_FORMAT,
+            "task": dataclasses.asdict(job.task),
+            "fingerprint": job.fingerprint,
+            "device": slot.device,
+            "threads": slot.num_threads,
+            "seconds": round(time.perf_counter() - start, 3),
+            "results": results,
+        }
+        _write_json_atomic(job.trial_file, record)
+        return results
+    except Exception as exc:
+        raise TrialError(job.task.name, slot.device, traceback.format_exc()) from exc
+
+
+class TrialError(RuntimeError):
+    """A benchmark task failed in its worker; the message carries the worker's traceback."""
+
+    def __init__(self, task: str, device: str, remote_traceback: str) -> None:
+        super().__init__(f"benchmark task {task} failed on {device}:\n{remote_traceback}")
+        self.task = task
+        self.device = device
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (TrialError, (self.task, self.device, self.remote_traceback))
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, default=_jsonable)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    if isinstance(obj, (Path, tuple, set)):
+        return str(obj) if isinstance(obj, Path) else list(obj)
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+
+
+@dataclass
+class BenchReport:
+    """What a benchmark produced."""
+
+    rows: list[BenchRow]
+    aggregate: list[AggregateRow]
+    table: str
+    """The markdown table (also in ``paths["table"]``)."""
+    results: list[MethodResult]
+    results_dir: Path
+    paths: dict[str, Path] = field(default_factory=dict)
+    """``table``, ``csv``, ``json`` and one entry per plot."""
+    trials_run: int = 0
+    """Tasks trained in this call."""
+    trials_reused: int = 0
+    """Tasks whose finished trial file was reused."""
+    trained_on: tuple[str, ...] = ()
+    """Benchmarked workloads the policy was trained on (marked in the table)."""
+
+    @property
+    def plots(self) -> list[Path]:
+        """The PNG files written."""
+        return [p for p in self.paths.values() if p.suffix == ".png"]
+
+
+def _policy_dir(policy: str | Path) -> Path:
+    p = Path(policy)
+    if not p.exists():
+        shipped = data_dir("policies") / str(policy)
+        if p.parent == Path(".") and shipped.is_dir():
+            return shipped
+    return p
+
+
+def _chance(spec: EnvSpec, workloads: Sequence[str]) -> dict[str, float]:
+    from rlagent.workloads import load_source, source_key, split_data
+
+    sources: dict[str, Any] = {}
+    out = {}
+    for name in workloads:
+        wl = spec.workload(name)
+        key = source_key(wl)
+        if key not in sources:
+            sources[key] = load_source(wl)
+        out[name] = 1.0 / split_data(sources[key], wl, seed=0).num_classes
+    return out
+
+
+def _fingerprint(job_fields: Mapping[str, Any]) -> str:
+    text = json.dumps(job_fields, sort_keys=True, default=_jsonable)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _load_trial(path: Path, fingerprint: str) -> list[MethodResult] | None:
+    from rlagent.baselines import MethodResult
+
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        logger.warning("unreadable trial file %s: running the task again", path)
+        return None
+    if record.get("format") != _TRIAL_FORMAT or record.get("fingerprint") != fingerprint:
+        logger.warning("trial file %s was made with other settings: running the task again", path)
+        return None
+    return [MethodResult(**r) for r in record["results"]]
+
+
+def _extra_for(
+    task: _Task, done: Mapping[_Task, list[MethodResult]], seeds: Sequence[int], spec: EnvSpec
+) -> dict[str, Any]:
+    """Inputs of a dependent task, from the results of the tasks it needs."""
+    from rlagent.baselines import METHOD_NEEDS
+
+    need = METHOD_NEEDS.get(task.method)
+    if need is None:
+        return {}
+    if task.method == "open-loop":
+        runs = [r for s in seeds for r in done[_Task(need, task.workload, s)] if r.method == "policy"]
+        schedule = policy_schedule(runs, spec.workload(task.workload).epochs)
+        return {"schedule": schedule, "schedule_seeds": list(seeds)}
+    inputs = done[_Task(need, task.workload, task.seed)]
+    if task.method == "cosine":
+        chosen = max(inputs, key=lambda r: r.epochs)  # random search with the largest budget
+        return {
+            "best_lr": chosen.details["best_lr"],
+            "best_batch_size": chosen.details["best_batch_size"],
+            "from_method": chosen.method,
+        }
+    return {"inputs": [dataclasses.asdict(r) for r in inputs]}
+
+
+def _inputs_ready(task: _Task, done: Mapping[_Task, Any], seeds: Sequence[int]) -> bool:
+    from rlagent.baselines import METHOD_NEEDS
+
+    need = METHOD_NEEDS.get(task.method)
+    if need is None:
+        return True
+    if task.method in _ALL_SEEDS:
+        return all(_Task(need, task.workload, s) in done for s in seeds)
+    return _Task(need, task.workload, task.seed) in done
+
+
+def run_benchmark(config: BenchConfig) -> BenchReport:
+    """Run (or resume) a benchmark and write its table, raw results and plots.
+
+    Args:
+        config: What to benchmark and where to write.
+
+    Returns:
+        The summary rows, the markdown table, all results and the paths written.
+
+    Raises:
+        SpecError: A workload is unknown.
+        TrialError: A task failed in its worker (with the worker's traceback); finished tasks
+            are kept and a re-run resumes from them.
+    """
+    spec = config.spec if isinstance(config.spec, EnvSpec) else load_spec(config.spec)
+    if config.epochs is not None:
+        spec = dataclasses.replace(spec, episode=dataclasses.replace(spec.episode, epochs=config.epochs))
+    workloads = tuple(config.workloads) if config.workloads is not None else spec.workloads.heldout
+    if not workloads:
+        raise SpecError("workloads", None, f"workload names (spec {spec.name!r} holds none out)")
+    for w in workloads:
+        spec.workloads.get(w)  # raises SpecError naming the workload
+    methods = config.task_methods()
+    seeds = config.seed_list
+
+    policy_dir: str | None = None
+    policy_sha: str | None = None
+    trained_on: tuple[str, ...] = ()
+    policy_name = Path(str(config.policy)).name
+    if any(m in POLICY_METHODS for m in methods):
+        from rlagent.tune import resolve_policy
+
+        saved = resolve_policy(config.policy)  # validates the files (and their weights' hash)
+        policy_dir = str(_policy_dir(config.policy).resolve())
+        policy_sha = saved.metadata.get("sha256")
+        trained_on = tuple(w for w in workloads if w in saved.metadata.get("training", {}).get("trained_on", []))
+        if trained_on:
+            logger.warning("the policy was trained on %s: those results are marked as not held out", trained_on)
+
+    results_dir = Path(config.results_dir or Path("results") / f"bench__{spec.name}__{policy_name}")
+    trials_dir = results_dir / "trials"
+    spec_dict = spec.to_dict()
+    tasks = [_Task(m, w, s) for w in workloads for m in methods for s in seeds]
+    done: dict[_Task, list[MethodResult]] = {}
+    todo = list(tasks)
+    running: dict[cf.Future[list[dict[str, Any]]], _Task] = {}
+    reused = ran = 0
+
+    with contextlib.ExitStack() as stack:
+        bar = None
+        if config.progress:
+            from tqdm.auto import tqdm
+
+            bar = stack.enter_context(tqdm(total=len(tasks), unit="task", desc="benchmark", dynamic_ncols=True))
+        executor: cf.ProcessPoolExecutor | None = None
+        while todo or running:
+            while ready := [t for t in todo if _inputs_ready(t, done, seeds)]:
+                task = ready[0]
+                todo.remove(task)
+                extra = _extra_for(task, done, seeds, spec)
+                uses_policy = task.method in POLICY_METHODS
+                fingerprint = _fingerprint(
+                    {"task": dataclasses.asdict(task), "spec": spec_dict, "extra": extra,
+                     "policy": policy_sha if uses_policy else None}
+                )  # fmt: skip
+                trial_file = trials_dir / f"{task.name}.json"
+                previous = _load_trial(trial_file, fingerprint)
+                if previous is not None:
+                    done[task] = previous
+                    reused += 1
+                    if bar is not None:
+                        bar.update(1)
+                    continue
+                if executor is None:
+                    executor = stack.enter_context(_make_executor(config, len(todo) + 1 + len(running)))
+                job = _Job(
+                    task, spec, policy_dir if uses_policy else None, extra, fingerprint, trial_file,
+                    results_dir / "work" / task.name,
+                )  # fmt: skip
+                running[executor.submit(_run_job, job)] = task
+            if not running:
+                if todo:  # cannot happen: every dependency is a task of this run
+                    raise RLAgentError(f"benchmark: tasks {[t.name for t in todo]} wait for inputs that never come")
+                break
+            finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for future in finished:
+                task = running.pop(future)
+                try:
+                    rows = future.result()
+                except Exception as exc:
+                    if running:
+                        logger.warning("waiting for %d running tasks to finish (their results are kept)", len(running))
+                    assert executor is not None
+                    executor.shutdown(wait=True, cancel_futures=True)
+                    if isinstance(exc, TrialError):
+                        raise
+                    # e.g. BrokenProcessPool: the worker died without a Python traceback
+                    raise TrialError(task.name, "a worker process", f"{type(exc).__name__}: {exc}") from exc
+                from rlagent.baselines import MethodResult
+
+                done[task] = [MethodResult(**r) for r in rows]
+                ran += 1
+                if bar is not None:
+                    bar.set_postfix_str(task.name, refresh=False)
+                    bar.update(1)
+
+    results = [r for t in tasks for r in done[t]]
+    return _write_outputs(config, spec, results, results_dir, workloads, seeds, trained_on, ran, reused)
+
+
+def _make_executor(config: BenchConfig, n_tasks: int) -> cf.ProcessPoolExecutor:
+    """A process pool with one worker per slot; each worker takes its slot from a queue."""
+    n = config.n_workers
+    slots = plan_workers(n, config.devices)
+    if n is None and len(slots) > n_tasks:  # no idle workers: give the threads to the busy ones
+        slots = plan_workers(n_tasks, config.devices)
+    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    ctx = mp.get_context(method)
+    queue = ctx.Queue()
+    for slot in slots:
+        queue.put(slot)
+    logger.info("benchmark workers: %s", [f"{s.device}x{s.num_threads}" for s in slots])
+    return cf.ProcessPoolExecutor(max_workers=len(slots), mp_context=ctx, initializer=_init_worker, initargs=(queue,))
+
+
+def _write_outputs(
+    config: BenchConfig,
+    spec: EnvSpec,
+    results: list[MethodResult],
+    results_dir: Path,
+    workloads: Sequence[str],
+    seeds: Sequence[int],
+    trained_on: tuple[str, ...],
+    ran: int,
+    reused: int,
+) -> BenchReport:
+    chance = _chance(spec, workloads)
+    rows = summarize(results, chance=chance, trained_on=trained_on)
+    title = (
+        f"Benchmark of spec '{spec.name}', policy '{config.policy}': test accuracy over {len(seeds)} "
+        f"seed{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds))})"
+    )
+    table = markdown_table(rows, title=title)
+    paths = {
+        "table": results_dir / "table.md",
+        "csv": results_dir / "results.csv",
+        "json": results_dir / "results.json",
+    }
+    results_dir.mkdir(parents=True, exist_ok=True)
+    paths["table"].write_text(table)
+    marked = {r.workload for r in rows if r.trained_on}
+    with paths["csv"].open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["workload", "method", "seed", "val_acc", "test_acc", "epochs", "seconds", "trained_on"])
+        for r in results:
+            flag = r.method in POLICY_METHODS and r.workload in marked
+            writer.writerow([r.workload, r.method, r.seed, r.val_acc, r.test_acc, r.epochs, r.seconds, int(flag)])
+    config_json = {
+        "spec": spec.name, "policy": str(config.policy), "workloads": list(workloads), "seeds": list(seeds),
+        "methods": list(config.task_methods()), "epochs": config.epochs, "trained_on": list(trained_on),
+        "score": SCORE_DEFINITION, "chance": chance,
+    }  # fmt: skip
+    _write_json_atomic(
+        paths["json"],
+        {
+            "config": config_json,
+            "rows": [dataclasses.asdict(r) for r in rows],
+            "aggregate": [dataclasses.asdict(a) for a in aggregate(rows)],
+            "results": [dataclasses.asdict(r) for r in results],
+        },
+    )
+    paths.update(_plots(rows, results, results_dir / "plots"))
+    return BenchReport(
+        rows=rows, aggregate=aggregate(rows), table=table, results=results, results_dir=results_dir,
+        paths=paths, trials_run=ran, trials_reused=reused, trained_on=tuple(sorted(marked)),
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise RLAgentError("benchmark plots need matplotlib: pip install 'rlagent[bench]'") from exc
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _plots(rows: Sequence[BenchRow], results: Sequence[MethodResult], folder: Path) -> dict[str, Path]:
+    """Per workload: test accuracy vs epochs spent (every method), and the policy's schedules."""
+    plt = _pyplot()
+    folder.mkdir(parents=True, exist_ok=True)
+    cmap = plt.get_cmap("tab20")
+    colour = {m: cmap(i % 20) for i, m in enumerate(sorted({r.method for r in rows}, key=_method_key))}
+    paths: dict[str, Path] = {}
+    for workload in dict.fromkeys(r.workload for r in rows):
+        path = folder / f"acc_vs_epochs__{_safe(workload)}.png"
+        _plot_accuracy(plt, [r for r in rows if r.workload == workload], colour, path)
+        paths[f"acc_vs_epochs:{workload}"] = path
+        runs = [r for r in results if r.workload == workload and r.method == "policy" and r.details.get("history")]
+        if runs:
+            trained = any(r.trained_on for r in rows if r.workload == workload and r.method == "policy")
+            path = folder / f"policy_schedule__{_safe(workload)}.png"
+            _plot_schedules(plt, sorted(runs, key=lambda r: r.seed), trained, path)
+            paths[f"policy_schedule:{workload}"] = path
+    return paths
+
+
+def _plot_accuracy(plt: Any, rows: Sequence[BenchRow], colour: Mapping[str, Any], path: Path) -> None:
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    lows, highs = [], []
+    for r in rows:
+        err = 0.0 if math.isnan(r.test_ci95) else r.test_ci95
+        same = [q.method for q in rows if q.epochs == r.epochs]  # dodge methods of equal compute
+        x = r.epochs * math.exp(0.03 * (same.index(r.method) - (len(same) - 1) / 2))
+        marker = "*" if r.method in POLICY_METHODS else "o"
+        ax.errorbar(
+            x, r.test_acc, yerr=err, fmt=marker, color=colour[r.method], capsize=3,
+            markersize=11 if marker == "*" else 6, label=f"{r.method} †" if r.trained_on else r.method,
+        )  # fmt: skip
+        lows.append(r.test_acc - err)
+        highs.append(r.test_acc + err)
+    ax.set_ylim(max(0.0, min(lows) - 0.02), min(1.0, max(highs) + 0.02))
+    ax.set_xscale("log")
+    ax.set_xticks(sorted({r.epochs for r in rows}))  # ticks at the budgets the methods used
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("epochs trained per seed (log scale)")
+    ax.set_ylabel("test accuracy (mean ± 95% CI over seeds)")
+    note = (
+        "\nthe policy was TRAINED on this workload (†): not a held-out result"
+        if any(r.trained_on for r in rows)
+        else ""
+    )
+    ax.set_title(f"{rows[0].workload}: accuracy vs compute{note}", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, ncol=2, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_schedules(plt: Any, runs: Sequence[MethodResult], trained: bool, path: Path) -> None:
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
+
+    fig, (ax_lr, ax_bs) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
+    for r in runs:
+        hist = r.details["history"]
+        epochs = [h.get("epoch", i + 1) for i, h in enumerate(hist)]
+        ax_lr.plot(epochs, [h["lr"] for h in hist], marker=".", alpha=0.8, label=f"seed {r.seed}")
+        ax_bs.plot(epochs, [h["batch_size"] for h in hist], marker=".", alpha=0.8, label=f"seed {r.seed}")
+    schedule = policy_schedule(runs, max(len(r.details["history"]) for r in runs))
+    xs = range(1, len(schedule) + 1)
+    ax_lr.plot(xs, [lr for lr, _ in schedule], "k--", lw=1.5, label="geometric mean (open-loop)")
+    ax_bs.plot(xs, [bs for _, bs in schedule], "k--", lw=1.5)
+    ax_lr.set_yscale("log")
+    ax_bs.set_yscale("log", base=2)
+    ax_bs.yaxis.set_major_formatter(ScalarFormatter())
+    ax_bs.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_lr.set_ylabel("learning rate")
+    ax_bs.set_ylabel("batch size")
+    ax_bs.set_xlabel("epoch")
+    for ax in (ax_lr, ax_bs):
+        ax.grid(alpha=0.3, which="both")
+    ax_lr.legend(fontsize=7, ncol=3)
+    note = "\nthe policy was TRAINED on this workload: not a held-out result" if trained else ""
+    ax_lr.set_title(f"{runs[0].workload}: LR and batch size the policy chose, per seed{note}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
