@@ -24,6 +24,7 @@ import signal
 import time
 import traceback
 import warnings
+from abc import abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from multiprocessing import util as mp_util
 from multiprocessing.connection import Connection, wait
@@ -307,94 +308,64 @@ def _restart_seed(seed: int | None, restarts: int) -> int | None:
     return int(state[0])
 
 
-class EnvPool(VecEnv):
-    """SB3 ``VecEnv`` running each env in its own worker process, restarting dead workers.
+def _check_positive(name: str, value: float) -> None:
+    if not value > 0:  # also refuses NaN
+        raise ValueError(f"{name} must be > 0, got {value!r}")
 
-    Each worker applies its ``WorkerSlot`` (``torch.set_num_threads``, and
-    ``torch.cuda.set_device`` for ``cuda:K``) before it builds its env with
-    ``env_fns[i](slots[i])``.
 
-    When a worker dies or exceeds ``step_timeout``, a fresh worker is started with the same
-    factory and slot and reset (with a seed derived from the env's original seed and the restart
-    count). The step that was lost is reported as ``done`` with ``infos[i]`` holding
-    ``"worker_restarted": True``, ``"TimeLimit.truncated": True`` (SB3 bootstraps the value
-    instead of treating the end as terminal) and ``"terminal_observation"`` (the last
-    observation the env returned); ``obs[i]`` is the fresh worker's reset observation and the
-    reward is 0. After ``max_restarts`` restarts of one worker the next death raises
-    ``EnvWorkerError``.
+class _WorkerPool(VecEnv):
+    """A ``VecEnv`` whose envs live in workers that may die; the logic shared by both backends.
 
-    Args:
-        env_fns: One picklable env factory per env; it receives the worker's slot.
-        slots: One ``WorkerSlot`` per env (see ``rlagent.devices.plan_workers``).
-        start_method: ``"forkserver"`` (default where available) or ``"spawn"``.
-        step_timeout: Seconds to wait for any reply of a running worker (a step is a whole
-            epoch, hence the generous default); a worker past it is killed and restarted.
-        start_timeout: Seconds a new worker may take to import and build its env.
-        close_timeout: Seconds ``close()`` waits for workers to exit before killing them.
-        max_restarts: Restarts allowed per worker over the pool's life.
+    This class holds everything that does not depend on how a worker runs: the checks of the
+    arguments, the ``VecEnv`` API, auto-reset results, error unwrapping and the restart of dead
+    or hung workers (restart seeds, ``max_restarts``, the ``worker_restarted`` step report).
+    A subclass (``EnvPool``: processes; ``RayEnvPool``: Ray actors) is only the transport: it
+    starts worker ``i`` (``_start_worker``), sends it a command (``_send``), waits for replies
+    until a deadline (``_wait``), kills one worker (``_stop_worker``) and all (``_close_workers``).
+    Its ``__init__`` calls this one's, sets up its transport, then calls ``_start_all()``.
 
-    Attributes:
-        slots: The workers' slots, in env order.
-        restarts: Number of times each worker has been restarted.
-
-    Raises:
-        ValueError: If the arguments do not fit together.
-        EnvWorkerError: If a factory raises or a worker dies while the pool starts.
+    A worker answers a command ``(cmd, data)`` with ``(status, payload)`` as ``_handle`` does:
+    ``"ok"``, ``"attr_error"`` or ``"error"`` (payload: traceback, device, workload); its first
+    reply, once its env is built, answers the command ``"build"``.
     """
+
+    _kind = "worker"
+    """How messages name a worker: ``env worker 3 (device=...)``."""
+    _restarting = "restarting"
+    """How the warning about a restart names it: ``...; restarting it (restart 1 of 3)``."""
+    _log = logger
+    """Where restarts are logged (the subclass's module logger)."""
 
     def __init__(
         self,
         env_fns: Sequence[EnvFactory],
         slots: Sequence[WorkerSlot],
         *,
-        start_method: str | None = None,
-        step_timeout: float = 600.0,
-        start_timeout: float = 300.0,
-        close_timeout: float = 10.0,
-        max_restarts: int = 3,
+        step_timeout: float,
+        start_timeout: float,
+        close_timeout: float,
+        max_restarts: int,
     ) -> None:
         if len(env_fns) == 0:
             raise ValueError("env_fns must not be empty")
         if len(env_fns) != len(slots):
             raise ValueError(f"env_fns and slots must have the same length, got {len(env_fns)} and {len(slots)}")
-        if start_method is None:
-            start_method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-        if start_method not in _START_METHODS:
-            raise ValueError(
-                f"start_method must be one of {_START_METHODS}, got {start_method!r} "
-                "(fork is unsafe once torch/CUDA or threads are in use)"
-            )
-        for name, value in (
-            ("step_timeout", step_timeout),
-            ("start_timeout", start_timeout),
-            ("close_timeout", close_timeout),
-        ):
-            if value <= 0:
-                raise ValueError(f"{name} must be > 0, got {value!r}")
+        _check_positive("step_timeout", step_timeout)
+        _check_positive("start_timeout", start_timeout)
+        _check_positive("close_timeout", close_timeout)
         if max_restarts < 0:
             raise ValueError(f"max_restarts must be >= 0, got {max_restarts!r}")
 
         n_envs = len(env_fns)
-        self._ctx = mp.get_context(start_method)
-        self._env_fns = [CloudpickleWrapper(fn) for fn in env_fns]
         self.slots: tuple[WorkerSlot, ...] = tuple(slots)
         self.restarts: list[int] = [0] * n_envs
         self.step_timeout = float(step_timeout)
         self.start_timeout = float(start_timeout)
+        self.close_timeout = float(close_timeout)
         self.max_restarts = int(max_restarts)
         self.waiting = False
         self.closed = False
 
-        self._processes: list[mp.process.BaseProcess | None] = [None] * n_envs
-        self._conns: list[Connection | None] = [None] * n_envs
-        # Lists are mutated in place on restart, so the finalizer always sees the live workers.
-        # exitpriority makes multiprocessing's atexit hook run it before joining children.
-        self._finalizer = mp_util.Finalize(
-            self,
-            _shutdown_workers,
-            args=(self._processes, self._conns, float(close_timeout)),
-            exitpriority=10,
-        )
         self._workloads: list[str | None] = [None] * n_envs
         self._last_obs: list[Any] = [None] * n_envs
         self._base_seeds: list[int | None] = [None] * n_envs
@@ -403,34 +374,71 @@ class EnvPool(VecEnv):
         # terminal obs), reported as a done at the next step_wait.
         self._restarted: dict[int, tuple[Any, dict[str, Any], Any]] = {}
         self._step_deadline = 0.0
-        self._unsent: set[int] = set()
-        self._seq = 0
-        self._expected: list[int] = [0] * n_envs
+        self._unsent: set[int] = set()  # envs whose step could not be sent
 
+    def _start_all(self) -> None:
+        """Start every worker, wait for their envs, and finish ``VecEnv.__init__`` with their spaces.
+
+        Raises:
+            EnvWorkerError: If a factory raises or a worker dies or is late; the pool is closed.
+        """
+        n_envs = len(self.slots)
         try:
             for i in range(n_envs):
                 self._start_worker(i)
             replies = self._collect(range(n_envs), time.monotonic() + self.start_timeout, self._start_limit)
             for i, reply in replies.items():
                 if isinstance(reply, _Dead):
-                    raise self._death_error(
-                        i,
-                        f"{reply.reason} while building its env (see its stderr; can a "
-                        "fresh process import the env factory by name?)",
-                    )
-                self._unwrap(i, reply)
+                    hint = self._build_hint(i, restart=False)
+                    raise self._death_error(i, f"{reply.reason} while building its env{hint}")
+                self._built(i, self._unwrap(i, reply))
             observation_space, action_space = self._request([0], "get_spaces", None)[0]
         except BaseException:
             self.close()
             raise
         super().__init__(n_envs, observation_space, action_space)
 
-    # ---------------------------------------------------------------------------- properties
+    # ---------------------------------------------------------------------------- transport
 
-    @property
-    def pids(self) -> list[int | None]:
-        """Process id of each worker (None for a worker that is not running)."""
-        return [p.pid if p is not None else None for p in self._processes]
+    @abstractmethod
+    def _start_worker(self, i: int) -> None:
+        """Start worker ``i``, which builds env ``i``; its "build" reply is the next to wait for."""
+
+    @abstractmethod
+    def _send(self, i: int, cmd: str, data: Any) -> bool:
+        """Send a command to worker ``i``; False if it cannot be reached (it died)."""
+
+    @abstractmethod
+    def _wait(self, indices: list[int], deadline: float) -> dict[int, tuple[str, Any] | _Dead]:
+        """Wait until ``deadline`` for each worker's reply to its last command.
+
+        Returns:
+            The reply ``(status, payload)`` of each worker that answered, or a ``_Dead`` saying
+            why for each that died; a worker left out did neither by ``deadline``.
+        """
+
+    @abstractmethod
+    def _gone_reason(self, i: int) -> str:
+        """Why worker ``i`` could not be sent a command, e.g. ``"was killed by SIGKILL"``."""
+
+    @abstractmethod
+    def _stop_worker(self, i: int) -> None:
+        """Kill worker ``i`` at once (it is dead or hung, so there is no point asking)."""
+
+    @abstractmethod
+    def _close_workers(self) -> None:
+        """Stop every worker within ``close_timeout`` (``close()`` calls this once)."""
+
+    def _built(self, i: int, payload: Any) -> None:
+        """Take the payload of worker ``i``'s "build" reply."""
+
+    def _build_hint(self, i: int, *, restart: bool) -> str:
+        """Text added to the error of a worker that died or was late building its env."""
+        return ""
+
+    def _where(self, i: int) -> str:
+        """Where worker ``i`` runs, added to its env's errors (``", node ..."``), or ""."""
+        return ""
 
     # ---------------------------------------------------------------------------- VecEnv API
 
@@ -441,7 +449,8 @@ class EnvPool(VecEnv):
             The stacked reset observations; reset infos are stored in ``reset_infos``.
         """
         self._check_open()
-        # A pending step is cancelled: its replies are dropped as stale.
+        # A pending step is cancelled: the workers run it before the reset, and its replies are
+        # dropped.
         self.waiting = False
         self._unsent = set()
         for i in range(self.num_envs):
@@ -493,9 +502,10 @@ class EnvPool(VecEnv):
             raise RuntimeError("step_wait called without step_async")
         self.waiting = False
         stepped = [i for i in range(self.num_envs) if i not in self._restarted]
-        replies = self._collect(stepped, self._step_deadline, self._step_limit)
+        sent = [i for i in stepped if i not in self._unsent]
+        replies = self._collect(sent, self._step_deadline, self._step_limit)
         for i in self._unsent:
-            replies[i] = _Dead(f"{_exit_reason(self._processes[i])} (could not send the step)")
+            replies[i] = _Dead(f"{self._gone_reason(i)} (could not send the step)")
         self._unsent = set()
         # Raise an env's own exception first: it says more than a death.
         for i in stepped:
@@ -536,7 +546,7 @@ class EnvPool(VecEnv):
             return
         self.closed = True
         self.waiting = False
-        self._finalizer()
+        self._close_workers()
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
         """Return an attribute of each selected env (see ``VecEnv.get_attr``)."""
@@ -586,88 +596,18 @@ class EnvPool(VecEnv):
 
     def _check_open(self) -> None:
         if self.closed:
-            raise RuntimeError("EnvPool is closed")
-
-    def _start_worker(self, i: int) -> None:
-        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
-        # Not a daemon: an env may start its own processes (e.g. DataLoader workers). The
-        # finalizer stops the workers at exit instead.
-        process = self._ctx.Process(
-            target=_worker,
-            args=(child_conn, self._env_fns[i], self.slots[i], i),
-            name=f"rlagent-env-{i}",
-            daemon=False,
-        )
-        process.start()
-        child_conn.close()
-        self._processes[i] = process
-        self._conns[i] = parent_conn
-        self._expected[i] = 0  # the "env built" message
-
-    def _stop_worker(self, i: int) -> None:
-        """Kill worker ``i`` at once (it is dead or hung, so there is no point asking)."""
-        process, conn = self._processes[i], self._conns[i]
-        self._processes[i] = None
-        self._conns[i] = None
-        if conn is not None:
-            conn.close()
-        if process is not None:
-            if process.is_alive():
-                process.kill()
-            process.join(5.0)
-            with contextlib.suppress(ValueError):
-                process.close()
-
-    def _send(self, i: int, cmd: str, data: Any) -> bool:
-        """Send a command to worker ``i``; False if its pipe is gone (the worker died)."""
-        conn = self._conns[i]
-        if conn is None:
-            return False
-        self._seq += 1
-        self._expected[i] = self._seq
-        try:
-            conn.send((self._seq, cmd, data))
-        except (OSError, ValueError):
-            return False
-        return True
+            raise RuntimeError(f"{type(self).__name__} is closed")
 
     def _collect(self, indices: Iterable[int], deadline: float, limit: str) -> dict[int, Any]:
         """Receive one reply from each worker, or a ``_Dead`` if it dies or passes ``deadline``.
 
-        Waits on the pipes and on the process sentinels together, so a dead worker is noticed
-        at once even if a child of it still holds its end of the pipe. Replies to earlier
-        commands (left over after an interrupted wait or a cancelled step) are dropped.
-        Replies are returned as ``(status, payload)``; ``limit`` names the timeout in messages.
+        Replies are ``(status, payload)``; ``limit`` names the timeout in messages.
         """
-        pending = set(indices)
-        replies: dict[int, Any] = {}
-        while pending:
-            by_conn = {self._conns[i]: i for i in pending}
-            by_sentinel = {self._processes[i].sentinel: i for i in pending}
-            remaining = deadline - time.monotonic()
-            ready = wait([*by_conn, *by_sentinel], timeout=remaining) if remaining > 0 else []
-            if not ready:
-                for i in pending:
-                    replies[i] = _Dead(f"gave no reply within {limit}")
-                break
-            for obj in ready:
-                i = by_conn.get(obj) if isinstance(obj, Connection) else by_sentinel.get(obj)
-                if i is None or i not in pending:
-                    continue
-                conn = self._conns[i]
-                try:
-                    # A dead worker's last reply may still sit in the pipe.
-                    if isinstance(obj, Connection) or conn.poll(0):
-                        seq, status, payload = conn.recv()
-                        if seq != self._expected[i]:
-                            continue  # stale reply; keep waiting for the current one
-                        replies[i] = (status, payload)
-                    else:
-                        replies[i] = _Dead(_exit_reason(self._processes[i]))
-                except (EOFError, OSError):
-                    self._processes[i].join(1.0)
-                    replies[i] = _Dead(_exit_reason(self._processes[i]))
-                pending.discard(i)
+        indices = list(indices)
+        replies: dict[int, Any] = self._wait(indices, deadline) if indices else {}
+        for i in indices:
+            if i not in replies:
+                replies[i] = _Dead(f"gave no reply within {limit}")
         return replies
 
     def _unwrap(self, i: int, reply: tuple[str, Any]) -> Any:
@@ -680,7 +620,7 @@ class EnvPool(VecEnv):
         device, workload = payload["device"], payload["workload"]
         self._workloads[i] = workload or self._workloads[i]
         raise EnvWorkerError(
-            f"env worker {i} (device={device}, workload={workload}) raised during "
+            f"env {self._kind} {i} (device={device}, workload={workload}{self._where(i)}) raised during "
             f"{payload['command']}:\n{payload['traceback']}",
             index=i,
             device=device,
@@ -710,10 +650,9 @@ class EnvPool(VecEnv):
         per_env = cmd == "reset"
         unsent = [i for k, i in enumerate(indices) if not self._send(i, cmd, data[k] if per_env else data)]
         sent = [i for i in indices if i not in unsent]
-        deadline = time.monotonic() + self.step_timeout
-        replies = self._collect(sent, deadline, self._step_limit)
+        replies = self._collect(sent, time.monotonic() + self.step_timeout, self._step_limit)
         for i in unsent:
-            replies[i] = _Dead(f"{_exit_reason(self._processes[i])} (could not send {cmd!r})")
+            replies[i] = _Dead(f"{self._gone_reason(i)} (could not send {cmd!r})")
         for i in indices:
             if not isinstance(replies[i], _Dead) and replies[i][0] != "ok":
                 self._unwrap(i, replies[i])
@@ -735,7 +674,7 @@ class EnvPool(VecEnv):
     def _death_error(self, i: int, reason: str) -> EnvWorkerError:
         device, workload = self.slots[i].device, self._workloads[i]
         return EnvWorkerError(
-            f"env worker {i} (device={device}, workload={workload}) {reason}",
+            f"env {self._kind} {i} (device={device}, workload={workload}) {reason}",
             index=i,
             device=device,
             workload=workload,
@@ -760,25 +699,27 @@ class EnvPool(VecEnv):
             if self.restarts[i] >= self.max_restarts:
                 raise self._death_error(i, f"{reason}; not restarting, max_restarts={self.max_restarts} used up")
             self.restarts[i] += 1
-            logger.warning(
-                "env worker %d (device=%s, workload=%s) %s; restarting it (restart %d of %d)",
+            self._log.warning(
+                "env %s %d (device=%s, workload=%s) %s; %s it (restart %d of %d)",
+                self._kind,
                 i,
                 self.slots[i].device,
                 self._workloads[i],
                 reason,
+                self._restarting,
                 self.restarts[i],
                 self.max_restarts,
             )
             self._start_worker(i)
             reply = self._collect([i], time.monotonic() + self.start_timeout, self._start_limit)[i]
             if isinstance(reply, _Dead):
-                reason = f"{reply.reason} while building its env"
+                reason = f"{reply.reason} while building its env{self._build_hint(i, restart=True)}"
                 continue
-            self._unwrap(i, reply)
+            self._built(i, self._unwrap(i, reply))
             seed = _restart_seed(self._base_seeds[i], self.restarts[i])
             options = self._last_options[i] or None
             if not self._send(i, "reset", (seed, options)):
-                reason = f"{_exit_reason(self._processes[i])} before its reset"
+                reason = f"{self._gone_reason(i)} before its reset"
                 continue
             reply = self._collect([i], time.monotonic() + self.step_timeout, self._step_limit)[i]
             if isinstance(reply, _Dead):
@@ -787,3 +728,178 @@ class EnvPool(VecEnv):
             reset_obs, reset_info, self._workloads[i] = self._unwrap(i, reply)
             self._last_obs[i] = reset_obs
             return reset_obs, reset_info, terminal_obs
+
+
+class EnvPool(_WorkerPool):
+    """SB3 ``VecEnv`` running each env in its own worker process, restarting dead workers.
+
+    Each worker applies its ``WorkerSlot`` (``torch.set_num_threads``, and
+    ``torch.cuda.set_device`` for ``cuda:K``) before it builds its env with
+    ``env_fns[i](slots[i])``.
+
+    When a worker dies or exceeds ``step_timeout``, a fresh worker is started with the same
+    factory and slot and reset (with a seed derived from the env's original seed and the restart
+    count). The step that was lost is reported as ``done`` with ``infos[i]`` holding
+    ``"worker_restarted": True``, ``"TimeLimit.truncated": True`` (SB3 bootstraps the value
+    instead of treating the end as terminal) and ``"terminal_observation"`` (the last
+    observation the env returned); ``obs[i]`` is the fresh worker's reset observation and the
+    reward is 0. After ``max_restarts`` restarts of one worker the next death raises
+    ``EnvWorkerError``.
+
+    Args:
+        env_fns: One picklable env factory per env; it receives the worker's slot.
+        slots: One ``WorkerSlot`` per env (see ``rlagent.devices.plan_workers``).
+        start_method: ``"forkserver"`` (default where available) or ``"spawn"``.
+        step_timeout: Seconds to wait for any reply of a running worker (a step is a whole
+            epoch, hence the generous default); a worker past it is killed and restarted.
+        start_timeout: Seconds a new worker may take to import and build its env.
+        close_timeout: Seconds ``close()`` waits for workers to exit before killing them.
+        max_restarts: Restarts allowed per worker over the pool's life.
+
+    Attributes:
+        slots: The workers' slots, in env order.
+        restarts: Number of times each worker has been restarted.
+
+    Raises:
+        ValueError: If the arguments do not fit together.
+        EnvWorkerError: If a factory raises or a worker dies while the pool starts.
+    """
+
+    def __init__(
+        self,
+        env_fns: Sequence[EnvFactory],
+        slots: Sequence[WorkerSlot],
+        *,
+        start_method: str | None = None,
+        step_timeout: float = 600.0,
+        start_timeout: float = 300.0,
+        close_timeout: float = 10.0,
+        max_restarts: int = 3,
+    ) -> None:
+        super().__init__(
+            env_fns,
+            slots,
+            step_timeout=step_timeout,
+            start_timeout=start_timeout,
+            close_timeout=close_timeout,
+            max_restarts=max_restarts,
+        )
+        if start_method is None:
+            start_method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+        if start_method not in _START_METHODS:
+            raise ValueError(
+                f"start_method must be one of {_START_METHODS}, got {start_method!r} "
+                "(fork is unsafe once torch/CUDA or threads are in use)"
+            )
+        n_envs = len(env_fns)
+        self._ctx = mp.get_context(start_method)
+        self._env_fns = [CloudpickleWrapper(fn) for fn in env_fns]
+        self._processes: list[mp.process.BaseProcess | None] = [None] * n_envs
+        self._conns: list[Connection | None] = [None] * n_envs
+        # Lists are mutated in place on restart, so the finalizer always sees the live workers.
+        # exitpriority makes multiprocessing's atexit hook run it before joining children.
+        self._finalizer = mp_util.Finalize(
+            self,
+            _shutdown_workers,
+            args=(self._processes, self._conns, self.close_timeout),
+            exitpriority=10,
+        )
+        self._seq = 0
+        self._expected: list[int] = [0] * n_envs
+        self._start_all()
+
+    @property
+    def pids(self) -> list[int | None]:
+        """Process id of each worker (None for a worker that is not running)."""
+        return [p.pid if p is not None else None for p in self._processes]
+
+    # ---------------------------------------------------------------------------- transport
+
+    def _start_worker(self, i: int) -> None:
+        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        # Not a daemon: an env may start its own processes (e.g. DataLoader workers). The
+        # finalizer stops the workers at exit instead.
+        process = self._ctx.Process(
+            target=_worker,
+            args=(child_conn, self._env_fns[i], self.slots[i], i),
+            name=f"rlagent-env-{i}",
+            daemon=False,
+        )
+        process.start()
+        child_conn.close()
+        self._processes[i] = process
+        self._conns[i] = parent_conn
+        self._expected[i] = 0  # the "env built" message
+
+    def _build_hint(self, i: int, *, restart: bool) -> str:
+        # A worker that fails to start the first time most often cannot unpickle its factory.
+        return "" if restart else " (see its stderr; can a fresh process import the env factory by name?)"
+
+    def _stop_worker(self, i: int) -> None:
+        """Kill worker ``i`` at once (it is dead or hung, so there is no point asking)."""
+        process, conn = self._processes[i], self._conns[i]
+        self._processes[i] = None
+        self._conns[i] = None
+        if conn is not None:
+            conn.close()
+        if process is not None:
+            if process.is_alive():
+                process.kill()
+            process.join(5.0)
+            with contextlib.suppress(ValueError):
+                process.close()
+
+    def _close_workers(self) -> None:
+        self._finalizer()
+
+    def _send(self, i: int, cmd: str, data: Any) -> bool:
+        """Send a command to worker ``i``; False if its pipe is gone (the worker died)."""
+        conn = self._conns[i]
+        if conn is None:
+            return False
+        self._seq += 1
+        self._expected[i] = self._seq
+        try:
+            conn.send((self._seq, cmd, data))
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def _gone_reason(self, i: int) -> str:
+        return _exit_reason(self._processes[i])
+
+    def _wait(self, indices: list[int], deadline: float) -> dict[int, tuple[str, Any] | _Dead]:
+        """Receive one reply from each worker until ``deadline``, or a ``_Dead`` if it dies.
+
+        Waits on the pipes and on the process sentinels together, so a dead worker is noticed
+        at once even if a child of it still holds its end of the pipe. Replies to earlier
+        commands (left over after an interrupted wait or a cancelled step) are dropped.
+        """
+        pending = set(indices)
+        replies: dict[int, tuple[str, Any] | _Dead] = {}
+        while pending:
+            by_conn = {self._conns[i]: i for i in pending}
+            by_sentinel = {self._processes[i].sentinel: i for i in pending}
+            remaining = deadline - time.monotonic()
+            ready = wait([*by_conn, *by_sentinel], timeout=remaining) if remaining > 0 else []
+            if not ready:
+                break
+            for obj in ready:
+                i = by_conn.get(obj) if isinstance(obj, Connection) else by_sentinel.get(obj)
+                if i is None or i not in pending:
+                    continue
+                conn = self._conns[i]
+                try:
+                    # A dead worker's last reply may still sit in the pipe.
+                    if isinstance(obj, Connection) or conn.poll(0):
+                        seq, status, payload = conn.recv()
+                        if seq != self._expected[i]:
+                            continue  # stale reply; keep waiting for the current one
+                        replies[i] = (status, payload)
+                    else:
+                        replies[i] = _Dead(_exit_reason(self._processes[i]))
+                except (EOFError, OSError):
+                    self._processes[i].join(1.0)
+                    replies[i] = _Dead(_exit_reason(self._processes[i]))
+                pending.discard(i)
+        return replies
