@@ -11,7 +11,7 @@ the same everywhere. Methods differ only in how they pick the learning rate and 
 * ``pbt`` — Population Based Training with Ray Tune's default exploit/explore rules (``pbt-8``).
 * ``constant``, ``cosine``, ``plateau`` — hand schedules; ``schedulefree``, ``prodigy`` —
   learning-rate-free optimisers; ``open-loop`` — a fixed per-epoch schedule replayed;
-  ``policy`` — a saved tuning policy, through ``HyperTuneEnv`` (:func:`rlagent.tune.run_policy`).
+  ``policy`` — a saved tuning policy, through ``HyperTuneEnv`` (:func:`rlagent.reuse.run_policy`).
 
 Selection always uses final validation accuracy; test accuracy is only reported. A run whose loss
 becomes non-finite stops and scores chance accuracy on validation and test.
@@ -609,7 +609,7 @@ def policy(ctx: TrialContext) -> list[MethodResult]:
     """
     if ctx.policy is None:
         raise RLAgentError("the 'policy' baseline needs ctx.policy (a policy directory or shipped name)")
-    from rlagent.tune import run_policy
+    from rlagent.reuse import run_policy
 
     name = ctx.workload.name
     in_spec = ctx.spec.workload(name)

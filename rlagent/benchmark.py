@@ -455,7 +455,7 @@ def _init_worker(slots: Any) -> None:
     import sklearn.model_selection  # noqa: F401
 
     import rlagent.baselines  # noqa: F401
-    import rlagent.tune  # noqa: F401
+    import rlagent.reuse  # noqa: F401
 
     torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
 
@@ -661,7 +661,7 @@ def run_benchmark(config: BenchConfig) -> BenchReport:
     trained_on: tuple[str, ...] = ()
     policy_name = Path(str(config.policy)).name
     if any(m in POLICY_METHODS for m in methods):
-        from rlagent.tune import resolve_policy
+        from rlagent.reuse import resolve_policy
 
         saved = resolve_policy(config.policy)  # validates the files (and their weights' hash)
         policy_dir = str(_policy_dir(config.policy).resolve())

@@ -143,7 +143,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_tune(args: argparse.Namespace) -> None:
-    from rlagent.tune import run_policy
+    from rlagent.reuse import run_policy
 
     result = run_policy(
         args.policy, args.workload, spec=args.spec, seed=args.seed, epochs=args.epochs,

@@ -13,8 +13,8 @@ from rlagent.agent import PPOSettings, TrainConfig, train_policy
 from rlagent.cli import main
 from rlagent.config import load_spec
 from rlagent.errors import RLAgentError, SpecError
+from rlagent.reuse import Controller, resolve_policy, run_policy, tune
 from rlagent.training import Trainer
-from rlagent.tune import Controller, resolve_policy, run_policy, tune
 from rlagent.workloads import make_run
 
 
