@@ -16,7 +16,10 @@ fixes the data split, the initial weights and the shuffling order of every run (
   (it uses its best LR and batch size), ``open-loop`` for ``policy`` on every seed of the
   workload (it replays the policy's geometric-mean schedule).
 * Tasks run in parallel in worker processes started with ``forkserver``/``spawn`` (never
-  ``fork``), one :class:`~rlagent.devices.WorkerSlot` (device + torch threads) per process.
+  ``fork``), one :class:`~rlagent.devices.WorkerSlot` (device + torch threads) per process; or,
+  with ``backend="ray"``, as Ray tasks (:mod:`rlagent.ray_bench`), which also makes Ray Tune's
+  PBT and ASHA available as baselines. Only the executor differs: scheduling, trial files,
+  resume and dependencies are the same code.
 """
 
 from __future__ import annotations
@@ -64,8 +67,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 METHOD_ORDER = (
-    "random-1", "random-4", "random-16", "tpe-16", "hyperband", "pbt-8", "constant", "cosine",
-    "plateau", "schedulefree", "prodigy", "open-loop", "policy",
+    "random-1", "random-4", "random-16", "tpe-16", "hyperband", "ray-asha", "pbt-8", "ray-pbt-8",
+    "constant", "cosine", "plateau", "schedulefree", "prodigy", "open-loop", "policy",
 )  # fmt: skip
 """Order of the methods in tables and plots (others follow alphabetically)."""
 POLICY_METHODS = ("policy", "open-loop")
@@ -77,6 +80,8 @@ SCORE_DEFINITION = (
 _ALL_SEEDS = frozenset({"open-loop"})
 """Dependent tasks that need their input on every seed of the workload (else: the same seed)."""
 _TRIAL_FORMAT = 1
+BACKENDS = ("local", "ray")
+"""Where tasks run: local worker processes, or Ray tasks on a local or remote Ray cluster."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,21 +101,30 @@ class BenchConfig:
     seeds: int | Sequence[int] = 5
     """A count S (seeds 0..S-1) or a list of seeds; seed s gives every method the same run."""
     methods: Sequence[str] | None = None
-    """Method tasks of :data:`rlagent.baselines.METHODS` (e.g. ``random``, ``policy``); None: all.
-    The inputs of dependent methods are added (``cosine`` needs ``random``, ``open-loop`` ``policy``)."""
+    """Method tasks of :data:`rlagent.baselines.METHODS` (e.g. ``random``, ``policy``) and, with the
+    ray backend, of :data:`rlagent.ray_bench.RAY_METHODS` (``ray-pbt``, ``ray-asha``); None: all
+    of the backend. The inputs of dependent methods are added (``cosine`` needs ``random``,
+    ``open-loop`` ``policy``)."""
     epochs: int | None = None
     """Epoch budget of one training run; None: the spec's."""
     results_dir: str | Path | None = None
     """Output folder; None: ``results/bench__{spec name}__{policy name}``."""
     n_workers: int | None = None
-    """Parallel worker processes; None: one per CUDA device, else one per CPU core (at most one per task)."""
+    """Tasks run in parallel; None: one per CUDA device, else one per CPU core (at most one per task),
+    of this machine or, with the ray backend, of the Ray cluster."""
     devices: str | Sequence[str] = "auto"
     """``auto``, or devices such as ``cuda:0,cuda:1`` / ``cpu`` assigned to workers round-robin."""
     progress: bool = True
     """Show a progress bar over tasks."""
+    backend: str = "local"
+    """``local``: worker processes on this machine; ``ray``: Ray tasks (needs ``rlagent[ray]``)."""
+    address: str | None = None
+    """Ray cluster to connect to (``auto``, ``HOST:PORT``), with the ray backend; None starts a
+    local one (stopped at the end). Ignored if Ray is already initialised."""
 
     def __post_init__(self) -> None:
         from rlagent.baselines import METHODS
+        from rlagent.ray_bench import RAY_METHODS
 
         if not isinstance(self.spec, (str, Path, EnvSpec)):
             raise SpecError("spec", self.spec, "a spec file, a shipped spec name or an EnvSpec")
@@ -132,12 +146,19 @@ class BenchConfig:
             if not self.seeds or not ok or len(set(self.seeds)) != len(self.seeds):
                 raise SpecError("seeds", self.seeds, "a count >= 1 or a list of distinct integers >= 0")
             object.__setattr__(self, "seeds", tuple(self.seeds))
+        if self.backend not in BACKENDS:
+            raise SpecError("backend", self.backend, f"one of {list(BACKENDS)}")
+        if self.address is not None and (self.backend != "ray" or not isinstance(self.address, str)):
+            raise SpecError("address", self.address, "None, or a Ray cluster address with backend 'ray'")
         if self.methods is not None:
+            known = sorted({**METHODS, **RAY_METHODS})
             if isinstance(self.methods, str) or not self.methods:
-                raise SpecError("methods", self.methods, f"a non-empty list of {sorted(METHODS)}")
+                raise SpecError("methods", self.methods, f"a non-empty list of {known}")
             for m in self.methods:
-                if m not in METHODS:
-                    raise SpecError("methods", m, f"one of {sorted(METHODS)}")
+                if m in RAY_METHODS and self.backend != "ray":
+                    raise SpecError("methods", m, "a local method (Ray Tune baselines need backend 'ray')")
+                if m not in METHODS and m not in RAY_METHODS:
+                    raise SpecError("methods", m, f"one of {known}")
             object.__setattr__(self, "methods", tuple(dict.fromkeys(self.methods)))
         if self.epochs is not None and (isinstance(self.epochs, bool) or not isinstance(self.epochs, int)):
             raise SpecError("epochs", self.epochs, "an integer >= 1 or None")
@@ -156,8 +177,12 @@ class BenchConfig:
     def task_methods(self) -> tuple[str, ...]:
         """The method tasks to run: the chosen ones plus the inputs of dependent ones."""
         from rlagent.baselines import METHOD_NEEDS, METHODS
+        from rlagent.ray_bench import RAY_METHODS
 
-        chosen = list(self.methods) if self.methods is not None else list(METHODS)
+        if self.methods is not None:
+            chosen = list(self.methods)
+        else:
+            chosen = [*METHODS, *(RAY_METHODS if self.backend == "ray" else ())]
         for m in list(chosen):
             need = METHOD_NEEDS.get(m)
             while need is not None and need not in chosen:
@@ -436,19 +461,24 @@ class _Job:
     workdir: Path
 
 
-_SLOT: WorkerSlot | None = None  # the slot of this worker process, set by _init_worker
+_SLOT: WorkerSlot | None = None  # the slot of this worker process, set by _use_slot
 _SOURCES: dict[str, Any] = {}  # datasets loaded by this worker process, reused across its tasks
 
 
 def _init_worker(slots: Any) -> None:
-    """Pool initializer: take one slot from the queue and apply its threads and device."""
+    """Pool initializer: take one slot from the queue and use it."""
+    _use_slot(slots.get())
+
+
+def _use_slot(slot: WorkerSlot, *, cuda: bool = True) -> None:
+    """Run this process's tasks in ``slot``: apply its threads and (with ``cuda``) its device."""
     import torch
 
     global _SLOT
-    _SLOT = slots.get()
-    torch.set_num_threads(_SLOT.num_threads)
-    if _SLOT.cuda_index is not None:  # the parent's set_device does not carry over
-        torch.cuda.set_device(_SLOT.cuda_index)
+    _SLOT = slot
+    torch.set_num_threads(slot.num_threads)
+    if cuda and slot.cuda_index is not None:  # the parent's set_device does not carry over
+        torch.cuda.set_device(slot.cuda_index)
     # Pay one-time costs now, so that no task's wall time includes them: imports of the methods,
     # of sklearn (datasets) and of torch's compiler stack (the first optimiser built imports it).
     import sklearn.datasets  # noqa: F401
@@ -463,6 +493,7 @@ def _init_worker(slots: Any) -> None:
 def _run_job(job: _Job) -> list[dict[str, Any]]:
     """Run one task in a worker, write its trial file atomically, return its results as dicts."""
     from rlagent.baselines import METHODS, TrialContext
+    from rlagent.ray_bench import RAY_METHODS
 
     slot = _SLOT or WorkerSlot("cpu", 1)
     try:
@@ -472,7 +503,8 @@ def _run_job(job: _Job) -> list[dict[str, Any]]:
             workdir=job.workdir, device=slot.device, policy=job.policy, extra=job.extra, sources=_SOURCES,
         )  # fmt: skip
         start = time.perf_counter()
-        results = [dataclasses.asdict(r) for r in METHODS[job.task.method](ctx)]
+        method = METHODS.get(job.task.method) or RAY_METHODS[job.task.method]
+        results = [dataclasses.asdict(r) for r in method(ctx)]
         record = {
             "format": _TRIAL_FORMAT,
             "task": dataclasses.asdict(job.task),
@@ -642,6 +674,7 @@ def run_benchmark(config: BenchConfig) -> BenchReport:
 
     Raises:
         SpecError: A workload is unknown.
+        RLAgentError: The ray backend without Ray installed, or a Ray cluster that cannot be reached.
         TrialError: A task failed in its worker (with the worker's traceback); finished tasks
             are kept and a re-run resumes from them.
     """
@@ -655,6 +688,10 @@ def run_benchmark(config: BenchConfig) -> BenchReport:
         spec.workloads.get(w)  # raises SpecError naming the workload
     methods = config.task_methods()
     seeds = config.seed_list
+    if config.backend == "ray":
+        from rlagent.ray_pool import _import_ray
+
+        _import_ray()  # says which extra to install, before any work
 
     policy_dir: str | None = None
     policy_sha: str | None = None
@@ -685,7 +722,7 @@ def run_benchmark(config: BenchConfig) -> BenchReport:
             from tqdm.auto import tqdm
 
             bar = stack.enter_context(tqdm(total=len(tasks), unit="task", desc="benchmark", dynamic_ncols=True))
-        executor: cf.ProcessPoolExecutor | None = None
+        executor: cf.Executor | None = None
         while todo or running:
             while ready := [t for t in todo if _inputs_ready(t, done, seeds)]:
                 task = ready[0]
@@ -706,9 +743,9 @@ def run_benchmark(config: BenchConfig) -> BenchReport:
                     continue
                 if executor is None:
                     executor = stack.enter_context(_make_executor(config, len(todo) + 1 + len(running)))
-                job = _Job(
-                    task, spec, policy_dir if uses_policy else None, extra, fingerprint, trial_file,
-                    results_dir / "work" / task.name,
+                job = _Job(  # absolute paths: a Ray worker need not share our working directory
+                    task, spec, policy_dir if uses_policy else None, extra, fingerprint, trial_file.absolute(),
+                    (results_dir / "work" / task.name).absolute(),
                 )  # fmt: skip
                 running[executor.submit(_run_job, job)] = task
             if not running:
@@ -741,8 +778,13 @@ def run_benchmark(config: BenchConfig) -> BenchReport:
     return _write_outputs(config, spec, results, results_dir, workloads, seeds, trained_on, ran, reused)
 
 
-def _make_executor(config: BenchConfig, n_tasks: int) -> cf.ProcessPoolExecutor:
-    """A process pool with one worker per slot; each worker takes its slot from a queue."""
+def _make_executor(config: BenchConfig, n_tasks: int) -> cf.Executor:
+    """A process pool with one worker per slot, each worker taking its slot from a queue; or,
+    with the ray backend, a :class:`~rlagent.ray_bench.RayTaskExecutor` (one Ray task per slot)."""
+    if config.backend == "ray":
+        from rlagent.ray_bench import make_ray_executor
+
+        return make_ray_executor(config.n_workers, config.devices, config.address, n_tasks=n_tasks)
     n = config.n_workers
     slots = plan_workers(n, config.devices)
     if n is None and len(slots) > n_tasks:  # no idle workers: give the threads to the busy ones
@@ -790,8 +832,8 @@ def _write_outputs(
             writer.writerow([r.workload, r.method, r.seed, r.val_acc, r.test_acc, r.epochs, r.seconds, int(flag)])
     config_json = {
         "spec": spec.name, "policy": str(config.policy), "workloads": list(workloads), "seeds": list(seeds),
-        "methods": list(config.task_methods()), "epochs": config.epochs, "trained_on": list(trained_on),
-        "score": SCORE_DEFINITION, "chance": chance,
+        "methods": list(config.task_methods()), "epochs": config.epochs, "backend": config.backend,
+        "trained_on": list(trained_on), "score": SCORE_DEFINITION, "chance": chance,
     }  # fmt: skip
     _write_json_atomic(
         paths["json"],

@@ -191,7 +191,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     config = BenchConfig(
         spec=args.spec, policy=args.policy, workloads=args.workloads, seeds=seeds, methods=args.methods,
         epochs=args.epochs, results_dir=args.results, n_workers=args.n_workers, devices=args.devices,
-        progress=not args.no_progress,
+        progress=not args.no_progress, backend=args.backend, address=args.address,
     )  # fmt: skip
     report = run_benchmark(config)
     print(report.table)
@@ -208,11 +208,16 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policy", default="default", help="policy directory or shipped policy name")
     p.add_argument("--workloads", nargs="+", default=None, help="workloads (default: the spec's held-out ones)")
     p.add_argument("--seeds", type=int, nargs="+", default=[5], help="one number N: seeds 0..N-1; several: those seeds")
-    p.add_argument("--methods", nargs="+", default=None, help="method tasks (default: all)")
+    p.add_argument("--methods", nargs="+", default=None, help="method tasks (default: all of the backend)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per training run (default: the spec's)")
     p.add_argument("--results", default=None, help="results folder (default results/bench__SPEC__POLICY)")
     p.add_argument("--n-workers", type=int, default=None, help="parallel workers (default: one per GPU, else core)")
     p.add_argument("--devices", default="auto", help="auto, or e.g. cuda:0,cuda:1 or cpu")
+    p.add_argument(
+        "--backend", choices=("local", "ray"), default="local",
+        help="local worker processes, or Ray tasks (adds the ray-pbt and ray-asha methods)",
+    )  # fmt: skip
+    p.add_argument("--address", default=None, help="Ray cluster address (with --backend ray; default: a local one)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_bench)
 
