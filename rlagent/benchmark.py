@@ -20,6 +20,9 @@ fixes the data split, the initial weights and the shuffling order of every run (
   with ``backend="ray"``, as Ray tasks (:mod:`rlagent.ray_bench`), which also makes Ray Tune's
   PBT and ASHA available as baselines. Only the executor differs: scheduling, trial files,
   resume and dependencies are the same code.
+
+The rows, statistics and markdown table are made by :mod:`rlagent.report`, the plots by
+:mod:`rlagent.plots`; this module runs the tasks and writes the results out.
 """
 
 from __future__ import annotations
@@ -31,13 +34,12 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import multiprocessing as mp
 import os
 import tempfile
 import time
 import traceback
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +49,21 @@ import numpy as np
 from rlagent.config import EnvSpec, data_dir, load_spec
 from rlagent.devices import WorkerSlot, plan_workers
 from rlagent.errors import RLAgentError, SpecError
+from rlagent.plots import write_plots
+
+# The statistics and the table are in rlagent.report; all of its names stay importable from here.
+from rlagent.report import (
+    METHOD_ORDER,  # noqa: F401 - re-exported
+    POLICY_METHODS,
+    SCORE_DEFINITION,
+    AggregateRow,
+    BenchRow,
+    aggregate,
+    ci95,  # noqa: F401 - re-exported
+    markdown_table,
+    policy_schedule,
+    summarize,
+)
 
 if TYPE_CHECKING:
     from rlagent.baselines import MethodResult
@@ -66,17 +83,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-METHOD_ORDER = (
-    "random-1", "random-4", "random-16", "tpe-16", "hyperband", "ray-asha", "pbt-8", "ray-pbt-8",
-    "constant", "cosine", "plateau", "schedulefree", "prodigy", "open-loop", "policy",
-)  # fmt: skip
-"""Order of the methods in tables and plots (others follow alphabetically)."""
-POLICY_METHODS = ("policy", "open-loop")
-"""Methods whose result depends on the policy (marked when it trained on the workload)."""
-SCORE_DEFINITION = (
-    "score = (test acc - chance) / (best method's test acc - chance) within each workload, "
-    "chance = 1 / number of classes (1 = the best method; 0 = chance)"
-)
 _ALL_SEEDS = frozenset({"open-loop"})
 """Dependent tasks that need their input on every seed of the workload (else: the same seed)."""
 _TRIAL_FORMAT = 1
@@ -189,248 +195,6 @@ class BenchConfig:
                 chosen.insert(chosen.index(m), need)
                 need = METHOD_NEEDS.get(need)
         return tuple(chosen)
-
-
-# ---------------------------------------------------------------------------------------------
-# Summary: pure functions of the results
-
-
-@dataclass
-class BenchRow:
-    """One method on one workload, over seeds."""
-
-    workload: str
-    method: str
-    n_seeds: int
-    epochs: float
-    """Mean epochs trained per seed (the method's compute)."""
-    seconds: float
-    """Mean wall seconds per seed."""
-    val_acc: float
-    """Mean validation accuracy of the selected runs (what selection saw)."""
-    test_acc: float
-    """Mean test accuracy over seeds."""
-    test_ci95: float
-    """Half-width of the 95% confidence interval of the mean (Student t, n-1 dof); NaN for 1 seed."""
-    test_std: float
-    """Sample standard deviation over seeds (NaN for 1 seed)."""
-    rank: float
-    """Rank by mean test accuracy within the workload (1 = best, ties share the average)."""
-    score: float
-    """Normalised score, see :data:`SCORE_DEFINITION`."""
-    trained_on: bool
-    """True when the policy behind this row was trained on this workload (not a held-out result)."""
-
-
-@dataclass
-class AggregateRow:
-    """One method across workloads."""
-
-    method: str
-    workloads: int
-    """Workloads it ran on."""
-    mean_score: float
-    mean_rank: float
-    mean_epochs: float
-    trained_on: tuple[str, ...]
-    """Workloads among them that the policy behind this method was trained on."""
-
-
-def ci95(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% confidence interval (Student t); NaN width for n < 2."""
-    from scipy import stats
-
-    x = np.asarray(values, dtype=float)
-    mean = float(x.mean())
-    if len(x) < 2:
-        return mean, math.nan
-    return mean, float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-
-
-def _method_key(method: str) -> tuple[int, str]:
-    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
-
-
-def _marked(result: MethodResult, trained_on: Iterable[str]) -> bool:
-    if result.method not in POLICY_METHODS:
-        return False
-    flag = result.details.get("trained_on") if isinstance(result.details, Mapping) else None
-    if isinstance(flag, (list, tuple)):
-        flag = result.workload in flag
-    return bool(flag) or result.workload in set(trained_on)
-
-
-def summarize(
-    results: Iterable[MethodResult],
-    *,
-    chance: Mapping[str, float] | None = None,
-    trained_on: Iterable[str] = (),
-) -> list[BenchRow]:
-    """Rows of the table: each method on each workload, over its seeds.
-
-    Args:
-        results: Method results (any seeds, workloads and methods).
-        chance: Chance accuracy per workload (1 / classes) for the score; missing: 0.
-        trained_on: Workloads the benchmarked policy was trained on. Results of ``policy`` and
-            ``open-loop`` there are marked, as are those whose ``details["trained_on"]`` says so.
-
-    Returns:
-        Rows ordered by workload (first appearance) and method (:data:`METHOD_ORDER`).
-    """
-    from scipy.stats import rankdata
-
-    trained_on = tuple(trained_on)
-    chance = chance or {}
-    groups: dict[tuple[str, str], list[MethodResult]] = {}
-    for r in results:
-        groups.setdefault((r.workload, r.method), []).append(r)
-    # Marking one policy-derived row of a workload marks them all: open-loop replays the policy.
-    marked_workloads = {w for (w, _), rs in groups.items() if any(_marked(r, trained_on) for r in rs)}
-    rows: list[BenchRow] = []
-    for workload in dict.fromkeys(w for w, _ in groups):
-        block = []
-        for method in sorted((m for w, m in groups if w == workload), key=_method_key):
-            rs = sorted(groups[(workload, method)], key=lambda r: r.seed)
-            test = [r.test_acc for r in rs]
-            mean, half = ci95(test)
-            block.append(
-                BenchRow(
-                    workload=workload,
-                    method=method,
-                    n_seeds=len(rs),
-                    epochs=float(np.mean([r.epochs for r in rs])),
-                    seconds=float(np.mean([r.seconds for r in rs])),
-                    val_acc=float(np.mean([r.val_acc for r in rs])),
-                    test_acc=mean,
-                    test_ci95=half,
-                    test_std=float(np.std(test, ddof=1)) if len(test) > 1 else math.nan,
-                    rank=math.nan,
-                    score=math.nan,
-                    trained_on=method in POLICY_METHODS and workload in marked_workloads,
-                )
-            )
-        accs = np.array([row.test_acc for row in block])
-        ranks = rankdata(-accs, method="average")
-        best, low = float(accs.max()), float(chance.get(workload, 0.0))
-        for row, rank in zip(block, ranks):
-            row.rank = float(rank)
-            row.score = (row.test_acc - low) / (best - low) if best > low else math.nan
-        rows.extend(block)
-    return rows
-
-
-def aggregate(rows: Sequence[BenchRow]) -> list[AggregateRow]:
-    """Each method's mean score and mean rank over the workloads it ran on."""
-    out = []
-    for method in sorted({r.method for r in rows}, key=_method_key):
-        mine = [r for r in rows if r.method == method]
-        scores = [r.score for r in mine if not math.isnan(r.score)]
-        out.append(
-            AggregateRow(
-                method=method,
-                workloads=len(mine),
-                mean_score=float(np.mean(scores)) if scores else math.nan,
-                mean_rank=float(np.mean([r.rank for r in mine])),
-                mean_epochs=float(np.mean([r.epochs for r in mine])),
-                trained_on=tuple(r.workload for r in mine if r.trained_on),
-            )
-        )
-    return out
-
-
-def _num(x: float, fmt: str = ".3f") -> str:
-    return "n/a" if math.isnan(x) else format(x, fmt)
-
-
-def _seconds(x: float) -> str:
-    return f"{x:.2f}" if x < 10 else f"{x:.0f}"
-
-
-def _epochs(x: float) -> str:
-    return f"{x:.0f}" if float(x).is_integer() else f"{x:.1f}"
-
-
-def markdown_table(rows: Sequence[BenchRow], *, title: str | None = None) -> str:
-    """The benchmark as markdown: per-workload rows, the aggregate and the definitions used.
-
-    Args:
-        rows: Output of :func:`summarize`.
-        title: Optional heading line (e.g. spec, policy and seeds).
-    """
-    lines: list[str] = []
-    if title:
-        lines += [f"# {title}", ""]
-    marked = sorted({r.workload for r in rows if r.trained_on})
-    if marked:
-        lines += [
-            f"**Not held out:** the policy was trained on {', '.join(marked)}; "
-            "its rows there (marked †) do not measure transfer.",
-            "",
-        ]
-    lines += [
-        "| workload | method | seeds | epochs | seconds | val acc | test acc (mean ± 95% CI) | rank | score |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        method = f"{r.method} †" if r.trained_on else r.method
-        lines.append(
-            f"| {r.workload} | {method} | {r.n_seeds} | {_epochs(r.epochs)} | {_seconds(r.seconds)} | {_num(r.val_acc)} "
-            f"| {_num(r.test_acc)} ± {_num(r.test_ci95)} | {r.rank:g} | {_num(r.score, '.2f')} |"
-        )
-    agg = aggregate(rows)
-    n_workloads = len({r.workload for r in rows})
-    lines += [
-        "",
-        f"Aggregate over {n_workloads} workload{'s' if n_workloads != 1 else ''}:",
-        "",
-        "| method | workloads | mean score | mean rank | mean epochs |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for a in agg:
-        method = f"{a.method} †" if a.trained_on else a.method
-        lines.append(
-            f"| {method} | {a.workloads} | {_num(a.mean_score)} | {a.mean_rank:.2f} | {_epochs(round(a.mean_epochs, 1))} |"
-        )
-    lines += [
-        "",
-        "- Every method selects its run by validation accuracy only; test accuracy is only reported.",
-        "- ± is the half-width of the 95% confidence interval of the mean over seeds (Student t, n-1 dof); "
-        "seeds pair across methods (same split, initial weights and data order).",
-        "- epochs: epochs trained per seed by the method in total (its compute); seconds: wall time per seed.",
-        "- rank: by mean test accuracy within the workload, 1 = best, ties share the average rank.",
-        f"- {SCORE_DEFINITION}.",
-    ]
-    if any(r.method == "cosine" for r in rows):
-        lines.append(
-            "- cosine starts from the LR and batch size random search (best of 16) selected; its epochs exclude that search."
-        )
-    if any(r.method == "open-loop" for r in rows):
-        lines.append("- open-loop replays the policy's per-epoch geometric-mean schedule over the seeds, blind.")
-    if marked:
-        lines.append(f"- † the policy was trained on this workload ({', '.join(marked)}); not a held-out result.")
-    return "\n".join(lines) + "\n"
-
-
-def policy_schedule(results: Iterable[MethodResult], epochs: int) -> list[tuple[float, int]]:
-    """The schedule ``open-loop`` replays: the per-epoch geometric mean of the policy's runs.
-
-    Args:
-        results: ``policy`` results (one per seed) with ``details["schedule"]`` or ``details["history"]``.
-        epochs: Length of the schedule (a diverged run's last entry is repeated).
-
-    Returns:
-        ``[(lr, batch_size), ...]``, one pair per epoch.
-    """
-    from rlagent.baselines import mean_schedule
-
-    schedules = []
-    for r in results:
-        steps = r.details.get("schedule") or [(h["lr"], h["batch_size"]) for h in r.details.get("history", [])]
-        if steps:
-            schedules.append(steps)
-    if not schedules:
-        raise RLAgentError("open-loop: the policy results hold no per-epoch schedule to replay")
-    return mean_schedule(schedules, epochs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -844,113 +608,8 @@ def _write_outputs(
             "results": [dataclasses.asdict(r) for r in results],
         },
     )
-    paths.update(_plots(rows, results, results_dir / "plots"))
+    paths.update(write_plots(rows, results, results_dir / "plots"))
     return BenchReport(
         rows=rows, aggregate=aggregate(rows), table=table, results=results, results_dir=results_dir,
         paths=paths, trials_run=ran, trials_reused=reused, trained_on=tuple(sorted(marked)),
     )  # fmt: skip
-
-
-# ---------------------------------------------------------------------------------------------
-# Plots
-
-
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-    except ImportError as exc:
-        raise RLAgentError("benchmark plots need matplotlib: pip install 'rlagent[bench]'") from exc
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
-def _plots(rows: Sequence[BenchRow], results: Sequence[MethodResult], folder: Path) -> dict[str, Path]:
-    """Per workload: test accuracy vs epochs spent (every method), and the policy's schedules."""
-    plt = _pyplot()
-    folder.mkdir(parents=True, exist_ok=True)
-    cmap = plt.get_cmap("tab20")
-    colour = {m: cmap(i % 20) for i, m in enumerate(sorted({r.method for r in rows}, key=_method_key))}
-    paths: dict[str, Path] = {}
-    for workload in dict.fromkeys(r.workload for r in rows):
-        path = folder / f"acc_vs_epochs__{_safe(workload)}.png"
-        _plot_accuracy(plt, [r for r in rows if r.workload == workload], colour, path)
-        paths[f"acc_vs_epochs:{workload}"] = path
-        runs = [r for r in results if r.workload == workload and r.method == "policy" and r.details.get("history")]
-        if runs:
-            trained = any(r.trained_on for r in rows if r.workload == workload and r.method == "policy")
-            path = folder / f"policy_schedule__{_safe(workload)}.png"
-            _plot_schedules(plt, sorted(runs, key=lambda r: r.seed), trained, path)
-            paths[f"policy_schedule:{workload}"] = path
-    return paths
-
-
-def _plot_accuracy(plt: Any, rows: Sequence[BenchRow], colour: Mapping[str, Any], path: Path) -> None:
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    lows, highs = [], []
-    for r in rows:
-        err = 0.0 if math.isnan(r.test_ci95) else r.test_ci95
-        same = [q.method for q in rows if q.epochs == r.epochs]  # dodge methods of equal compute
-        x = r.epochs * math.exp(0.03 * (same.index(r.method) - (len(same) - 1) / 2))
-        marker = "*" if r.method in POLICY_METHODS else "o"
-        ax.errorbar(
-            x, r.test_acc, yerr=err, fmt=marker, color=colour[r.method], capsize=3,
-            markersize=11 if marker == "*" else 6, label=f"{r.method} †" if r.trained_on else r.method,
-        )  # fmt: skip
-        lows.append(r.test_acc - err)
-        highs.append(r.test_acc + err)
-    ax.set_ylim(max(0.0, min(lows) - 0.02), min(1.0, max(highs) + 0.02))
-    ax.set_xscale("log")
-    ax.set_xticks(sorted({r.epochs for r in rows}))  # ticks at the budgets the methods used
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("epochs trained per seed (log scale)")
-    ax.set_ylabel("test accuracy (mean ± 95% CI over seeds)")
-    note = (
-        "\nthe policy was TRAINED on this workload (†): not a held-out result"
-        if any(r.trained_on for r in rows)
-        else ""
-    )
-    ax.set_title(f"{rows[0].workload}: accuracy vs compute{note}", fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, ncol=2, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _plot_schedules(plt: Any, runs: Sequence[MethodResult], trained: bool, path: Path) -> None:
-    from matplotlib.ticker import MaxNLocator, ScalarFormatter
-
-    fig, (ax_lr, ax_bs) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
-    for r in runs:
-        hist = r.details["history"]
-        epochs = [h.get("epoch", i + 1) for i, h in enumerate(hist)]
-        ax_lr.plot(epochs, [h["lr"] for h in hist], marker=".", alpha=0.8, label=f"seed {r.seed}")
-        ax_bs.plot(epochs, [h["batch_size"] for h in hist], marker=".", alpha=0.8, label=f"seed {r.seed}")
-    schedule = policy_schedule(runs, max(len(r.details["history"]) for r in runs))
-    xs = range(1, len(schedule) + 1)
-    ax_lr.plot(xs, [lr for lr, _ in schedule], "k--", lw=1.5, label="geometric mean (open-loop)")
-    ax_bs.plot(xs, [bs for _, bs in schedule], "k--", lw=1.5)
-    ax_lr.set_yscale("log")
-    ax_bs.set_yscale("log", base=2)
-    ax_bs.yaxis.set_major_formatter(ScalarFormatter())
-    ax_bs.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_lr.set_ylabel("learning rate")
-    ax_bs.set_ylabel("batch size")
-    ax_bs.set_xlabel("epoch")
-    for ax in (ax_lr, ax_bs):
-        ax.grid(alpha=0.3, which="both")
-    ax_lr.legend(fontsize=7, ncol=3)
-    note = "\nthe policy was TRAINED on this workload: not a held-out result" if trained else ""
-    ax_lr.set_title(f"{runs[0].workload}: LR and batch size the policy chose, per seed{note}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -23,3 +23,47 @@ class SpecError(RLAgentError, ValueError):
         self.value = value
         self.allowed = allowed
         super().__init__(f"{field}: got {value!r}; expected {allowed}")
+
+
+class PolicyFileError(RLAgentError, ValueError):
+    """A policy directory is missing, malformed, tampered with or does not fit."""
+
+
+class EnvWorkerError(RuntimeError):
+    """An env worker failed: its env raised, or it died more often than ``max_restarts``.
+
+    Attributes:
+        index: Index of the env (worker) in the pool.
+        device: Device of the worker, e.g. ``"cuda:1"``.
+        workload: Workload the env was running (``env.unwrapped.workload_name``), if known.
+        remote_traceback: Traceback text from the worker, or None when the worker died
+            without one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        index: int,
+        device: str,
+        workload: str | None,
+        remote_traceback: str | None,
+    ) -> None:
+        super().__init__(message)
+        self.index = index
+        self.device = device
+        self.workload = workload
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only arguments are lost by the default exception pickling.
+        return (
+            _rebuild_worker_error,
+            (str(self), self.index, self.device, self.workload, self.remote_traceback),
+        )
+
+
+def _rebuild_worker_error(
+    message: str, index: int, device: str, workload: str | None, remote_traceback: str | None
+) -> EnvWorkerError:
+    return EnvWorkerError(message, index=index, device=device, workload=workload, remote_traceback=remote_traceback)

@@ -63,7 +63,7 @@ from rlagent.baselines import (
     _sample_configs,
     batch_sizes,
 )
-from rlagent.devices import WorkerSlot, plan_workers
+from rlagent.devices import WorkerSlot
 from rlagent.errors import RLAgentError
 
 if TYPE_CHECKING:
@@ -275,21 +275,17 @@ def make_ray_executor(
     Raises:
         RLAgentError: If Ray is not installed or the cluster cannot be reached.
     """
-    from rlagent.ray_pool import _connect, _import_ray
+    from rlagent.ray_pool import _connect, _import_ray, plan_ray_slots
 
     ray = _import_ray()
     started = _connect(ray, address)
     try:
-        resources = ray.cluster_resources()
-        cpus, gpus = max(1, int(resources.get("CPU", 0))), int(resources.get("GPU", 0))
-        slots = plan_workers(n_workers, devices, cpu_count=cpus, cuda_count=gpus)
-        if n_workers is None and n_tasks is not None and len(slots) > n_tasks:
-            slots = plan_workers(n_tasks, devices, cpu_count=cpus, cuda_count=gpus)
-        node_cpus = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
-        most = max(1, max(node_cpus, default=cpus))  # a task must fit on one node
-        slots = [WorkerSlot(s.device, min(s.num_threads, most)) for s in slots]
+        slots, cpus, gpus = plan_ray_slots(ray, n_workers, devices, n_tasks=n_tasks)
         logger.info(
-            "benchmark on Ray (%d CPUs, %d GPUs): %s", cpus, gpus, [f"{s.device}x{s.num_threads}" for s in slots]
+            "benchmark on Ray (%d CPUs, %d GPUs): %s",
+            max(1, cpus),
+            gpus,
+            [f"{s.device}x{s.num_threads}" for s in slots],
         )
         return RayTaskExecutor(slots, shutdown_ray=started)
     except BaseException:

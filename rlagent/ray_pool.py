@@ -32,23 +32,15 @@ from typing import Any
 
 import gymnasium as gym
 
+# The worker-side command handling and everything but the transport (the VecEnv API, restarts
+# and their reports) are the local pool's own, so that both backends answer every call the same
+# way.
+from rlagent._pool_base import EnvFactory, _Dead, _WorkerPool
+from rlagent._pool_worker import _error_details, _handle, _MissingAttr, _setup_worker
 from rlagent.agent import EnvFactory as HyperTuneEnvFactory
 from rlagent.config import EnvSpec
 from rlagent.devices import WorkerSlot, plan_workers, visible_cpu_count
 from rlagent.errors import RLAgentError, SpecError
-
-# The worker-side command handling and everything but the transport (the VecEnv API, restarts
-# and their reports) are the local pool's own, so that both backends answer every call the same
-# way.
-from rlagent.pool import (
-    EnvFactory,
-    _Dead,
-    _error_details,
-    _handle,
-    _MissingAttr,
-    _setup_worker,
-    _WorkerPool,
-)
 
 __all__ = ["RAY_MISSING", "RayEnvPool", "make_ray_pool"]
 
@@ -104,7 +96,7 @@ class _EnvActor:
         return "ok", where + (f", GPU {','.join(map(str, gpus))}" if gpus else "")
 
     def call(self, cmd: str, data: Any) -> tuple[str, Any]:
-        """Run one pool command (``rlagent.pool._handle``) on the env."""
+        """Run one pool command (``rlagent._pool_worker._handle``) on the env."""
         try:
             return "ok", _handle(self._env, cmd, data)
         except _MissingAttr as exc:
@@ -358,6 +350,34 @@ def _connect(ray: Any, address: str | None) -> bool:
     return True
 
 
+def plan_ray_slots(
+    ray: Any, n: int | None, devices: str | Sequence[str], *, n_tasks: int | None = None
+) -> tuple[list[WorkerSlot], int, int]:
+    """Plan slots on a running Ray cluster: ``plan_workers`` with the cluster's CPU and GPU totals.
+
+    Each slot's threads are capped at one node's CPUs, since an actor or task must fit on one
+    node. Used by :func:`make_ray_pool` and :func:`rlagent.ray_bench.make_ray_executor`.
+
+    Args:
+        ray: The initialised ``ray`` module.
+        n: Number of slots; None: one per cluster GPU, else one per cluster CPU.
+        devices: ``auto`` or a device list, as for ``plan_workers``.
+        n_tasks: With ``n=None``, at most this many slots (their threads shared out over the
+            CPUs), when the number of jobs is known.
+
+    Returns:
+        The slots, and the cluster's CPU and GPU counts.
+    """
+    resources = ray.cluster_resources()
+    cpus, gpus = int(resources.get("CPU", 0)), int(resources.get("GPU", 0))
+    slots = plan_workers(n, devices, cpu_count=max(1, cpus), cuda_count=gpus)
+    if n is None and n_tasks is not None and len(slots) > n_tasks:
+        slots = plan_workers(n_tasks, devices, cpu_count=max(1, cpus), cuda_count=gpus)
+    node_cpus = [int(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node.get("Alive")]
+    most = max(1, max(node_cpus, default=cpus))
+    return [WorkerSlot(s.device, min(s.num_threads, most)) for s in slots], cpus, gpus
+
+
 def make_ray_pool(
     spec: EnvSpec,
     *,
@@ -400,13 +420,7 @@ def make_ray_pool(
         raise SpecError("workloads", leaked, "training workloads only (these are held out)")
     started = _connect(ray, address)
     try:
-        resources = ray.cluster_resources()
-        cpus, gpus = int(resources.get("CPU", 0)), int(resources.get("GPU", 0))
-        slots = plan_workers(n_envs, devices, cpu_count=max(1, cpus), cuda_count=gpus)
-        # An actor must fit on one node.
-        node_cpus = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
-        most = max(1, max(node_cpus, default=cpus))
-        slots = [WorkerSlot(s.device, min(s.num_threads, most)) for s in slots]
+        slots, cpus, gpus = plan_ray_slots(ray, n_envs, devices)
         gpu_envs = sum(s.cuda_index is not None for s in slots)
         gpus_per_env = 1.0 if gpu_envs <= gpus else 1.0 / math.ceil(gpu_envs / gpus)
         factory = HyperTuneEnvFactory(spec, names)

@@ -1,0 +1,198 @@
+"""Checks of a policy directory's contents: every field of ``policy.json`` and the weights.
+
+``policy.json`` is untrusted input, so each field is parsed into the type it must have (spaces,
+normaliser statistics, an allow-listed architecture) or refused with a :class:`PolicyFileError`
+naming the field; the weights must match the recorded SHA-256 and fit the architecture exactly.
+:mod:`rlagent.policy_file` reads the files and calls these.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+from gymnasium import spaces
+from safetensors import SafetensorError
+from stable_baselines3.common.policies import ActorCriticPolicy
+from torch import nn
+
+from rlagent.errors import PolicyFileError
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
+_MAX_WIDTH = 4096
+_MAX_LAYERS = 8
+
+
+def _field(doc: Mapping[str, Any], key: str, kind: type) -> Any:
+    if key not in doc:
+        raise PolicyFileError(f"policy.json: missing field {key!r}")
+    value = doc[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise PolicyFileError(f"policy.json: field {key!r} must be a {kind.__name__}, found {value!r:.100}")
+    return value
+
+
+def _parse_feature_names(doc: dict[str, Any]) -> tuple[str, ...]:
+    names = _field(doc, "feature_names", list)
+    if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise PolicyFileError("policy.json: feature_names must be a list of distinct strings")
+    return tuple(names)
+
+
+def _compare_features(found: tuple[str, ...], expected: tuple[str, ...]) -> None:
+    if found == expected:
+        return
+    missing = [n for n in expected if n not in found]
+    extra = [n for n in found if n not in expected]
+    parts = []
+    if missing:
+        parts.append(f"missing {missing}")
+    if extra:
+        parts.append(f"extra {extra}")
+    if not parts:
+        moved = [f"{n!r} at {found.index(n)} (expected {i})" for i, n in enumerate(expected) if found[i] != n]
+        parts.append(f"reordered: {', '.join(moved)}")
+    raise PolicyFileError(
+        "feature list mismatch: the policy was trained on other observation features: " + "; ".join(parts)
+    )
+
+
+def _parse_floats(value: Any, what: str) -> np.ndarray:
+    if not isinstance(value, list):
+        raise PolicyFileError(f"policy.json: {what} must be a list of numbers")
+    out = []
+    for v in value:
+        is_inf = isinstance(v, str) and v in ("inf", "-inf")
+        is_number = isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+        if is_inf or is_number:
+            out.append(float(v))
+        else:
+            raise PolicyFileError(f"policy.json: {what} holds a non-number: {v!r:.50}")
+    return np.array(out, dtype=np.float64)
+
+
+def _parse_shape(spec: Mapping[str, Any], what: str) -> tuple[int, ...]:
+    shape = spec.get("shape")
+    if not isinstance(shape, list) or len(shape) != 1 or type(shape[0]) is not int or not 0 < shape[0] <= 1_000_000:
+        raise PolicyFileError(f"policy.json: {what}.shape must be [n] with n > 0, got {shape!r}")
+    return (shape[0],)
+
+
+def _parse_box(spec: Mapping[str, Any], what: str) -> spaces.Box:
+    shape = _parse_shape(spec, what)
+    low = _parse_floats(spec.get("low"), f"{what}.low")
+    high = _parse_floats(spec.get("high"), f"{what}.high")
+    if low.shape != shape or high.shape != shape or np.any(low > high):
+        raise PolicyFileError(f"policy.json: {what} low/high do not fit shape {list(shape)}")
+    return spaces.Box(low.astype(np.float32), high.astype(np.float32), dtype=np.float32)
+
+
+def _parse_obs_space(spec: dict[str, Any], n_features: int) -> spaces.Box:
+    space = _parse_box(spec, "observation_space")
+    if space.shape != (n_features,):
+        raise PolicyFileError(f"policy.json: observation_space has shape {space.shape} but {n_features} features")
+    return space
+
+
+def _parse_action_space(spec: dict[str, Any]) -> spaces.MultiDiscrete | spaces.Box:
+    kind = spec.get("type")
+    if kind == "MultiDiscrete":
+        nvec = spec.get("nvec")
+        if not isinstance(nvec, list) or not nvec or not all(type(n) is int and 0 < n <= 1_000_000 for n in nvec):
+            raise PolicyFileError(f"policy.json: action_space.nvec must be positive integers, got {nvec!r:.100}")
+        return spaces.MultiDiscrete(nvec)
+    if kind == "Box":
+        return _parse_box(spec, "action_space")
+    raise PolicyFileError(f"policy.json: action_space.type must be 'MultiDiscrete' or 'Box', found {kind!r:.50}")
+
+
+def _parse_normalizer(spec: Any, n_features: int) -> dict[str, Any] | None:
+    if spec is ...:
+        raise PolicyFileError("policy.json: missing field 'normalizer' (null if none)")
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        raise PolicyFileError("policy.json: normalizer must be null or an object")
+    mean = _parse_floats(spec.get("mean"), "normalizer.mean")
+    var = _parse_floats(spec.get("var"), "normalizer.var")
+    if mean.shape != (n_features,) or var.shape != (n_features,):
+        raise PolicyFileError(
+            f"policy.json: normalizer mean/var must have {n_features} entries, found {mean.size}/{var.size}"
+        )
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(var)) and np.all(var >= 0)):
+        raise PolicyFileError("policy.json: normalizer mean/var must be finite, var >= 0")
+    scalars = {}
+    for key in ("count", "clip_obs", "epsilon"):
+        value = spec.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise PolicyFileError(f"policy.json: normalizer.{key} must be a number")
+        if not (math.isfinite(value) and value > 0):
+            raise PolicyFileError(f"policy.json: normalizer.{key} must be positive, got {value}")
+        scalars[key] = float(value)
+    return {"mean": mean.tolist(), "var": var.tolist(), **scalars}
+
+
+def _check_architecture(arch: Mapping[str, Any]) -> None:
+    """Refuse anything but ``MlpPolicy`` with small integer layers and tanh / relu."""
+    allowed = (
+        f"allowed: policy 'MlpPolicy', net_arch {{'pi': [...], 'vf': [...]}} of at most "
+        f"{_MAX_LAYERS} layers of 1..{_MAX_WIDTH} units, activation one of {sorted(_ACTIVATIONS)}"
+    )
+    if set(arch) != {"policy", "net_arch", "activation"}:
+        raise PolicyFileError(f"architecture not allow-listed: fields {sorted(arch)}; {allowed}")
+    if arch["policy"] != "MlpPolicy":
+        raise PolicyFileError(f"architecture not allow-listed: policy {arch['policy']!r:.50}; {allowed}")
+    if not isinstance(arch["activation"], str) or arch["activation"] not in _ACTIVATIONS:
+        raise PolicyFileError(f"architecture not allow-listed: activation {arch['activation']!r:.50}; {allowed}")
+    net_arch = arch["net_arch"]
+    if not isinstance(net_arch, dict) or set(net_arch) != {"pi", "vf"}:
+        raise PolicyFileError(f"architecture not allow-listed: net_arch {net_arch!r:.100}; {allowed}")
+    for key, layers in net_arch.items():
+        if (
+            not isinstance(layers, list)
+            or len(layers) > _MAX_LAYERS
+            or not all(type(n) is int and 0 < n <= _MAX_WIDTH for n in layers)
+        ):
+            raise PolicyFileError(f"architecture not allow-listed: net_arch[{key!r}] = {layers!r:.100}; {allowed}")
+
+
+def _read_weights(weights_path: Path, expected_sha: str) -> dict[str, torch.Tensor]:
+    if not weights_path.is_file():
+        raise PolicyFileError(f"missing file: {weights_path}")
+    data = weights_path.read_bytes()  # hash and parse the same bytes
+    found_sha = hashlib.sha256(data).hexdigest()
+    if found_sha != expected_sha.lower():
+        raise PolicyFileError(
+            f"sha256 mismatch for {weights_path}: policy.json records {expected_sha[:16]}..., "
+            f"file has {found_sha[:16]}... (weights swapped, modified or truncated)"
+        )
+    try:
+        return safetensors.torch.load(data)
+    except (SafetensorError, ValueError, TypeError, RuntimeError, OverflowError) as exc:
+        raise PolicyFileError(f"{weights_path} is not a valid safetensors file (corrupt or truncated): {exc}") from None
+
+
+def _load_state(policy: ActorCriticPolicy, state: Mapping[str, torch.Tensor]) -> None:
+    want = policy.state_dict()
+    missing = sorted(set(want) - set(state))
+    unexpected = sorted(set(state) - set(want))
+    if missing or unexpected:
+        raise PolicyFileError(
+            f"weights do not fit the architecture: missing keys {missing}, unexpected keys {unexpected}"
+        )
+    bad = [
+        f"{k}: file {tuple(state[k].shape)} {state[k].dtype}, policy {tuple(v.shape)} {v.dtype}"
+        for k, v in want.items()
+        if state[k].shape != v.shape or state[k].dtype != v.dtype
+    ]
+    if bad:
+        raise PolicyFileError(f"weights do not fit the architecture: {'; '.join(bad)}")
+    policy.load_state_dict(state, strict=True)
+    policy.to("cpu")
+    policy.set_training_mode(False)
