@@ -231,6 +231,7 @@ def save_policy(
         raise FileExistsError(f"{target} exists and is not a policy directory; not overwriting")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a policy directory is meant to be shared
     try:
         _write_synced(tmp / WEIGHTS_NAME, weights)
         _write_synced(tmp / JSON_NAME, text.encode("utf-8"))
