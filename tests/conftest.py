@@ -1,4 +1,4 @@
-"""Shared test setup: one torch thread.
+"""Shared test setup: one torch thread, and one tiny trained policy for the whole session.
 
 The test models are tiny, so intra-op threads only add overhead, and on a small machine running
 other work beside the tests they oversubscribe the cores (an MNIST-1D GRU epoch goes from ~0.5 s
@@ -7,9 +7,29 @@ to several seconds). One thread is also the setting the benchmark numbers are me
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 
 def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real PPO policy trained for 64 steps on the tiny spec (one env in this process: a worker
+    process would cost seconds of start-up). Tests of the pool-based training make their own."""
+    from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from rlagent.agent import PPOSettings, TrainConfig, train_policy
+    from rlagent.env import HyperTuneEnv
+
+    tmp = tmp_path_factory.mktemp("tiny_policy")
+    config = TrainConfig(
+        spec="tiny", timesteps=64, n_envs=1, devices="cpu", out=tmp / "pol", run_dir=tmp / "run",
+        checkpoint_every=0, progress=False, ppo=PPOSettings(n_steps=32, batch_size=32, net_arch=(8,)),
+    )  # fmt: skip
+    return train_policy(config, venv=DummyVecEnv([lambda: Monitor(HyperTuneEnv("tiny"))])).policy_dir

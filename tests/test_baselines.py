@@ -14,14 +14,10 @@ import pytest
 import torch
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
-from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.vec_env import DummyVecEnv
 
 from rlagent import baselines
-from rlagent.agent import PPOSettings, TrainConfig, train_policy
 from rlagent.baselines import METHOD_NEEDS, METHODS, MethodResult, TrialContext
 from rlagent.config import load_spec
-from rlagent.env import HyperTuneEnv
 from rlagent.errors import RLAgentError
 
 SPEC = load_spec("tiny")
@@ -48,18 +44,6 @@ def _journal_trials(path: Path) -> list[optuna.trial.FrozenTrial]:
 @pytest.fixture(scope="module")
 def random_results(tmp_path_factory: pytest.TempPathFactory) -> list[MethodResult]:
     return METHODS["random"](_ctx(tmp_path_factory.mktemp("random")))
-
-
-@pytest.fixture(scope="module")
-def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("policy")
-    # One env in this process: a worker process costs ~25 s of start-up on a busy 2-core machine.
-    venv = DummyVecEnv([lambda: Monitor(HyperTuneEnv(SPEC))])
-    config = TrainConfig(
-        spec="tiny", timesteps=64, n_envs=1, devices="cpu", out=tmp / "pol", run_dir=tmp / "run",
-        checkpoint_every=0, progress=False, ppo=PPOSettings(n_steps=32, batch_size=32, net_arch=(8,)),
-    )  # fmt: skip
-    return train_policy(config, venv=venv).policy_dir
 
 
 def test_registry() -> None:
@@ -232,8 +216,8 @@ def test_a_diverged_run_scores_chance_and_is_charged_the_full_budget(tmp_path: P
     assert out.history[0]["val_loss"] is None and out.history[0]["train_loss"] is None  # JSON-able
 
 
-def test_policy_method_runs_the_saved_policy(policy_dir: Path, tmp_path: Path) -> None:
-    (r,) = METHODS["policy"](_ctx(tmp_path, policy=str(policy_dir)))
+def test_policy_method_runs_the_saved_policy(tiny_policy: Path, tmp_path: Path) -> None:
+    (r,) = METHODS["policy"](_ctx(tmp_path, policy=str(tiny_policy)))
     assert r.method == "policy" and r.epochs == E and r.workload == "tiny-mlp"
     assert r.details["trained_on"] is True and len(r.details["history"]) == E
     assert r.details["schedule"] == [[h["lr"], h["batch_size"]] for h in r.details["history"]]

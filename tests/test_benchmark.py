@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from rlagent.agent import PPOSettings, TrainConfig, train_policy
 from rlagent.baselines import MethodResult
 from rlagent.benchmark import (
     BenchConfig,
@@ -148,17 +147,6 @@ def test_unknown_workload_is_refused_before_training(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # A real benchmark on the tiny spec
-
-
-@pytest.fixture(scope="session")
-def tiny_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("bench_policy")
-    ppo = PPOSettings(n_steps=32, batch_size=32, net_arch=(8,))
-    config = TrainConfig(
-        spec="tiny", timesteps=64, n_envs=1, out=tmp / "pol", run_dir=tmp / "run", checkpoint_every=0,
-        progress=False, ppo=ppo,
-    )  # fmt: skip
-    return train_policy(config).policy_dir
 
 
 @pytest.fixture(scope="session")

@@ -17,15 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.vec_env import DummyVecEnv
 
-from rlagent.agent import PPOSettings, TrainConfig, train_policy
 from rlagent.baselines import TrialContext
 from rlagent.benchmark import BenchConfig, BenchReport, TrialError, run_benchmark
 from rlagent.cli import main
 from rlagent.config import load_spec
-from rlagent.env import HyperTuneEnv
 from rlagent.errors import SpecError
 from rlagent.ray_bench import ASHA_BUDGET_RUNS, RAY_METHODS, ray_pbt
 
@@ -88,16 +84,6 @@ def ray_cluster() -> Iterator[Any]:
     yield ray
     if started:
         ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def tiny_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("ray_bench_policy")
-    config = TrainConfig(
-        spec="tiny", timesteps=64, n_envs=1, out=tmp / "pol", run_dir=tmp / "run", checkpoint_every=0,
-        progress=False, ppo=PPOSettings(n_steps=32, batch_size=32, net_arch=(8,)),
-    )  # fmt: skip
-    return train_policy(config, venv=DummyVecEnv([lambda: Monitor(HyperTuneEnv("tiny"))])).policy_dir
 
 
 @pytest.fixture(scope="module")

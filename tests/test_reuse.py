@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-from rlagent.agent import PPOSettings, TrainConfig, train_policy
 from rlagent.cli import main
 from rlagent.config import load_spec
 from rlagent.errors import RLAgentError, SpecError
@@ -18,43 +17,26 @@ from rlagent.training import Trainer
 from rlagent.workloads import make_run
 
 
-@pytest.fixture(scope="module")
-def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("tune")
-    config = TrainConfig(
-        spec="tiny",
-        timesteps=64,
-        n_envs=1,
-        devices="cpu",
-        out=tmp / "pol",
-        run_dir=tmp / "run",
-        checkpoint_every=0,
-        progress=False,
-        ppo=PPOSettings(n_steps=32, batch_size=32, net_arch=(8,)),
-    )
-    return train_policy(config).policy_dir
-
-
-def test_run_policy_on_a_held_out_workload(policy_dir: Path) -> None:
-    result = run_policy(policy_dir, "tiny-wide", spec="tiny", seed=3)
+def test_run_policy_on_a_held_out_workload(tiny_policy: Path) -> None:
+    result = run_policy(tiny_policy, "tiny-wide", spec="tiny", seed=3)
     assert result["heldout"] and not result["trained_on"]
     assert result["epochs"] == 3 == len(result["history"])
     assert 0.0 <= result["test_acc"] <= 1.0
-    again = run_policy(policy_dir, "tiny-wide", spec="tiny", seed=3)
+    again = run_policy(tiny_policy, "tiny-wide", spec="tiny", seed=3)
     assert again["history"] == [
         {**h, "seconds": a["seconds"]} for h, a in zip(result["history"], again["history"])
     ]  # deterministic apart from wall time
-    assert run_policy(policy_dir, "tiny-wide", spec="tiny", seed=3, epochs=2)["epochs"] == 2
+    assert run_policy(tiny_policy, "tiny-wide", spec="tiny", seed=3, epochs=2)["epochs"] == 2
 
 
-def test_controller_in_a_hand_written_loop_matches_the_env(policy_dir: Path) -> None:
+def test_controller_in_a_hand_written_loop_matches_the_env(tiny_policy: Path) -> None:
     """Same run, same policy: a user's loop with the Controller makes the env's decisions."""
     spec = load_spec("tiny")
-    via_env = run_policy(policy_dir, "tiny-wide", spec=spec, seed=5)
+    via_env = run_policy(tiny_policy, "tiny-wide", spec=spec, seed=5)
 
     wl = spec.workload("tiny-wide")
     run = make_run(wl, 5)
-    ctl = Controller(policy_dir, num_classes=run.data.num_classes, epochs=wl.epochs, lr=1e-3, batch_size=16)
+    ctl = Controller(tiny_policy, num_classes=run.data.num_classes, epochs=wl.epochs, lr=1e-3, batch_size=16)
     trainer = Trainer(run.model, run.data.train, lr=ctl.lr, batch_size=ctl.batch_size, generator=run.generator)
     first = trainer.evaluate(run.data.val)
     trainer.lr, trainer.batch_size = ctl.start(val_loss=first.loss, val_acc=first.acc)
@@ -74,7 +56,7 @@ def test_controller_in_a_hand_written_loop_matches_the_env(policy_dir: Path) -> 
     assert len(ctl.history) == wl.epochs
 
 
-def test_tune_trains_a_users_own_model(policy_dir: Path) -> None:
+def test_tune_trains_a_users_own_model(tiny_policy: Path) -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(400, 6, generator=g)
     y = (x[:, 0] + x[:, 1] > 0).long()
@@ -85,7 +67,7 @@ def test_tune_trains_a_users_own_model(policy_dir: Path) -> None:
         (x[:300], y[:300]),
         torch.utils.data.TensorDataset(x[300:350], y[300:350]),
         epochs=4,
-        policy=policy_dir,
+        policy=tiny_policy,
         test_data=(x[350:], y[350:]),
     )
     assert result.model is model
@@ -96,12 +78,12 @@ def test_tune_trains_a_users_own_model(policy_dir: Path) -> None:
     assert result.test_acc is not None and not result.diverged
 
 
-def test_controller_refuses_bad_input(policy_dir: Path) -> None:
+def test_controller_refuses_bad_input(tiny_policy: Path) -> None:
     with pytest.raises(SpecError, match="epochs"):
-        Controller(policy_dir, num_classes=3, epochs=0)
+        Controller(tiny_policy, num_classes=3, epochs=0)
     with pytest.raises(SpecError, match="num_classes"):
-        Controller(policy_dir, num_classes=1, epochs=3)
-    ctl = Controller(policy_dir, num_classes=3, epochs=3)
+        Controller(tiny_policy, num_classes=1, epochs=3)
+    ctl = Controller(tiny_policy, num_classes=3, epochs=3)
     ctl.start(val_loss=1.1, val_acc=0.3)
     with pytest.raises(RLAgentError, match="not finite"):
         ctl.observe(train_loss=float("nan"), train_acc=0.3, val_loss=1.0, val_acc=0.3)
@@ -112,17 +94,17 @@ def test_unknown_policy_gives_a_clear_error(tmp_path: Path) -> None:
         resolve_policy(tmp_path / "missing")
 
 
-def test_cli_tune_prints_and_writes_json(policy_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_tune_prints_and_writes_json(tiny_policy: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "run.json"
-    code = main(["tune", "--policy", str(policy_dir), "--workload", "tiny-wide", "--spec", "tiny", "--out", str(out)])
+    code = main(["tune", "--policy", str(tiny_policy), "--workload", "tiny-wide", "--spec", "tiny", "--out", str(out)])
     assert code == 0
     assert "test acc" in capsys.readouterr().out
     data = json.loads(out.read_text())
     assert data["workload"] == "tiny-wide" and len(data["history"]) == 3
 
 
-def test_cli_tune_bad_workload_is_one_line(policy_dir: Path, capsys: pytest.CaptureFixture) -> None:
-    code = main(["tune", "--policy", str(policy_dir), "--workload", "nope", "--spec", "tiny"])
+def test_cli_tune_bad_workload_is_one_line(tiny_policy: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["tune", "--policy", str(tiny_policy), "--workload", "nope", "--spec", "tiny"])
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and "nope" in err and "Traceback" not in err
