@@ -84,7 +84,11 @@ def _plot_accuracy(plt: Any, rows: Sequence[BenchRow], colour: Mapping[str, Any]
         highs.append(r.test_acc + err)
     ax.set_ylim(max(0.0, min(lows) - 0.02), min(1.0, max(highs) + 0.02))
     ax.set_xscale("log")
-    ax.set_xticks(sorted({r.epochs for r in rows}))  # ticks at the budgets the methods used
+    ticks: list[float] = []
+    for epochs in sorted({round(r.epochs) for r in rows}):  # ticks at the budgets the methods used
+        if not ticks or epochs > 1.1 * ticks[-1]:  # e.g. Hyperband's 244 sits on random-16's 240
+            ticks.append(epochs)
+    ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("epochs trained per seed (log scale)")
