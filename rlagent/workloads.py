@@ -11,7 +11,6 @@ reward and every selection, ``test`` is only ever reported.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import math
 import random
@@ -424,8 +423,3 @@ def describe(spec: WorkloadSpec, source: Source) -> dict[str, Any]:
         "epochs": spec.epochs,
         "description": spec.description,
     }
-
-
-def with_overrides(spec: WorkloadSpec, **changes: Any) -> WorkloadSpec:
-    """A copy of ``spec`` with some fields changed (validated again)."""
-    return dataclasses.replace(spec, **changes)

@@ -6,6 +6,8 @@ It lives in an importable module (not in a test file) because a spec refers to i
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -41,3 +43,14 @@ def not_a_module(input_shape: tuple[int, ...], num_classes: int) -> str:
 
 
 NOT_CALLABLE = 3
+
+
+def write_broken_spec(folder: Path) -> Path:
+    """A spec whose only workload names a model factory that does not exist (fails in a worker)."""
+    spec = folder / "broken.toml"
+    spec.write_text(
+        '[episode]\nepochs = 1\n[workloads]\ntrain = ["broken"]\n'
+        '[workloads.define.broken]\ndataset = "synthetic"\nmodel = "tests._user_workload:no_such_model"\n'
+        "dataset_args = { n_samples = 100 }\n"
+    )
+    return spec

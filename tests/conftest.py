@@ -1,4 +1,4 @@
-"""Shared test setup: one torch thread, and one tiny trained policy for the whole session.
+"""Shared test setup: one torch thread, one tiny trained policy and one local Ray for the session.
 
 The test models are tiny, so intra-op threads only add overhead, and on a small machine running
 other work beside the tests they oversubscribe the cores (an MNIST-1D GRU epoch goes from ~0.5 s
@@ -7,7 +7,10 @@ to several seconds). One thread is also the setting the benchmark numbers are me
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -33,3 +36,16 @@ def tiny_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
         checkpoint_every=0, progress=False, ppo=PPOSettings(n_steps=32, batch_size=32, net_arch=(8,)),
     )  # fmt: skip
     return train_policy(config, venv=DummyVecEnv([lambda: Monitor(HyperTuneEnv("tiny"))])).policy_dir
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[Any]:
+    """A real local Ray (2 CPUs, no dashboard), started once and shut down at the end."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    yield ray
+    if started:
+        ray.shutdown()

@@ -22,6 +22,7 @@ from rlagent.benchmark import (
 )
 from rlagent.cli import main
 from rlagent.errors import SpecError
+from tests._user_workload import write_broken_spec
 
 METHODS = ["policy", "open-loop", "constant", "random"]
 
@@ -231,12 +232,7 @@ def test_cli_error_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_worker_failure_names_the_task_and_keeps_the_traceback(tmp_path: Path) -> None:
-    spec = tmp_path / "broken.toml"
-    spec.write_text(
-        '[episode]\nepochs = 1\n[workloads]\ntrain = ["broken"]\n'
-        '[workloads.define.broken]\ndataset = "synthetic"\nmodel = "tests._user_workload:no_such_model"\n'
-        "dataset_args = { n_samples = 100 }\n"
-    )
+    spec = write_broken_spec(tmp_path)
     config = BenchConfig(
         spec=spec, workloads=["broken"], seeds=1, methods=["constant"], results_dir=tmp_path / "out",
         n_workers=1, devices="cpu", progress=False,

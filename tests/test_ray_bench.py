@@ -8,11 +8,8 @@ that need it are skipped; the ones about refusing Ray methods and naming the ext
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import logging
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +21,8 @@ from rlagent.cli import main
 from rlagent.config import load_spec
 from rlagent.errors import SpecError
 from rlagent.ray_bench import ASHA_BUDGET_RUNS, RAY_METHODS, ray_pbt
-
-requires_ray = pytest.mark.skipif(
-    importlib.util.find_spec("ray") is None, reason="Ray is not installed (pip install 'rlagent[ray]')"
-)
+from tests._markers import requires_ray
+from tests._user_workload import write_broken_spec
 
 EPOCHS = 2
 METHODS = ["constant", "policy", "ray-asha"]
@@ -72,18 +67,6 @@ def test_without_ray_the_cli_names_the_extra(
 
 # ---------------------------------------------------------------------------------------------
 # On a local Ray cluster
-
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[Any]:
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
-    yield ray
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -137,12 +120,7 @@ def test_rerun_with_the_ray_backend_reuses_the_trial_files(
 
 @requires_ray
 def test_a_failing_ray_task_is_a_trial_error_with_its_traceback(ray_cluster: Any, tmp_path: Path) -> None:
-    spec = tmp_path / "broken.toml"
-    spec.write_text(
-        '[episode]\nepochs = 1\n[workloads]\ntrain = ["broken"]\n'
-        '[workloads.define.broken]\ndataset = "synthetic"\nmodel = "tests._user_workload:no_such_model"\n'
-        "dataset_args = { n_samples = 100 }\n"
-    )
+    spec = write_broken_spec(tmp_path)
     config = BenchConfig(
         spec=spec, workloads=["broken"], seeds=1, methods=["constant"], results_dir=tmp_path / "out",
         n_workers=1, devices="cpu", progress=False, backend="ray",

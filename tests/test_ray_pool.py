@@ -9,12 +9,10 @@ the test of the message that names the extra to install.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import logging
 import pickle
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,25 +27,10 @@ from rlagent.errors import RLAgentError, SpecError
 from rlagent.policy_file import load_policy
 from rlagent.pool import EnvWorkerError
 from rlagent.ray_pool import RayEnvPool, make_ray_pool
+from tests._markers import requires_ray
 from tests._pool_envs import make_broken_env, make_toy_env
 
-requires_ray = pytest.mark.skipif(
-    importlib.util.find_spec("ray") is None, reason="Ray is not installed (pip install 'rlagent[ray]')"
-)
-
 KEEP = np.array([[2, 1], [2, 1]])  # HyperTune "keep" action (LR x1, batch size x1) for 2 envs
-
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[Any]:
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
-    yield ray
-    if started:
-        ray.shutdown()
 
 
 def _toy_pool(n_envs: int = 2, **kwargs: Any) -> RayEnvPool:

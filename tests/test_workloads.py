@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any
 
@@ -20,7 +21,6 @@ from rlagent.workloads import (
     load_source,
     run_seeds,
     split_data,
-    with_overrides,
 )
 
 USER = "tests._user_workload"
@@ -108,7 +108,7 @@ def test_run_seeds_are_independent_and_deterministic() -> None:
 
 def test_mnist1d_restores_global_rngs() -> None:
     np_before, py_before = np.random.get_state(), random.getstate()  # noqa: NPY002
-    wl = with_overrides(BUILTIN_WORKLOADS["mnist1d-mlp"], dataset_args={"num_samples": 400})
+    wl = dataclasses.replace(BUILTIN_WORKLOADS["mnist1d-mlp"], dataset_args={"num_samples": 400})
     source = load_source(wl)
     assert source.pool.x.shape[1:] == (40,)
     np_after = np.random.get_state()  # noqa: NPY002
@@ -116,11 +116,11 @@ def test_mnist1d_restores_global_rngs() -> None:
     assert random.getstate() == py_before
 
 
-def test_with_overrides_validates_again() -> None:
-    wl = with_overrides(BUILTIN_WORKLOADS["digits-mlp"], epochs=3)
+def test_replaced_workload_is_validated_again() -> None:
+    wl = dataclasses.replace(BUILTIN_WORKLOADS["digits-mlp"], epochs=3)
     assert wl.epochs == 3 and BUILTIN_WORKLOADS["digits-mlp"].epochs == 15
     with pytest.raises(SpecError, match=r"epochs: got 0"):
-        with_overrides(wl, epochs=0)
+        dataclasses.replace(wl, epochs=0)
 
 
 # ---------------------------------------------------------------------------------------------
