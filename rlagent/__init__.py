@@ -19,11 +19,23 @@ ENV_ID = "rlagent/HyperTune-v0"
 if ENV_ID not in gymnasium.registry:
     gymnasium.register(id=ENV_ID, entry_point="rlagent.env:HyperTuneEnv")
 
-from rlagent.agent import PPOSettings, TrainConfig, TrainResult, train_policy  # noqa: E402
-from rlagent.benchmark import BenchConfig, BenchReport, run_benchmark  # noqa: E402
-from rlagent.policy_file import PolicyFileError, SavedPolicy, load_policy, save_policy  # noqa: E402
-from rlagent.pool import EnvPool, EnvWorkerError  # noqa: E402
-from rlagent.reuse import Controller, TuneResult, run_policy, tune  # noqa: E402
+from rlagent.bench import BenchConfig, BenchReport, run_benchmark  # noqa: E402
+from rlagent.policy import (  # noqa: E402
+    Controller,
+    PolicyFileError,
+    PPOSettings,
+    SavedPolicy,
+    TrainConfig,
+    TrainResult,
+    TuneResult,
+    load_policy,
+    run_policy,
+    save_policy,
+    train_policy,
+    train_with_policy,
+    tune,
+)
+from rlagent.pool import EnvPool, EnvWorkerError, make_pool  # noqa: E402
 
 __all__ = [
     "BUILTIN_WORKLOADS",
@@ -51,9 +63,11 @@ __all__ = [
     "__version__",
     "load_policy",
     "load_spec",
+    "make_pool",
     "run_benchmark",
     "run_policy",
     "save_policy",
     "train_policy",
+    "train_with_policy",
     "tune",
 ]

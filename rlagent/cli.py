@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from rlagent.agent import TrainResult
+    from rlagent.policy.train import TrainResult
 
 from rlagent.errors import RLAgentError
 
@@ -77,21 +77,24 @@ def _cmd_rollout(args: argparse.Namespace) -> None:
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``rlagent train`` (shared with ``scripts/train_policy.py``)."""
-    from rlagent.agent import PPOSettings
+    from rlagent.policy.train import PPOSettings, TrainConfig
+    from rlagent.pool import BACKENDS
 
-    d = PPOSettings()
-    p.add_argument("--spec", default="default", help="spec file or shipped spec name")
-    p.add_argument("--timesteps", type=int, default=20_000, help="total env steps (= epochs trained)")
+    d, c = PPOSettings(), TrainConfig()
+    p.add_argument("--spec", default=c.spec, help="spec file or shipped spec name")
+    p.add_argument("--timesteps", type=int, default=c.timesteps, help="total env steps (= epochs trained)")
     p.add_argument("--n-envs", type=int, default=None, help="parallel envs (default: one per GPU, else per core)")
-    p.add_argument("--devices", default="auto", help="auto, or e.g. cuda:0,cuda:1 or cpu")
+    p.add_argument("--devices", default=c.devices, help="auto, or e.g. cuda:0,cuda:1 or cpu")
     p.add_argument("--seed", type=int, default=None, help="default: the spec's seed")
-    p.add_argument("--out", default="policies/custom", help="policy directory to write")
+    p.add_argument("--out", default=str(c.out), help="policy directory to write")
     p.add_argument("--run-dir", default=None, help="checkpoints and logs (default runs/SPEC__NAME__SEED)")
     p.add_argument("--resume", default=None, help="checkpoint (or folder of checkpoints) to continue from")
     p.add_argument("--tensorboard", default=None, help="TensorBoard log directory")
-    p.add_argument("--checkpoint-every", type=int, default=5_000, help="env steps between checkpoints (0: none)")
+    p.add_argument(
+        "--checkpoint-every", type=int, default=c.checkpoint_every, help="env steps between checkpoints (0: none)"
+    )
     p.add_argument("--max-minutes", type=float, default=None, help="stop and save after this much wall time")
-    p.add_argument("--backend", choices=("local", "ray"), default="local")
+    p.add_argument("--backend", choices=BACKENDS, default="local")
     p.add_argument("--address", default=None, help="Ray cluster address (with --backend ray)")
     p.add_argument("--n-steps", type=int, default=d.n_steps, help="PPO rollout length per env")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="PPO minibatch size")
@@ -105,7 +108,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_training(args: argparse.Namespace, command: str) -> TrainResult:
     """Build the config from parsed ``add_train_arguments`` options and train."""
-    from rlagent.agent import PPOSettings, TrainConfig, train_policy
+    from rlagent.policy.train import PPOSettings, TrainConfig, train_policy
 
     ppo = PPOSettings(
         n_steps=args.n_steps, batch_size=args.batch_size, n_epochs=args.ppo_epochs, learning_rate=args.ppo_lr,
@@ -120,9 +123,11 @@ def run_training(args: argparse.Namespace, command: str) -> TrainResult:
     venv = None
     if args.backend == "ray":
         from rlagent.config import load_spec
-        from rlagent.ray_pool import make_ray_pool
+        from rlagent.pool import make_pool
 
-        venv = make_ray_pool(load_spec(args.spec), n_envs=args.n_envs, devices=args.devices, address=args.address)
+        venv = make_pool(
+            load_spec(args.spec), backend="ray", n_envs=args.n_envs, devices=args.devices, address=args.address
+        )
     return train_policy(config, venv=venv)
 
 
@@ -142,8 +147,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_train)
 
 
-def _cmd_tune(args: argparse.Namespace) -> None:
-    from rlagent.reuse import run_policy
+def _cmd_run_policy(args: argparse.Namespace) -> None:
+    from rlagent.policy.reuse import run_policy
+
+    if args.command == "tune":
+        print(
+            "rlagent tune is deprecated and will be removed in the next release; use rlagent run-policy",
+            file=sys.stderr,
+        )
 
     result = run_policy(
         args.policy, args.workload, spec=args.spec, seed=args.seed, epochs=args.epochs,
@@ -171,8 +182,9 @@ def _cmd_tune(args: argparse.Namespace) -> None:
         console.print(f"wrote {args.out}")
 
 
-def _add_tune(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("tune", help="one training run of a workload with a saved policy choosing LR and batch size")
+def _add_run_policy(sub: argparse._SubParsersAction, name: str = "run-policy", deprecated: bool = False) -> None:
+    help_text = "one training run of a workload with a saved policy choosing LR and batch size"
+    p = sub.add_parser(name, help="deprecated name of run-policy" if deprecated else help_text)
     p.add_argument("--policy", default="default", help="policy directory or shipped policy name")
     p.add_argument("--workload", required=True, help="workload name (see `rlagent workloads`)")
     p.add_argument("--spec", default="default", help="spec that defines the workload and ranges")
@@ -181,11 +193,11 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None, help="write the run as JSON here")
-    p.set_defaults(func=_cmd_tune)
+    p.set_defaults(func=_cmd_run_policy)
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
-    from rlagent.benchmark import BenchConfig, run_benchmark
+    from rlagent.bench.runner import BenchConfig, run_benchmark
 
     seeds = args.seeds[0] if len(args.seeds) == 1 else args.seeds
     config = BenchConfig(
@@ -242,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_rollout)
 
     _add_train(sub)
-    _add_tune(sub)
+    _add_run_policy(sub)
+    _add_run_policy(sub, "tune", deprecated=True)
     _add_bench(sub)
     return parser
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, SupportsFloat
@@ -15,7 +14,7 @@ from gymnasium import spaces
 from rlagent.config import EnvSpec, load_spec, spec_from_dict
 from rlagent.errors import SpecError
 from rlagent.features import FEATURE_NAMES, OBS_HIGH, OBS_LOW, RunTracker
-from rlagent.training import Trainer
+from rlagent.training import HParams, Trainer, run_epoch
 from rlagent.workloads import Data, Source, WorkloadSpec, make_run
 
 LR_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -44,22 +43,6 @@ def decode_action(action: Any, kind: str) -> tuple[float, float]:
         return LR_FACTORS[i], BS_FACTORS[j]
     c = np.clip(a.astype(np.float64), -1.0, 1.0)
     return float(4.0 ** c[0]), float(2.0 ** c[1])
-
-
-def apply_action(
-    lr: float,
-    batch_size: int,
-    lr_factor: float,
-    bs_factor: float,
-    lr_range: tuple[float, float],
-    batch_size_range: tuple[int, int],
-    n_train: int,
-) -> tuple[float, int]:
-    """New (LR, batch size) after a change, clipped to the ranges and the training-set size."""
-    new_lr = float(min(max(lr * lr_factor, lr_range[0]), lr_range[1]))
-    high = max(batch_size_range[0], min(batch_size_range[1], n_train))
-    new_bs = int(min(max(round(batch_size * bs_factor), batch_size_range[0]), high))
-    return new_lr, new_bs
 
 
 class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
@@ -154,6 +137,7 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         self.trainer: Trainer | None = None
         self.data: Data | None = None
         self.tracker: RunTracker | None = None
+        self.hparams: HParams | None = None
         self.epoch_time = 0.0
         """Wall time of the last step's epoch in seconds (not in info: info is deterministic)."""
 
@@ -184,7 +168,9 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         episode_seed = seed if seed is not None else int(self.np_random.integers(2**31 - 1))
         run = make_run(wl, episode_seed, device=self.device, sources=self._sources)
         data = run.data
-        lr, bs = self._initial_values(wl, len(data.train), options)
+        hp = self._initial_values(wl, len(data.train), options)
+        lr, bs = hp.lr, hp.batch_size
+        self.hparams = hp
         self.trainer = Trainer(
             run.model, data.train, optimizer=wl.optimizer, lr=lr, batch_size=bs, generator=run.generator
         )
@@ -194,7 +180,6 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             batch_size_range=wl.batch_size_range, epochs=wl.epochs,
         )  # fmt: skip
         val = self.trainer.evaluate(data.val)
-        self._best = val.acc
         self._samples = self._steps = 0
         self._done = False
         obs = self.tracker.start(val_loss=val.loss, val_acc=val.acc, lr=lr, batch_size=bs)
@@ -210,22 +195,20 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         }
         return obs, info
 
-    def _initial_values(self, wl: WorkloadSpec, n_train: int, options: Mapping[str, Any]) -> tuple[float, int]:
+    def _initial_values(self, wl: WorkloadSpec, n_train: int, options: Mapping[str, Any]) -> HParams:
         ep = self.env_spec.episode
+        ranges = HParams(1.0, 1, wl.lr_range, wl.batch_size_range, n_train)
         lr = options.get("lr", ep.init_lr)
         if lr == "sample":
-            lo, hi = np.log(wl.lr_range)
-            lr = float(np.exp(self.np_random.uniform(lo, hi)))
+            lr = ranges.sample_lr(self.np_random)
         bs = options.get("batch_size", ep.init_batch_size)
         if bs == "sample":
-            lo_e = math.ceil(math.log2(wl.batch_size_range[0]))
-            hi_e = math.floor(math.log2(min(wl.batch_size_range[1], n_train)))
-            bs = 2 ** int(self.np_random.integers(lo_e, max(lo_e, hi_e) + 1))
+            bs = ranges.sample_batch_size(self.np_random)
         if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
             raise SpecError("reset options.lr", lr, "a number > 0")
         if not isinstance(bs, (int, np.integer)) or isinstance(bs, bool) or bs < 1:
             raise SpecError("reset options.batch_size", bs, "an integer >= 1")
-        return apply_action(float(lr), int(bs), 1.0, 1.0, wl.lr_range, wl.batch_size_range, n_train)
+        return ranges.with_values(float(lr), int(bs))
 
     def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
         if self.trainer is None or self.tracker is None or self.data is None or self.workload is None:
@@ -234,66 +217,47 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             raise gym.error.ResetNeeded("the episode has ended; call reset()")
         wl, trainer, tracker = self.workload, self.trainer, self.tracker
         lr_f, bs_f = decode_action(action, self.action_kind)
-        lr, bs = apply_action(
-            trainer.lr, trainer.batch_size, lr_f, bs_f, wl.lr_range, wl.batch_size_range, len(self.data.train)
-        )
-        trainer.lr, trainer.batch_size = lr, bs
-
-        epoch = trainer.train_epoch()
-        self._samples += epoch.samples
-        self._steps += epoch.steps
+        self.hparams = self.hparams.scaled(lr_f, bs_f)
+        best_before = tracker.best_val_acc
+        epoch, obs = run_epoch(trainer, self.data.val, tracker, self.hparams, lr_factor=lr_f, bs_factor=bs_f)
+        self._samples += epoch.stats.samples
+        self._steps += epoch.stats.steps
         diverged = epoch.diverged
-        if not diverged:
-            val = trainer.evaluate(self.data.val)
-            diverged = not math.isfinite(val.loss)
-        chance = 1.0 / self.data.num_classes
-        if diverged:
-            # A diverged run is as good as guessing; losses are pinned at the top of their scale.
-            worst = 10.0 * tracker.loss_scale
-            train_loss, train_acc, val_loss, val_acc = worst, chance, worst, chance
-        else:
-            train_loss, train_acc, val_loss, val_acc = epoch.train_loss, epoch.train_acc, val.loss, val.acc
-        obs = tracker.update(
-            train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
-            lr=lr, batch_size=bs, loss_noise=epoch.loss_noise, noise=epoch.noise,
-            lr_factor=lr_f, bs_factor=bs_f,
-        )  # fmt: skip
         terminated = diverged or tracker.epoch >= wl.epochs
-        reward = self._reward(val_acc, terminated, epoch.steps, epoch.seconds)
+        reward = self._reward(epoch.val_acc, best_before, terminated, epoch.stats.steps, epoch.stats.seconds)
         self._done = terminated
-        self.epoch_time = epoch.seconds
+        self.epoch_time = epoch.stats.seconds
         info: dict[str, Any] = {
             "workload": wl.name,
             "heldout": wl.name in self.env_spec.workloads.heldout,
             "epoch": tracker.epoch,
-            "lr": lr,
-            "batch_size": bs,
-            "train_loss": train_loss,
-            "train_acc": train_acc,
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "best_val_acc": self._best,
+            "lr": epoch.lr,
+            "batch_size": epoch.batch_size,
+            "train_loss": epoch.train_loss,
+            "train_acc": epoch.train_acc,
+            "val_loss": epoch.val_loss,
+            "val_acc": epoch.val_acc,
+            "best_val_acc": tracker.best_val_acc,
             "samples_seen": self._samples,
             "steps": self._steps,
             "diverged": diverged,
         }
         if terminated:
             if diverged:
-                info["test_loss"], info["test_acc"] = float("nan"), chance
+                info["test_loss"], info["test_acc"] = float("nan"), 1.0 / self.data.num_classes
             else:
                 test = trainer.evaluate(self.data.test)
                 info["test_loss"], info["test_acc"] = test.loss, test.acc
         return obs, reward, terminated, False, info
 
-    def _reward(self, val_acc: float, terminated: bool, steps: int, seconds: float) -> float:
+    def _reward(self, val_acc: float, best_before: float, terminated: bool, steps: int, seconds: float) -> float:
         rs = self.env_spec.reward
         if rs.mode == "val_acc":
             reward = val_acc
         elif rs.mode == "best_improvement":
-            reward = max(0.0, val_acc - self._best)
+            reward = max(0.0, val_acc - best_before)
         else:
             reward = val_acc if terminated else 0.0
-        self._best = max(self._best, val_acc)
         if rs.cost_weight:
             cost = steps / 100.0 if rs.cost_unit == "steps" else seconds
             reward -= rs.cost_weight * cost

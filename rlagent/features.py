@@ -115,7 +115,7 @@ def clip_features(values: dict[str, float]) -> np.ndarray:
 class RunTracker:
     """Turns the per-epoch metrics of one training run into observation vectors.
 
-    Shared by the environment and by :class:`rlagent.reuse.Controller`, so a policy sees exactly
+    Shared by the environment and by :class:`rlagent.policy.reuse.Controller`, so a policy sees exactly
     the same features in a user's own training loop as it saw during its training.
 
     Args:

@@ -1,20 +1,27 @@
 """The one training loop: one epoch of minibatch training at a given LR and batch size.
 
-The environment, the ``tune`` API and every baseline train through :class:`Trainer`, so an
-"epoch" costs the same everywhere and comparisons between tuners are fair. Data stay as
-tensors on the device and minibatches are gathered by indexing (no ``DataLoader``).
+The environment, the ``tune`` API and every baseline take their epochs through
+:func:`run_epoch` — apply the hyperparameters, train one epoch with :class:`Trainer`, evaluate
+on validation, apply the one divergence rule, update the run's :class:`RunTracker` — so an
+"epoch" costs and means the same everywhere and comparisons between tuners are fair. The run's
+learning rate and batch size, with the ranges they are kept in, are one :class:`HParams` value.
+Data stay as tensors on the device and minibatches are gathered by indexing (no ``DataLoader``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from rlagent.features import RunTracker
 from rlagent.workloads import Split
 
 NOISE_WINDOW = 4
@@ -43,6 +50,66 @@ class EpochStats:
     """(|G_small|², |G_big|², B_small, B_big) for the gradient noise scale, or None."""
     diverged: bool
     """True if the loss became non-finite."""
+
+
+def powers_of_two(low: int, high: int) -> list[int]:
+    """The powers of two in ``[low, high]`` (``[low]`` if there are none)."""
+    first, last = (low - 1).bit_length(), max(low, high).bit_length() - 1
+    return [2**e for e in range(first, last + 1)] or [low]
+
+
+def log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
+    """A value drawn log-uniformly from ``bounds``."""
+    return float(np.exp(rng.uniform(math.log(bounds[0]), math.log(bounds[1]))))
+
+
+@dataclass(frozen=True)
+class HParams:
+    """A run's learning rate and batch size, and the ranges they are kept in.
+
+    Every change goes through :meth:`scaled` (or :meth:`clipped`), so the env, ``tune``,
+    ``Controller`` and every baseline clip the same way.
+    """
+
+    lr: float
+    batch_size: int
+    lr_range: tuple[float, float]
+    batch_size_range: tuple[int, int]
+    n_train: int | None = None
+    """Training-set size: the batch size is also capped at it (None: no cap)."""
+
+    @property
+    def max_batch_size(self) -> int:
+        """The largest batch size allowed: the range's top, capped at the training-set size."""
+        low, high = self.batch_size_range
+        return high if self.n_train is None else max(low, min(high, self.n_train))
+
+    def scaled(self, lr_factor: float = 1.0, bs_factor: float = 1.0) -> HParams:
+        """The values multiplied by the factors, clipped to the ranges (batch size rounded)."""
+        lr = float(min(max(self.lr * lr_factor, self.lr_range[0]), self.lr_range[1]))
+        bs = int(min(max(round(self.batch_size * bs_factor), self.batch_size_range[0]), self.max_batch_size))
+        return dataclasses.replace(self, lr=lr, batch_size=bs)
+
+    def clipped(self) -> HParams:
+        """The values clipped to the ranges."""
+        return self.scaled(1.0, 1.0)
+
+    def with_values(self, lr: float, batch_size: float) -> HParams:
+        """Other values in the same ranges, clipped."""
+        return dataclasses.replace(self, lr=float(lr), batch_size=int(round(batch_size))).clipped()
+
+    def batch_sizes(self) -> list[int]:
+        """Powers of two inside the batch-size range (capped at the training-set size)."""
+        return powers_of_two(self.batch_size_range[0], self.max_batch_size)
+
+    def sample_lr(self, rng: np.random.Generator) -> float:
+        """A learning rate drawn log-uniformly from the range."""
+        return log_uniform(rng, self.lr_range)
+
+    def sample_batch_size(self, rng: np.random.Generator) -> int:
+        """A batch size drawn uniformly from :meth:`batch_sizes`."""
+        sizes = self.batch_sizes()
+        return int(sizes[int(rng.integers(len(sizes)))])
 
 
 @dataclass
@@ -203,3 +270,84 @@ class Trainer:
             correct += (out.argmax(1) == yb).sum()
         n = max(1, len(split))
         return EvalStats(loss=float(loss_sum) / n, acc=float(correct) / n)
+
+
+@dataclass
+class EpochResult:
+    """One epoch of a run, after the divergence rule: what every caller records and reports."""
+
+    epoch: int
+    """1-based index of the epoch in the run."""
+    lr: float
+    batch_size: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    diverged: bool
+    """True if the loss became non-finite: the accuracies are then chance and the losses
+    ``DIVERGED_LOSS × log(classes)``, and the run is over."""
+    stats: EpochStats
+    """The raw measurements of the epoch (steps, samples, seconds, noise)."""
+
+    def record(self) -> dict[str, Any]:
+        """The epoch as a plain JSON-able record (the ``history`` entries of every method)."""
+        return {
+            "epoch": self.epoch, "lr": self.lr, "batch_size": self.batch_size, "train_loss": self.train_loss,
+            "train_acc": self.train_acc, "val_loss": self.val_loss, "val_acc": self.val_acc,
+            "diverged": self.diverged,
+        }  # fmt: skip
+
+
+DIVERGED_LOSS = 10.0
+"""A diverged epoch's losses, in units of log(classes): the top of the observation's loss scale."""
+
+
+def run_epoch(
+    trainer: Trainer,
+    val: Split,
+    tracker: RunTracker,
+    hparams: HParams,
+    *,
+    lr_factor: float = 1.0,
+    bs_factor: float = 1.0,
+) -> tuple[EpochResult, np.ndarray]:
+    """Train one epoch at ``hparams``, evaluate on ``val``, apply the divergence rule, update ``tracker``.
+
+    The one epoch step of the package. A diverged epoch (non-finite training or validation
+    loss) counts as chance accuracy with losses pinned at ``DIVERGED_LOSS × log(classes)``;
+    the caller ends the run.
+
+    Args:
+        trainer: The run's trainer (its LR and batch size are set to ``hparams``).
+        val: Validation split.
+        tracker: The run's tracker; it alone keeps the best validation accuracy.
+        hparams: Learning rate and batch size of this epoch.
+        lr_factor: LR change that led to ``hparams`` (for the observation's last action).
+        bs_factor: Batch-size change that led to ``hparams``.
+
+    Returns:
+        The epoch's result and the observation after it.
+    """
+    trainer.lr, trainer.batch_size = hparams.lr, hparams.batch_size
+    stats = trainer.train_epoch()
+    diverged = stats.diverged
+    if not diverged:
+        ev = trainer.evaluate(val)
+        diverged = not math.isfinite(ev.loss)
+    if diverged:
+        chance = 1.0 / tracker.num_classes
+        worst = DIVERGED_LOSS * tracker.loss_scale
+        train_loss, train_acc, val_loss, val_acc = worst, chance, worst, chance
+    else:
+        train_loss, train_acc, val_loss, val_acc = stats.train_loss, stats.train_acc, ev.loss, ev.acc
+    obs = tracker.update(
+        train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
+        lr=hparams.lr, batch_size=hparams.batch_size, loss_noise=stats.loss_noise, noise=stats.noise,
+        lr_factor=lr_factor, bs_factor=bs_factor,
+    )  # fmt: skip
+    result = EpochResult(
+        epoch=tracker.epoch, lr=hparams.lr, batch_size=hparams.batch_size, train_loss=train_loss,
+        train_acc=train_acc, val_loss=val_loss, val_acc=val_acc, diverged=diverged, stats=stats,
+    )  # fmt: skip
+    return result, obs

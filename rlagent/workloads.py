@@ -25,6 +25,10 @@ from torch import nn
 from rlagent.errors import SpecError
 
 OPTIMIZERS = ("adam", "sgd")
+DEFAULT_LR_RANGE = (1e-4, 0.3)
+"""Learning-rate range of a workload that names none (and of a policy whose record has none)."""
+DEFAULT_BATCH_SIZE_RANGE = (16, 512)
+"""Batch-size range of a workload that names none."""
 
 
 @dataclass(frozen=True)
@@ -45,9 +49,9 @@ class WorkloadSpec:
     """Optimiser family: ``adam`` or ``sgd`` (momentum 0.9)."""
     epochs: int = 15
     """Epoch budget of one training run."""
-    lr_range: tuple[float, float] = (1e-4, 0.3)
+    lr_range: tuple[float, float] = DEFAULT_LR_RANGE
     """Smallest and largest learning rate a tuner may pick."""
-    batch_size_range: tuple[int, int] = (16, 512)
+    batch_size_range: tuple[int, int] = DEFAULT_BATCH_SIZE_RANGE
     """Smallest and largest batch size a tuner may pick."""
     val_fraction: float = 0.2
     """Share of the non-test data held out for validation."""

@@ -23,10 +23,9 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.vec_env import VecEnv
 
-from rlagent.agent import EnvFactory
 from rlagent.config import load_spec
-from rlagent.devices import WorkerSlot, visible_cpu_count
-from rlagent.pool import EnvPool
+from rlagent.pool import EnvFactory, EnvPool
+from rlagent.pool.devices import WorkerSlot, visible_cpu_count
 
 TARGET_SCALING = 1.8  # local pool, 2 workers vs 1 (issue 3)
 
@@ -75,7 +74,7 @@ def main() -> None:
     if not args.no_ray:
         import ray
 
-        from rlagent.ray_pool import RayEnvPool
+        from rlagent.pool.ray import RayEnvPool
 
         started = not ray.is_initialized()
         if started:

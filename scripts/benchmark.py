@@ -2,7 +2,7 @@
 
     python scripts/benchmark.py --spec default --policy default --seeds 5 --results results/bench
 
-Reads top to bottom: the options of ``rlagent bench``, the benchmark (``rlagent.benchmark.run_benchmark``;
+Reads top to bottom: the options of ``rlagent bench``, the benchmark (``rlagent.bench.runner.run_benchmark``;
 an interrupted run resumes from the finished trials in ``RESULTS/trials``), the markdown table on
 stdout. The table, raw results (CSV, JSON) and plots are in the results folder.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from rlagent.benchmark import BenchConfig, run_benchmark
+from rlagent.bench.runner import BenchConfig, run_benchmark
 
 
 def main() -> None:

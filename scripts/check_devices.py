@@ -16,10 +16,9 @@ import time
 
 import numpy as np
 
-from rlagent.agent import EnvFactory
 from rlagent.config import load_spec
-from rlagent.devices import plan_workers, visible_cuda_count
-from rlagent.pool import EnvPool
+from rlagent.pool import EnvFactory, EnvPool
+from rlagent.pool.devices import plan_workers, visible_cuda_count
 
 
 def main() -> None:

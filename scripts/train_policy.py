@@ -2,7 +2,7 @@
 
     python scripts/train_policy.py --spec default --timesteps 100000 --out policies/default
 
-Reads top to bottom: the options of ``rlagent train``, training (``rlagent.agent.train_policy``),
+Reads top to bottom: the options of ``rlagent train``, training (``rlagent.policy.train.train_policy``),
 the curve PNG beside the saved policy, a JSON summary on stdout. Resume an interrupted run with
 ``--resume RUN_DIR/checkpoints``.
 """

@@ -13,7 +13,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from rlagent.devices import WorkerSlot
+from rlagent.pool.devices import WorkerSlot
 
 
 class ToyEnv(gym.Env[np.ndarray, np.ndarray]):

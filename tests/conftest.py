@@ -27,8 +27,8 @@ def tiny_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from rlagent.agent import PPOSettings, TrainConfig, train_policy
     from rlagent.env import HyperTuneEnv
+    from rlagent.policy.train import PPOSettings, TrainConfig, train_policy
 
     tmp = tmp_path_factory.mktemp("tiny_policy")
     config = TrainConfig(

@@ -18,7 +18,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 import rlagent
 from rlagent import ENV_ID, FEATURE_NAMES, HyperTuneEnv, SpecError
 from rlagent.config import EnvSpec, load_spec, resolve_spec_path
-from rlagent.env import BS_FACTORS, LR_FACTORS, apply_action, decode_action
+from rlagent.env import BS_FACTORS, LR_FACTORS, decode_action
 
 ENV_IDS = [i for i in gym.registry if i.startswith("rlagent/")]
 ACTION_KINDS = ("discrete", "continuous")
@@ -340,17 +340,6 @@ def test_decode_continuous_action_clips() -> None:
     assert decode_action(np.array([1.0, -1.0]), "continuous") == (4.0, 0.5)
     assert decode_action(np.array([5.0, -9.0]), "continuous") == (4.0, 0.5)
     assert decode_action(np.array([-0.5, 0.5]), "continuous") == pytest.approx((0.5, 2**0.5))
-
-
-def test_apply_action_clips_to_ranges_and_training_set() -> None:
-    lr_range, bs_range = (1e-4, 0.1), (8, 512)
-    assert apply_action(1e-3, 32, 2.0, 2.0, lr_range, bs_range, 1000) == (2e-3, 64)
-    assert apply_action(0.08, 32, 4.0, 1.0, lr_range, bs_range, 1000) == (0.1, 32)
-    assert apply_action(2e-4, 8, 0.25, 0.5, lr_range, bs_range, 1000) == (1e-4, 8)
-    assert apply_action(1e-3, 256, 1.0, 2.0, lr_range, bs_range, 300) == (1e-3, 300)  # training-set size
-    assert apply_action(1e-3, 8, 1.0, 1.0, lr_range, bs_range, 5) == (1e-3, 8)  # never below the range
-    lr, bs = apply_action(1e-3, 33, 1.0, 2**0.5, lr_range, bs_range, 1000)
-    assert isinstance(bs, int) and bs == 47
 
 
 def test_batch_size_in_step_never_exceeds_training_set() -> None:

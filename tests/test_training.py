@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -164,3 +165,27 @@ def test_make_optimizer() -> None:
     own = torch.optim.AdamW(model.parameters(), lr=1e-3)
     trainer = Trainer(model, _split(), optimizer=own, lr=5e-3, batch_size=16, generator=torch.Generator())
     assert trainer.optimizer is own and own.param_groups[0]["lr"] == 5e-3
+
+
+def _scaled(lr: float, bs: int, lr_f: float, bs_f: float, n_train: int) -> tuple[float, int]:
+    hp = training.HParams(lr, bs, (1e-4, 0.1), (8, 512), n_train).scaled(lr_f, bs_f)
+    return hp.lr, hp.batch_size
+
+
+def test_hparams_clip_to_ranges_and_training_set() -> None:
+    assert _scaled(1e-3, 32, 2.0, 2.0, 1000) == (2e-3, 64)
+    assert _scaled(0.08, 32, 4.0, 1.0, 1000) == (0.1, 32)
+    assert _scaled(2e-4, 8, 0.25, 0.5, 1000) == (1e-4, 8)
+    assert _scaled(1e-3, 256, 1.0, 2.0, 300) == (1e-3, 300)  # training-set size
+    assert _scaled(1e-3, 8, 1.0, 1.0, 5) == (1e-3, 8)  # never below the range
+    lr, bs = _scaled(1e-3, 33, 1.0, 2**0.5, 1000)
+    assert isinstance(bs, int) and bs == 47
+
+
+def test_hparams_batch_sizes_are_powers_of_two_in_range() -> None:
+    hp = training.HParams(1e-3, 32, (1e-4, 0.1), (12, 512), 300)
+    assert hp.batch_sizes() == [16, 32, 64, 128, 256]
+    rng = np.random.default_rng(0)
+    assert {hp.sample_batch_size(rng) for _ in range(200)} == set(hp.batch_sizes())
+    lrs = [hp.sample_lr(rng) for _ in range(200)]
+    assert min(lrs) >= 1e-4 and max(lrs) <= 0.1 and np.median(lrs) < 1e-2  # log-uniform, not uniform

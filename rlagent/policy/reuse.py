@@ -3,7 +3,7 @@
 Three entry points, all driven by the same features (:class:`rlagent.features.RunTracker`) and the
 same action decoding as the environment the policy was trained in:
 
-* :func:`tune` trains a user's ``nn.Module`` with the policy choosing LR and batch size each epoch;
+* :func:`train_with_policy` trains a user's ``nn.Module`` with the policy choosing LR and batch size each epoch;
 * :class:`Controller` is the policy alone, for people who keep their own training loop;
 * :func:`run_policy` runs the policy on a named workload through ``HyperTuneEnv`` itself.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,30 +23,35 @@ import torch
 from torch import nn
 
 from rlagent.config import EnvSpec, data_dir, load_spec
-from rlagent.env import HyperTuneEnv, apply_action, decode_action
+from rlagent.env import HyperTuneEnv, decode_action
 from rlagent.errors import RLAgentError, SpecError
 from rlagent.features import RunTracker
-from rlagent.policy_file import SavedPolicy, load_policy
-from rlagent.training import Trainer
-from rlagent.workloads import as_split
+from rlagent.policy.file import SavedPolicy, load_policy
+from rlagent.training import HParams, Trainer, run_epoch
+from rlagent.workloads import DEFAULT_BATCH_SIZE_RANGE, DEFAULT_LR_RANGE, as_split
 
-DEFAULT_LR_RANGE = (1e-4, 0.3)
-DEFAULT_BATCH_SIZE_RANGE = (16, 512)
+
+def policy_path(policy: str | Path) -> Path:
+    """The directory of a policy: ``policy`` itself, or the shipped policy of that name.
+
+    Raises:
+        RLAgentError: If it is neither (the message lists the shipped policies).
+    """
+    p = Path(policy)
+    if p.exists():
+        return p
+    shipped = data_dir("policies") / str(policy)
+    if p.parent == Path(".") and shipped.is_dir():
+        return shipped
+    names = sorted(d.name for d in data_dir("policies").iterdir() if (d / "policy.json").is_file())
+    raise RLAgentError(f"policy: {policy!s} is neither a policy directory nor a shipped policy {names}")
 
 
 def resolve_policy(policy: SavedPolicy | str | Path) -> SavedPolicy:
     """A loaded policy, from a path or the name of a shipped policy (``"default"``)."""
     if isinstance(policy, SavedPolicy):
         return policy
-    p = Path(policy)
-    if not p.exists():
-        shipped = data_dir("policies") / str(policy)
-        if p.parent == Path(".") and shipped.is_dir():
-            p = shipped
-        else:
-            names = sorted(d.name for d in data_dir("policies").iterdir() if (d / "policy.json").is_file())
-            raise RLAgentError(f"policy: {policy!s} is neither a policy directory nor a shipped policy {names}")
-    return load_policy(p)
+    return load_policy(policy_path(policy))
 
 
 def action_kind(policy: SavedPolicy) -> str:
@@ -105,32 +111,47 @@ class Controller:
         self.policy = resolve_policy(policy)
         self.kind = action_kind(self.policy)
         trained_lr, trained_bs = _trained_ranges(self.policy)
-        self.lr_range = tuple(lr_range) if lr_range else trained_lr
-        self.batch_size_range = tuple(batch_size_range) if batch_size_range else trained_bs
-        self.n_train = n_train or self.batch_size_range[1]
+        lr_range = tuple(lr_range) if lr_range else trained_lr
+        batch_size_range = tuple(batch_size_range) if batch_size_range else trained_bs
         self.deterministic = deterministic
         self.tracker = RunTracker(
-            num_classes=num_classes, lr_range=self.lr_range, batch_size_range=self.batch_size_range, epochs=epochs
+            num_classes=num_classes, lr_range=lr_range, batch_size_range=batch_size_range, epochs=epochs
         )
-        self.lr, self.batch_size = apply_action(
-            lr, batch_size, 1.0, 1.0, self.lr_range, self.batch_size_range, self.n_train
-        )
-        self._factors = (1.0, 1.0)
+        self.hparams = HParams(lr, batch_size, lr_range, batch_size_range, n_train or batch_size_range[1]).clipped()
+        self.factors = (1.0, 1.0)
+        """The (LR, batch size) change that led to the current values."""
         self.history: list[dict[str, float]] = []
 
-    def _act(self, obs: np.ndarray) -> tuple[float, int]:
+    @property
+    def lr(self) -> float:
+        """Learning rate for the next epoch."""
+        return self.hparams.lr
+
+    @property
+    def batch_size(self) -> int:
+        """Batch size for the next epoch."""
+        return self.hparams.batch_size
+
+    @property
+    def lr_range(self) -> tuple[float, float]:
+        return self.hparams.lr_range
+
+    @property
+    def batch_size_range(self) -> tuple[int, int]:
+        return self.hparams.batch_size_range
+
+    def act(self, obs: np.ndarray) -> tuple[float, int]:
+        """The policy's next (LR, batch size) from an observation of the run (by :attr:`tracker`)."""
         action = self.policy.predict(obs, deterministic=self.deterministic)
         lr_f, bs_f = decode_action(action, self.kind)
-        self.lr, self.batch_size = apply_action(
-            self.lr, self.batch_size, lr_f, bs_f, self.lr_range, self.batch_size_range, self.n_train
-        )
-        self._factors = (lr_f, bs_f)
+        self.hparams = self.hparams.scaled(lr_f, bs_f)
+        self.factors = (lr_f, bs_f)
         return self.lr, self.batch_size
 
     def start(self, *, val_loss: float, val_acc: float) -> tuple[float, int]:
         """Metrics of the untrained model; returns (LR, batch size) for the first epoch."""
         obs = self.tracker.start(val_loss=val_loss, val_acc=val_acc, lr=self.lr, batch_size=self.batch_size)
-        return self._act(obs)
+        return self.act(obs)
 
     def observe(
         self,
@@ -151,13 +172,13 @@ class Controller:
             raise RLAgentError(
                 f"epoch {self.tracker.epoch + 1}: the loss is not finite (train {train_loss}, val {val_loss})"
             )
-        lr_f, bs_f = self._factors
+        lr_f, bs_f = self.factors
         obs = self.tracker.update(
             train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
             lr=self.lr, batch_size=self.batch_size, loss_noise=loss_noise, noise=noise,
             lr_factor=lr_f, bs_factor=bs_f,
         )  # fmt: skip
-        return self._act(obs)
+        return self.act(obs)
 
 
 @dataclass
@@ -172,7 +193,7 @@ class TuneResult:
     diverged: bool = False
 
 
-def tune(
+def train_with_policy(
     model: nn.Module,
     train_data: Any,
     val_data: Any,
@@ -231,26 +252,29 @@ def tune(
     )  # fmt: skip
     result = TuneResult(model=model)
     first = trainer.evaluate(val)
-    trainer.lr, trainer.batch_size = ctl.start(val_loss=first.loss, val_acc=first.acc)
+    ctl.start(val_loss=first.loss, val_acc=first.acc)
     for _ in range(epochs):
-        stats = trainer.train_epoch()
-        ev = trainer.evaluate(val) if not stats.diverged else None
-        if ev is None or not math.isfinite(ev.loss):
+        epoch, obs = run_epoch(
+            trainer, val, ctl.tracker, ctl.hparams, lr_factor=ctl.factors[0], bs_factor=ctl.factors[1]
+        )
+        result.history.append({**epoch.record(), "seconds": epoch.stats.seconds})
+        if epoch.diverged:
             result.diverged = True
             break
-        record = {
-            "epoch": len(result.history) + 1, "lr": trainer.lr, "batch_size": trainer.batch_size,
-            "train_loss": stats.train_loss, "train_acc": stats.train_acc,
-            "val_loss": ev.loss, "val_acc": ev.acc, "seconds": stats.seconds,
-        }  # fmt: skip
-        result.history.append(record)
-        trainer.lr, trainer.batch_size = ctl.observe(
-            train_loss=stats.train_loss, train_acc=stats.train_acc, val_loss=ev.loss, val_acc=ev.acc,
-            loss_noise=stats.loss_noise, noise=stats.noise,
-        )  # fmt: skip
+        ctl.act(obs)
     if test is not None:
         result.test_acc = trainer.evaluate(test).acc
     return result
+
+
+def tune(*args: Any, **kwargs: Any) -> TuneResult:
+    """Deprecated name of :func:`train_with_policy` (removed in the next release)."""
+    warnings.warn(
+        "rlagent.tune is deprecated and will be removed in the next release; use rlagent.train_with_policy",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return train_with_policy(*args, **kwargs)
 
 
 def run_policy(
@@ -301,4 +325,4 @@ def run_policy(
     }
 
 
-__all__ = ["Controller", "TuneResult", "resolve_policy", "run_policy", "tune"]
+__all__ = ["Controller", "TuneResult", "policy_path", "resolve_policy", "run_policy", "train_with_policy", "tune"]

@@ -1,4 +1,4 @@
-"""Tests for rlagent.ray_pool: env actors on a real local Ray that raise, die, hang and come back.
+"""Tests for rlagent.pool.ray: env actors on a real local Ray that raise, die, hang and come back.
 
 One small Ray cluster (2 CPUs, no dashboard) is shared by the whole module and shut down at its
 end. Every test closes its pools, so the two CPUs are free for the next test's actors. Toy envs
@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 from stable_baselines3.common.monitor import Monitor
 
-from rlagent.agent import PPOSettings, TrainConfig, train_policy
 from rlagent.config import load_spec
-from rlagent.devices import WorkerSlot, plan_workers
 from rlagent.errors import RLAgentError, SpecError
-from rlagent.policy_file import load_policy
-from rlagent.pool import EnvWorkerError
-from rlagent.ray_pool import RayEnvPool, make_ray_pool
+from rlagent.policy.file import load_policy
+from rlagent.policy.train import PPOSettings, TrainConfig, train_policy
+from rlagent.pool.devices import WorkerSlot, plan_workers
+from rlagent.pool.local import EnvWorkerError
+from rlagent.pool.ray import RayEnvPool, make_ray_pool
 from tests._markers import requires_ray
 from tests._pool_envs import make_broken_env, make_toy_env
 
@@ -163,7 +163,7 @@ def test_killed_actor_is_recreated_and_stepping_goes_on(ray_cluster: Any, caplog
         old = pool.actors[1]
         pool.step_async(_actions(pool))
         ray_cluster.kill(old)
-        with caplog.at_level(logging.WARNING, logger="rlagent.ray_pool"):
+        with caplog.at_level(logging.WARNING, logger="rlagent.pool.ray"):
             obs, rewards, dones, infos = pool.step_wait()
         assert dones.tolist() == [False, True] and rewards[1] == 0.0
         assert infos[1]["worker_restarted"] is True and infos[1]["TimeLimit.truncated"] is True

@@ -15,8 +15,8 @@ of a process that has touched CUDA or started threads is not safe. Env factories
 be picklable (module-level functions, ``functools.partial`` of them, or classes).
 
 This module is the process transport; the ``VecEnv`` logic it shares with the Ray backend
-(restarts, auto-reset, error reports) is in ``rlagent._pool_base``, and what runs inside a
-worker in ``rlagent._pool_worker``.
+(restarts, auto-reset, error reports) is in ``rlagent.pool._base``, and what runs inside a
+worker in ``rlagent.pool._worker``.
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ from typing import Any
 
 from stable_baselines3.common.vec_env.base_vec_env import CloudpickleWrapper
 
-from rlagent._pool_base import EnvFactory, _Dead, _WorkerPool
-from rlagent._pool_worker import _worker
-from rlagent.devices import WorkerSlot
 from rlagent.errors import EnvWorkerError
+from rlagent.pool._base import EnvFn, _Dead, _WorkerPool
+from rlagent.pool._worker import _worker
+from rlagent.pool.devices import WorkerSlot
 
-__all__ = ["EnvFactory", "EnvPool", "EnvWorkerError"]
+__all__ = ["EnvFn", "EnvPool", "EnvWorkerError"]
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class EnvPool(_WorkerPool):
 
     Args:
         env_fns: One picklable env factory per env; it receives the worker's slot.
-        slots: One ``WorkerSlot`` per env (see ``rlagent.devices.plan_workers``).
+        slots: One ``WorkerSlot`` per env (see ``rlagent.pool.devices.plan_workers``).
         start_method: ``"forkserver"`` (default where available) or ``"spawn"``.
         step_timeout: Seconds to wait for any reply of a running worker (a step is a whole
             epoch, hence the generous default); a worker past it is killed and restarted.
@@ -131,7 +131,7 @@ class EnvPool(_WorkerPool):
 
     def __init__(
         self,
-        env_fns: Sequence[EnvFactory],
+        env_fns: Sequence[EnvFn],
         slots: Sequence[WorkerSlot],
         *,
         start_method: str | None = None,

@@ -12,7 +12,7 @@ from torch import nn
 from rlagent.cli import main
 from rlagent.config import load_spec
 from rlagent.errors import RLAgentError, SpecError
-from rlagent.reuse import Controller, resolve_policy, run_policy, tune
+from rlagent.policy.reuse import Controller, resolve_policy, run_policy, tune
 from rlagent.training import Trainer
 from rlagent.workloads import make_run
 

@@ -1,4 +1,4 @@
-"""Tests for rlagent.benchmark: the summary maths, markdown, honesty marks, and a real resumable run."""
+"""Tests for rlagent.bench.runner: the summary maths, markdown, honesty marks, and a real resumable run."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from rlagent.baselines import MethodResult
-from rlagent.benchmark import (
+from rlagent.bench.methods.base import MethodResult
+from rlagent.bench.runner import (
     BenchConfig,
     TrialError,
     aggregate,

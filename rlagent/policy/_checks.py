@@ -3,7 +3,7 @@
 ``policy.json`` is untrusted input, so each field is parsed into the type it must have (spaces,
 normaliser statistics, an allow-listed architecture) or refused with a :class:`PolicyFileError`
 naming the field; the weights must match the recorded SHA-256 and fit the architecture exactly.
-:mod:`rlagent.policy_file` reads the files and calls these.
+:mod:`rlagent.policy.file` reads the files and calls these.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A worker builds its env from the factory and its ``WorkerSlot``, then answers commands from the
 parent (``step``, ``reset``, ``get_attr``, ...) until told to close. :func:`_handle` runs one
 command on the env; :func:`_worker` is the main loop of a local worker process
-(:class:`rlagent.pool.EnvPool`), and the Ray actors of :mod:`rlagent.ray_pool` call
+(:class:`rlagent.pool.EnvPool`), and the Ray actors of :mod:`rlagent.pool.ray` call
 :func:`_handle` and :func:`_error_details` the same way, so both backends answer every call alike.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 import gymnasium as gym
 from stable_baselines3.common.vec_env.base_vec_env import CloudpickleWrapper
 
-from rlagent.devices import WorkerSlot
+from rlagent.pool.devices import WorkerSlot
 
 
 def _workload_of(env: gym.Env | None) -> str | None:

@@ -1,7 +1,7 @@
 """Benchmark a tuning policy against the baselines, with equal-compute accounting and honest reporting.
 
 For each workload (default: the spec's held-out ones) and each seed, every method of
-:mod:`rlagent.baselines` runs once; a *task* is one ``(method, workload, seed)`` and may report
+:mod:`rlagent.bench.methods.base` runs once; a *task* is one ``(method, workload, seed)`` and may report
 several results (``random`` reports best-of-1, -4 and -16). Seeds pair across methods: a seed
 fixes the data split, the initial weights and the shuffling order of every run (``make_run``).
 
@@ -16,13 +16,13 @@ fixes the data split, the initial weights and the shuffling order of every run (
   (it uses its best LR and batch size), ``open-loop`` for ``policy`` on every seed of the
   workload (it replays the policy's geometric-mean schedule).
 * Tasks run in parallel in worker processes started with ``forkserver``/``spawn`` (never
-  ``fork``), one :class:`~rlagent.devices.WorkerSlot` (device + torch threads) per process; or,
-  with ``backend="ray"``, as Ray tasks (:mod:`rlagent.ray_bench`), which also makes Ray Tune's
+  ``fork``), one :class:`~rlagent.pool.devices.WorkerSlot` (device + torch threads) per process; or,
+  with ``backend="ray"``, as Ray tasks (:mod:`rlagent.bench.methods.ray_tune`), which also makes Ray Tune's
   PBT and ASHA available as baselines. Only the executor differs: scheduling, trial files,
   resume and dependencies are the same code.
 
-The rows, statistics and markdown table are made by :mod:`rlagent.report`, the plots by
-:mod:`rlagent.plots`; this module runs the tasks and writes the results out.
+The rows, statistics and markdown table are made by :mod:`rlagent.bench.report`, the plots by
+:mod:`rlagent.bench.plots`; this module runs the tasks and writes the results out.
 """
 
 from __future__ import annotations
@@ -34,25 +34,18 @@ import dataclasses
 import hashlib
 import json
 import logging
-import multiprocessing as mp
-import os
-import tempfile
-import time
-import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
+from rlagent._io import json_default, write_json_atomic
+from rlagent.bench.executors import TRIAL_FORMAT, Job, Task, TrialError, make_executor, run_job
+from rlagent.bench.methods import METHOD_NEEDS, METHODS, RAY_METHODS, MethodResult
+from rlagent.bench.plots import write_plots
 
-from rlagent.config import EnvSpec, data_dir, load_spec
-from rlagent.devices import WorkerSlot, plan_workers
-from rlagent.errors import RLAgentError, SpecError
-from rlagent.plots import write_plots
-
-# The statistics and the table are in rlagent.report; all of its names stay importable from here.
-from rlagent.report import (
+# The statistics and the table are in rlagent.bench.report; all of its names stay importable from here.
+from rlagent.bench.report import (
     METHOD_ORDER,  # noqa: F401 - re-exported
     POLICY_METHODS,
     SCORE_DEFINITION,
@@ -64,9 +57,12 @@ from rlagent.report import (
     policy_schedule,
     summarize,
 )
-
-if TYPE_CHECKING:
-    from rlagent.baselines import MethodResult
+from rlagent.config import EnvSpec, load_spec
+from rlagent.errors import RLAgentError, SpecError
+from rlagent.policy.reuse import policy_path, resolve_policy
+from rlagent.pool import BACKENDS
+from rlagent.pool.ray import import_ray
+from rlagent.workloads import load_source, source_key, split_data
 
 __all__ = [
     "AggregateRow",
@@ -85,9 +81,6 @@ logger = logging.getLogger(__name__)
 
 _ALL_SEEDS = frozenset({"open-loop"})
 """Dependent tasks that need their input on every seed of the workload (else: the same seed)."""
-_TRIAL_FORMAT = 1
-BACKENDS = ("local", "ray")
-"""Where tasks run: local worker processes, or Ray tasks on a local or remote Ray cluster."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,8 +100,8 @@ class BenchConfig:
     seeds: int | Sequence[int] = 5
     """A count S (seeds 0..S-1) or a list of seeds; seed s gives every method the same run."""
     methods: Sequence[str] | None = None
-    """Method tasks of :data:`rlagent.baselines.METHODS` (e.g. ``random``, ``policy``) and, with the
-    ray backend, of :data:`rlagent.ray_bench.RAY_METHODS` (``ray-pbt``, ``ray-asha``); None: all
+    """Method tasks of :data:`rlagent.bench.methods.base.METHODS` (e.g. ``random``, ``policy``) and, with the
+    ray backend, of :data:`rlagent.bench.methods.ray_tune.RAY_METHODS` (``ray-pbt``, ``ray-asha``); None: all
     of the backend. The inputs of dependent methods are added (``cosine`` needs ``random``,
     ``open-loop`` ``policy``)."""
     epochs: int | None = None
@@ -129,9 +122,6 @@ class BenchConfig:
     local one (stopped at the end). Ignored if Ray is already initialised."""
 
     def __post_init__(self) -> None:
-        from rlagent.baselines import METHODS
-        from rlagent.ray_bench import RAY_METHODS
-
         if not isinstance(self.spec, (str, Path, EnvSpec)):
             raise SpecError("spec", self.spec, "a spec file, a shipped spec name or an EnvSpec")
         if not isinstance(self.policy, (str, Path)):
@@ -182,9 +172,6 @@ class BenchConfig:
 
     def task_methods(self) -> tuple[str, ...]:
         """The method tasks to run: the chosen ones plus the inputs of dependent ones."""
-        from rlagent.baselines import METHOD_NEEDS, METHODS
-        from rlagent.ray_bench import RAY_METHODS
-
         if self.methods is not None:
             chosen = list(self.methods)
         else:
@@ -195,128 +182,6 @@ class BenchConfig:
                 chosen.insert(chosen.index(m), need)
                 need = METHOD_NEEDS.get(need)
         return tuple(chosen)
-
-
-# ---------------------------------------------------------------------------------------------
-# Tasks and the worker side
-
-
-@dataclass(frozen=True)
-class _Task:
-    method: str
-    workload: str
-    seed: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.method}__{self.workload}__seed{self.seed}"
-
-
-@dataclass(frozen=True)
-class _Job:
-    """Everything a worker needs for one task (picklable)."""
-
-    task: _Task
-    spec: EnvSpec
-    policy: str | None
-    extra: Mapping[str, Any]
-    fingerprint: str
-    trial_file: Path
-    workdir: Path
-
-
-_SLOT: WorkerSlot | None = None  # the slot of this worker process, set by _use_slot
-_SOURCES: dict[str, Any] = {}  # datasets loaded by this worker process, reused across its tasks
-
-
-def _init_worker(slots: Any) -> None:
-    """Pool initializer: take one slot from the queue and use it."""
-    _use_slot(slots.get())
-
-
-def _use_slot(slot: WorkerSlot, *, cuda: bool = True) -> None:
-    """Run this process's tasks in ``slot``: apply its threads and (with ``cuda``) its device."""
-    import torch
-
-    global _SLOT
-    _SLOT = slot
-    torch.set_num_threads(slot.num_threads)
-    if cuda and slot.cuda_index is not None:  # the parent's set_device does not carry over
-        torch.cuda.set_device(slot.cuda_index)
-    # Pay one-time costs now, so that no task's wall time includes them: imports of the methods,
-    # of sklearn (datasets) and of torch's compiler stack (the first optimiser built imports it).
-    import sklearn.datasets  # noqa: F401
-    import sklearn.model_selection  # noqa: F401
-
-    import rlagent.baselines  # noqa: F401
-    import rlagent.reuse  # noqa: F401
-
-    torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
-
-
-def _run_job(job: _Job) -> list[dict[str, Any]]:
-    """Run one task in a worker, write its trial file atomically, return its results as dicts."""
-    from rlagent.baselines import METHODS, TrialContext
-    from rlagent.ray_bench import RAY_METHODS
-
-    slot = _SLOT or WorkerSlot("cpu", 1)
-    try:
-        job.workdir.mkdir(parents=True, exist_ok=True)
-        ctx = TrialContext(
-            spec=job.spec, workload=job.spec.workload(job.task.workload), seed=job.task.seed,
-            workdir=job.workdir, device=slot.device, policy=job.policy, extra=job.extra, sources=_SOURCES,
-        )  # fmt: skip
-        start = time.perf_counter()
-        method = METHODS.get(job.task.method) or RAY_METHODS[job.task.method]
-        results = [dataclasses.asdict(r) for r in method(ctx)]
-        record = {
-            "format": _TRIAL_FORMAT,
-            "task": dataclasses.asdict(job.task),
-            "fingerprint": job.fingerprint,
-            "device": slot.device,
-            "threads": slot.num_threads,
-            "seconds": round(time.perf_counter() - start, 3),
-            "results": results,
-        }
-        _write_json_atomic(job.trial_file, record)
-        return results
-    except Exception as exc:
-        raise TrialError(job.task.name, slot.device, traceback.format_exc()) from exc
-
-
-class TrialError(RuntimeError):
-    """A benchmark task failed in its worker; the message carries the worker's traceback."""
-
-    def __init__(self, task: str, device: str, remote_traceback: str) -> None:
-        super().__init__(f"benchmark task {task} failed on {device}:\n{remote_traceback}")
-        self.task = task
-        self.device = device
-        self.remote_traceback = remote_traceback
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (TrialError, (self.task, self.device, self.remote_traceback))
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, default=_jsonable)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, (np.integer, np.floating)):
-        return obj.item()
-    if isinstance(obj, (Path, tuple, set)):
-        return str(obj) if isinstance(obj, Path) else list(obj)
-    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,18 +213,7 @@ class BenchReport:
         return [p for p in self.paths.values() if p.suffix == ".png"]
 
 
-def _policy_dir(policy: str | Path) -> Path:
-    p = Path(policy)
-    if not p.exists():
-        shipped = data_dir("policies") / str(policy)
-        if p.parent == Path(".") and shipped.is_dir():
-            return shipped
-    return p
-
-
 def _chance(spec: EnvSpec, workloads: Sequence[str]) -> dict[str, float]:
-    from rlagent.workloads import load_source, source_key, split_data
-
     sources: dict[str, Any] = {}
     out = {}
     for name in workloads:
@@ -372,13 +226,11 @@ def _chance(spec: EnvSpec, workloads: Sequence[str]) -> dict[str, float]:
 
 
 def _fingerprint(job_fields: Mapping[str, Any]) -> str:
-    text = json.dumps(job_fields, sort_keys=True, default=_jsonable)
+    text = json.dumps(job_fields, sort_keys=True, default=json_default)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _load_trial(path: Path, fingerprint: str) -> list[MethodResult] | None:
-    from rlagent.baselines import MethodResult
-
     if not path.is_file():
         return None
     try:
@@ -386,26 +238,24 @@ def _load_trial(path: Path, fingerprint: str) -> list[MethodResult] | None:
     except (OSError, json.JSONDecodeError):
         logger.warning("unreadable trial file %s: running the task again", path)
         return None
-    if record.get("format") != _TRIAL_FORMAT or record.get("fingerprint") != fingerprint:
+    if record.get("format") != TRIAL_FORMAT or record.get("fingerprint") != fingerprint:
         logger.warning("trial file %s was made with other settings: running the task again", path)
         return None
     return [MethodResult(**r) for r in record["results"]]
 
 
 def _extra_for(
-    task: _Task, done: Mapping[_Task, list[MethodResult]], seeds: Sequence[int], spec: EnvSpec
+    task: Task, done: Mapping[Task, list[MethodResult]], seeds: Sequence[int], spec: EnvSpec
 ) -> dict[str, Any]:
     """Inputs of a dependent task, from the results of the tasks it needs."""
-    from rlagent.baselines import METHOD_NEEDS
-
     need = METHOD_NEEDS.get(task.method)
     if need is None:
         return {}
     if task.method == "open-loop":
-        runs = [r for s in seeds for r in done[_Task(need, task.workload, s)] if r.method == "policy"]
+        runs = [r for s in seeds for r in done[Task(need, task.workload, s)] if r.method == "policy"]
         schedule = policy_schedule(runs, spec.workload(task.workload).epochs)
         return {"schedule": schedule, "schedule_seeds": list(seeds)}
-    inputs = done[_Task(need, task.workload, task.seed)]
+    inputs = done[Task(need, task.workload, task.seed)]
     if task.method == "cosine":
         chosen = max(inputs, key=lambda r: r.epochs)  # random search with the largest budget
         return {
@@ -416,15 +266,13 @@ def _extra_for(
     return {"inputs": [dataclasses.asdict(r) for r in inputs]}
 
 
-def _inputs_ready(task: _Task, done: Mapping[_Task, Any], seeds: Sequence[int]) -> bool:
-    from rlagent.baselines import METHOD_NEEDS
-
+def _inputs_ready(task: Task, done: Mapping[Task, Any], seeds: Sequence[int]) -> bool:
     need = METHOD_NEEDS.get(task.method)
     if need is None:
         return True
     if task.method in _ALL_SEEDS:
-        return all(_Task(need, task.workload, s) in done for s in seeds)
-    return _Task(need, task.workload, task.seed) in done
+        return all(Task(need, task.workload, s) in done for s in seeds)
+    return Task(need, task.workload, task.seed) in done
 
 
 def run_benchmark(config: BenchConfig) -> BenchReport:
@@ -453,19 +301,15 @@ def run_benchmark(config: BenchConfig) -> BenchReport:
     methods = config.task_methods()
     seeds = config.seed_list
     if config.backend == "ray":
-        from rlagent.ray_pool import _import_ray
-
-        _import_ray()  # says which extra to install, before any work
+        import_ray()  # says which extra to install, before any work
 
     policy_dir: str | None = None
     policy_sha: str | None = None
     trained_on: tuple[str, ...] = ()
     policy_name = Path(str(config.policy)).name
     if any(m in POLICY_METHODS for m in methods):
-        from rlagent.reuse import resolve_policy
-
         saved = resolve_policy(config.policy)  # validates the files (and their weights' hash)
-        policy_dir = str(_policy_dir(config.policy).resolve())
+        policy_dir = str(policy_path(config.policy).resolve())
         policy_sha = saved.metadata.get("sha256")
         trained_on = tuple(w for w in workloads if w in saved.metadata.get("training", {}).get("trained_on", []))
         if trained_on:
@@ -474,10 +318,10 @@ def run_benchmark(config: BenchConfig) -> BenchReport:
     results_dir = Path(config.results_dir or Path("results") / f"bench__{spec.name}__{policy_name}")
     trials_dir = results_dir / "trials"
     spec_dict = spec.to_dict()
-    tasks = [_Task(m, w, s) for w in workloads for m in methods for s in seeds]
-    done: dict[_Task, list[MethodResult]] = {}
+    tasks = [Task(m, w, s) for w in workloads for m in methods for s in seeds]
+    done: dict[Task, list[MethodResult]] = {}
     todo = list(tasks)
-    running: dict[cf.Future[list[dict[str, Any]]], _Task] = {}
+    running: dict[cf.Future[list[dict[str, Any]]], Task] = {}
     reused = ran = 0
 
     with contextlib.ExitStack() as stack:
@@ -506,12 +350,20 @@ def run_benchmark(config: BenchConfig) -> BenchReport:
                         bar.update(1)
                     continue
                 if executor is None:
-                    executor = stack.enter_context(_make_executor(config, len(todo) + 1 + len(running)))
-                job = _Job(  # absolute paths: a Ray worker need not share our working directory
+                    executor = stack.enter_context(
+                        make_executor(
+                            config.backend,
+                            config.n_workers,
+                            config.devices,
+                            config.address,
+                            n_tasks=len(todo) + 1 + len(running),
+                        )  # fmt: skip
+                    )
+                job = Job(  # absolute paths: a Ray worker need not share our working directory
                     task, spec, policy_dir if uses_policy else None, extra, fingerprint, trial_file.absolute(),
                     (results_dir / "work" / task.name).absolute(),
                 )  # fmt: skip
-                running[executor.submit(_run_job, job)] = task
+                running[executor.submit(run_job, job)] = task
             if not running:
                 if todo:  # cannot happen: every dependency is a task of this run
                     raise RLAgentError(f"benchmark: tasks {[t.name for t in todo]} wait for inputs that never come")
@@ -530,8 +382,6 @@ def run_benchmark(config: BenchConfig) -> BenchReport:
                         raise
                     # e.g. BrokenProcessPool: the worker died without a Python traceback
                     raise TrialError(task.name, "a worker process", f"{type(exc).__name__}: {exc}") from exc
-                from rlagent.baselines import MethodResult
-
                 done[task] = [MethodResult(**r) for r in rows]
                 ran += 1
                 if bar is not None:
@@ -540,26 +390,6 @@ def run_benchmark(config: BenchConfig) -> BenchReport:
 
     results = [r for t in tasks for r in done[t]]
     return _write_outputs(config, spec, results, results_dir, workloads, seeds, trained_on, ran, reused)
-
-
-def _make_executor(config: BenchConfig, n_tasks: int) -> cf.Executor:
-    """A process pool with one worker per slot, each worker taking its slot from a queue; or,
-    with the ray backend, a :class:`~rlagent.ray_bench.RayTaskExecutor` (one Ray task per slot)."""
-    if config.backend == "ray":
-        from rlagent.ray_bench import make_ray_executor
-
-        return make_ray_executor(config.n_workers, config.devices, config.address, n_tasks=n_tasks)
-    n = config.n_workers
-    slots = plan_workers(n, config.devices)
-    if n is None and len(slots) > n_tasks:  # no idle workers: give the threads to the busy ones
-        slots = plan_workers(n_tasks, config.devices)
-    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-    ctx = mp.get_context(method)
-    queue = ctx.Queue()
-    for slot in slots:
-        queue.put(slot)
-    logger.info("benchmark workers: %s", [f"{s.device}x{s.num_threads}" for s in slots])
-    return cf.ProcessPoolExecutor(max_workers=len(slots), mp_context=ctx, initializer=_init_worker, initargs=(queue,))
 
 
 def _write_outputs(
@@ -599,7 +429,7 @@ def _write_outputs(
         "methods": list(config.task_methods()), "epochs": config.epochs, "backend": config.backend,
         "trained_on": list(trained_on), "score": SCORE_DEFINITION, "chance": chance,
     }  # fmt: skip
-    _write_json_atomic(
+    write_json_atomic(
         paths["json"],
         {
             "config": config_json,

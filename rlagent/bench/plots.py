@@ -8,22 +8,17 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from rlagent.errors import RLAgentError
-from rlagent.report import POLICY_METHODS, BenchRow, _method_key, policy_schedule
-
-if TYPE_CHECKING:
-    from rlagent.baselines import MethodResult
+from rlagent._io import optional_import
+from rlagent.bench.methods.base import MethodResult
+from rlagent.bench.report import POLICY_METHODS, BenchRow, method_key, policy_schedule
 
 __all__ = ["write_plots"]
 
 
 def _pyplot() -> Any:
-    try:
-        import matplotlib
-    except ImportError as exc:
-        raise RLAgentError("benchmark plots need matplotlib: pip install 'rlagent[bench]'") from exc
+    matplotlib = optional_import("matplotlib", extra="bench", purpose="benchmark plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -38,7 +33,7 @@ def write_plots(rows: Sequence[BenchRow], results: Sequence[MethodResult], folde
     """Per workload: test accuracy vs epochs spent (every method), and the policy's schedules.
 
     Args:
-        rows: Output of :func:`~rlagent.report.summarize`.
+        rows: Output of :func:`~rlagent.bench.report.summarize`.
         results: The method results behind ``rows`` (the policy's carry its per-epoch history).
         folder: Where the PNG files go (created if missing).
 
@@ -51,7 +46,7 @@ def write_plots(rows: Sequence[BenchRow], results: Sequence[MethodResult], folde
     plt = _pyplot()
     folder.mkdir(parents=True, exist_ok=True)
     cmap = plt.get_cmap("tab20")
-    colour = {m: cmap(i % 20) for i, m in enumerate(sorted({r.method for r in rows}, key=_method_key))}
+    colour = {m: cmap(i % 20) for i, m in enumerate(sorted({r.method for r in rows}, key=method_key))}
     paths: dict[str, Path] = {}
     for workload in dict.fromkeys(r.workload for r in rows):
         path = folder / f"acc_vs_epochs__{_safe(workload)}.png"

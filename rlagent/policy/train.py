@@ -2,7 +2,7 @@
 
 PPO is used as-is; rlagent adds, through SB3's documented extension points, a progress/metrics
 callback, atomic checkpoints that never pickle, and a saved policy in the safe format of
-:mod:`rlagent.policy_file`.
+:mod:`rlagent.policy.file`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -21,21 +18,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import safetensors.torch
 import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
-from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
+from rlagent._io import atomic_dir, optional_import, write_json_atomic
 from rlagent.config import EnvSpec, load_spec
-from rlagent.devices import WorkerSlot, plan_workers
-from rlagent.env import HyperTuneEnv
 from rlagent.errors import RLAgentError, SpecError
-from rlagent.policy_file import load_policy, save_policy
-from rlagent.pool import EnvPool
+from rlagent.policy.file import load_policy, save_policy
+from rlagent.pool import make_pool
+from rlagent.pool.devices import WorkerSlot
 
 logger = logging.getLogger(__name__)
 
@@ -144,39 +139,6 @@ class TrainResult:
     mean_final_val_acc: float
     """Mean final validation accuracy over the last 50 training episodes."""
     slots: list[WorkerSlot]
-
-
-@dataclass(frozen=True)
-class EnvFactory:
-    """Builds one monitored HyperTune env inside a pool worker (picklable)."""
-
-    spec: EnvSpec
-    workloads: tuple[str, ...]
-
-    def __call__(self, slot: WorkerSlot) -> gym.Env:
-        env = HyperTuneEnv(self.spec, device=slot.device, num_threads=slot.num_threads, workloads=self.workloads)
-        return Monitor(env)
-
-
-def make_pool(
-    spec: EnvSpec,
-    *,
-    n_envs: int | None = None,
-    devices: str | Sequence[str] = "auto",
-    workloads: Sequence[str] | None = None,
-    step_timeout: float = 600.0,
-) -> EnvPool:
-    """A pool of HyperTune envs, one worker process per env, spread over ``devices``.
-
-    Held-out workloads are refused: a pool made here is for training.
-    """
-    names = tuple(workloads) if workloads is not None else spec.workloads.train
-    leaked = sorted(set(names) & set(spec.workloads.heldout))
-    if leaked:
-        raise SpecError("workloads", leaked, "training workloads only (these are held out)")
-    slots = plan_workers(n_envs, devices)
-    factory = EnvFactory(spec, names)
-    return EnvPool([factory] * len(slots), slots, step_timeout=step_timeout)
 
 
 class TrainingMonitor(BaseCallback):
@@ -306,10 +268,7 @@ def _config_json(config: TrainConfig) -> dict[str, Any]:
 
 def save_checkpoint(path: Path, model: PPO, venv: VecNormalize | None, config: TrainConfig) -> Path:
     """Write everything needed to resume into ``path`` (a directory), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         save_policy(tmp / "policy", model, normalizer=venv, metadata={"checkpoint": True})
         opt_state = model.policy.optimizer.state_dict()
         tensors = {
@@ -325,13 +284,7 @@ def save_checkpoint(path: Path, model: PPO, venv: VecNormalize | None, config: T
             "param_groups": opt_state["param_groups"],
             "config": _config_json(config),
         }
-        (tmp / "state.json").write_text(json.dumps(state, indent=2, default=list) + "\n")
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json_atomic(tmp / "state.json", state, indent=2)
     logger.info("checkpoint at %d steps: %s", model.num_timesteps, path)
     return path
 
@@ -414,10 +367,7 @@ def train_policy(config: TrainConfig, *, venv: VecEnv | None = None) -> TrainRes
     out = Path(config.out)
     run_dir = Path(config.run_dir) if config.run_dir else Path("runs") / f"{spec.name}__{out.name}__{seed}"
     if config.tensorboard:
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError as exc:
-            raise RLAgentError("--tensorboard needs TensorBoard: pip install 'rlagent[tensorboard]'") from exc
+        optional_import("tensorboard", extra="tensorboard", purpose="--tensorboard")
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the policy is tiny; leave the cores to the env workers

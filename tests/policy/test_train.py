@@ -11,21 +11,20 @@ import pytest
 import torch
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-from rlagent.agent import (
-    EnvFactory,
+from rlagent.config import load_spec
+from rlagent.errors import RLAgentError, SpecError
+from rlagent.features import FEATURE_NAMES
+from rlagent.policy.file import load_policy
+from rlagent.policy.train import (
     PPOSettings,
     TrainConfig,
     build_ppo,
     latest_checkpoint,
     load_checkpoint,
-    make_pool,
     train_policy,
 )
-from rlagent.config import load_spec
-from rlagent.devices import WorkerSlot
-from rlagent.errors import RLAgentError, SpecError
-from rlagent.features import FEATURE_NAMES
-from rlagent.policy_file import load_policy
+from rlagent.pool import EnvFactory, make_pool
+from rlagent.pool.devices import WorkerSlot
 
 TINY_PPO = PPOSettings(n_steps=16, batch_size=16, net_arch=(8,))
 

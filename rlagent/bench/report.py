@@ -1,9 +1,9 @@
 """The benchmark's report: per-workload rows, their aggregate and the markdown table.
 
-Pure functions of the method results (:class:`~rlagent.baselines.MethodResult`): means over
+Pure functions of the method results (:class:`~rlagent.bench.methods.base.MethodResult`): means over
 seeds with Student-t 95% confidence intervals, ranks and normalised scores within each workload,
 the aggregate over workloads, and the honesty marks (†) on rows of a policy that was trained on
-the workload. :mod:`rlagent.benchmark` runs the methods and writes these out.
+the workload. :mod:`rlagent.bench.runner` runs the methods and writes these out.
 """
 
 from __future__ import annotations
@@ -11,14 +11,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from rlagent.bench.methods.base import MethodResult
+from rlagent.bench.methods.schedules import mean_schedule
 from rlagent.errors import RLAgentError
-
-if TYPE_CHECKING:
-    from rlagent.baselines import MethodResult
 
 __all__ = [
     "METHOD_ORDER",
@@ -98,7 +96,7 @@ def ci95(values: Sequence[float]) -> tuple[float, float]:
     return mean, float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
 
 
-def _method_key(method: str) -> tuple[int, str]:
+def method_key(method: str) -> tuple[int, str]:
     return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
 
 
@@ -140,7 +138,7 @@ def summarize(
     rows: list[BenchRow] = []
     for workload in dict.fromkeys(w for w, _ in groups):
         block = []
-        for method in sorted((m for w, m in groups if w == workload), key=_method_key):
+        for method in sorted((m for w, m in groups if w == workload), key=method_key):
             rs = sorted(groups[(workload, method)], key=lambda r: r.seed)
             test = [r.test_acc for r in rs]
             mean, half = ci95(test)
@@ -173,7 +171,7 @@ def summarize(
 def aggregate(rows: Sequence[BenchRow]) -> list[AggregateRow]:
     """Each method's mean score and mean rank over the workloads it ran on."""
     out = []
-    for method in sorted({r.method for r in rows}, key=_method_key):
+    for method in sorted({r.method for r in rows}, key=method_key):
         mine = [r for r in rows if r.method == method]
         scores = [r.score for r in mine if not math.isnan(r.score)]
         out.append(
@@ -272,8 +270,6 @@ def policy_schedule(results: Iterable[MethodResult], epochs: int) -> list[tuple[
     Returns:
         ``[(lr, batch_size), ...]``, one pair per epoch.
     """
-    from rlagent.baselines import mean_schedule
-
     schedules = []
     for r in results:
         steps = r.details.get("schedule") or [(h["lr"], h["batch_size"]) for h in r.details.get("history", [])]

@@ -11,7 +11,7 @@ two plain files:
 
 Loading rebuilds the policy from the allow-listed architecture and copies the weights in with
 ``load_state_dict(strict=True)``; nothing from the files is ever executed or unpickled. The
-checks of each field and of the weights are in ``rlagent._policy_checks``.
+checks of each field and of the weights are in ``rlagent.policy._checks``.
 """
 
 from __future__ import annotations
@@ -23,9 +23,7 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +37,10 @@ from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.torch_layers import FlattenExtractor
 from stable_baselines3.common.vec_env import VecNormalize
 
-from rlagent._policy_checks import (
+from rlagent._io import atomic_dir, json_default, write_atomic
+from rlagent.errors import PolicyFileError
+from rlagent.features import FEATURE_NAMES
+from rlagent.policy._checks import (
     _ACTIVATIONS,
     _check_architecture,
     _compare_features,
@@ -51,8 +52,6 @@ from rlagent._policy_checks import (
     _parse_obs_space,
     _read_weights,
 )
-from rlagent.errors import PolicyFileError
-from rlagent.features import FEATURE_NAMES
 
 __all__ = [
     "FORMAT_VERSION",
@@ -225,20 +224,14 @@ def save_policy(
     tensors = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
     weights = safetensors.torch.save(tensors)
     doc["sha256"] = hashlib.sha256(weights).hexdigest()
-    text = json.dumps(doc, indent=2, allow_nan=False, default=_json_default) + "\n"
+    text = json.dumps(doc, indent=2, allow_nan=False, default=json_default) + "\n"
 
     if target.exists() and not _is_replaceable(target):
         raise FileExistsError(f"{target} exists and is not a policy directory; not overwriting")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; a policy directory is meant to be shared
-    try:
-        _write_synced(tmp / WEIGHTS_NAME, weights)
-        _write_synced(tmp / JSON_NAME, text.encode("utf-8"))
-        _replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with atomic_dir(target, keep_extras=(JSON_NAME, WEIGHTS_NAME)) as tmp:
+        tmp.chmod(0o755)  # mkdtemp makes it private; a policy directory is meant to be shared
+        write_atomic(tmp / WEIGHTS_NAME, weights)
+        write_atomic(tmp / JSON_NAME, text)
     logger.info("saved policy to %s (sha256 %s)", target, doc["sha256"][:12])
     return target
 
@@ -355,52 +348,11 @@ def _package_versions() -> dict[str, str]:
     return versions
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if isinstance(obj, (set, frozenset, tuple)):
-        return list(obj)
-    raise TypeError(f"policy metadata value of type {type(obj).__name__} is not JSON-serialisable")
-
-
 def _is_replaceable(target: Path) -> bool:
     if not target.is_dir() or target.is_symlink():
         return False
     # A policy directory (it may also hold a model card, plots, logs) or an empty one.
     return (target / JSON_NAME).is_file() or not any(target.iterdir())
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Move the finished ``tmp`` directory to ``target``, replacing an old policy there."""
-    if not target.exists():
-        os.replace(tmp, target)
-        return
-    # Keep what else lives beside the policy (model card, training curve, logs).
-    for extra in target.iterdir():
-        if extra.name not in (JSON_NAME, WEIGHTS_NAME):
-            copy = shutil.copytree if extra.is_dir() else shutil.copy2
-            copy(extra, tmp / extra.name)
-    # rename() cannot replace a non-empty directory: move the old one aside first.
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    os.rmdir(old)
-    os.replace(target, old)
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        os.replace(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tests for rlagent.devices: worker planning on fake machines."""
+"""Tests for rlagent.pool.devices: worker planning on fake machines."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from rlagent.devices import WorkerSlot, plan_workers, visible_cpu_count
+from rlagent.pool.devices import WorkerSlot, plan_workers, visible_cpu_count
 
 
 def _plan(slots: list[WorkerSlot]) -> list[tuple[str, int]]:

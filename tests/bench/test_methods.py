@@ -15,8 +15,8 @@ import torch
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-from rlagent import baselines
-from rlagent.baselines import METHOD_NEEDS, METHODS, MethodResult, TrialContext
+from rlagent.bench import methods
+from rlagent.bench.methods import METHOD_NEEDS, METHODS, MethodResult, TrialContext, base, pbt
 from rlagent.config import load_spec
 from rlagent.errors import RLAgentError
 
@@ -79,7 +79,7 @@ def test_random_is_deterministic_under_a_seed(random_results: list[MethodResult]
 
 def test_pbt_accounting_selection_and_determinism(tmp_path: Path) -> None:
     # Interval 1 so the 2-epoch runs exploit and explore once.
-    first = baselines.pbt(_ctx(tmp_path), interval=1)
+    first = pbt.pbt(_ctx(tmp_path), interval=1)
     (r,) = first
     assert r.method == "pbt-8" and r.epochs == 8 * E
     finals = r.details["final_val_accs"]
@@ -90,16 +90,16 @@ def test_pbt_accounting_selection_and_determinism(tmp_path: Path) -> None:
     assert [tuple(c) for c in r.details["initial"]] == [
         (t["lr"], t["batch_size"]) for t in METHODS["random"](_ctx(tmp_path))[-1].details["trials"][:8]
     ]
-    assert _comparable(baselines.pbt(_ctx(tmp_path), interval=1)) == _comparable(first)
+    assert _comparable(pbt.pbt(_ctx(tmp_path), interval=1)) == _comparable(first)
     assert METHODS["pbt"](_ctx(tmp_path))[0].details["exploits"] == []  # default interval 3 > E
 
 
 def test_pbt_exploit_copies_weights_and_optimizer_state() -> None:
     ctx = _ctx(Path("unused"))
-    src, dst = baselines._Run(ctx), baselines._Run(ctx)
+    src, dst = base.Run(ctx), base.Run(ctx)
     src.step(0.05, 16)
     dst.step(0.001, 64)
-    baselines._exploit(dst, src)
+    pbt._exploit(dst, src)
     for a, b in zip(dst.trainer.model.state_dict().values(), src.trainer.model.state_dict().values()):
         assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
     s_state, d_state = src.trainer.optimizer.state_dict(), dst.trainer.optimizer.state_dict()
@@ -116,13 +116,13 @@ def test_pbt_exploit_copies_weights_and_optimizer_state() -> None:
 def test_pbt_explore_perturbs_or_resamples_within_the_ranges() -> None:
     rng = np.random.default_rng(0)
     sizes = [8, 16, 32, 64, 128]
-    moves = [baselines._explore(0.01, 32, rng, (1e-4, 0.3), sizes) for _ in range(400)]
+    moves = [pbt._explore(0.01, 32, rng, (1e-4, 0.3), sizes) for _ in range(400)]
     perturbed = {round(lr / 0.01, 6) for lr, _ in moves} & {0.8, 1.2}
     assert perturbed == {0.8, 1.2}
     assert all(1e-4 <= lr <= 0.3 and bs in sizes for lr, bs in moves)
     assert {bs for _, bs in moves} == set(sizes)  # neighbours 16/64 and resamples
     assert sum(bs in (16, 64) for _, bs in moves) > 0.6 * len(moves)
-    assert baselines._explore(0.3, 128, np.random.default_rng(1), (1e-4, 0.3), sizes)[0] <= 0.3
+    assert pbt._explore(0.3, 128, np.random.default_rng(1), (1e-4, 0.3), sizes)[0] <= 0.3
 
 
 def test_tpe_selects_by_validation_and_resumes_from_its_journal(tmp_path: Path, monkeypatch) -> None:
@@ -205,12 +205,12 @@ def test_open_loop_replays_the_schedule_exactly(tmp_path: Path) -> None:
     assert r.method == "open-loop" and r.epochs == E
     with pytest.raises(RLAgentError, match="expected 2"):
         METHODS["open-loop"](_ctx(tmp_path, extra={"schedule": schedule[:1]}))
-    mean = baselines.mean_schedule([[(0.01, 16)], [(0.04, 64), (0.01, 16)]], 2)  # the first padded
+    mean = methods.mean_schedule([[(0.01, 16)], [(0.04, 64), (0.01, 16)]], 2)  # the first padded
     assert [lr for lr, _ in mean] == pytest.approx([0.02, 0.01]) and [bs for _, bs in mean] == [32, 16]
 
 
 def test_a_diverged_run_scores_chance_and_is_charged_the_full_budget(tmp_path: Path) -> None:
-    out = baselines._train(_ctx(tmp_path), lambda epoch, history, trainer: (float("nan"), 16))
+    out = base.train_run(_ctx(tmp_path), lambda epoch, history, trainer: (float("nan"), 16))
     assert out.diverged and len(out.history) == 1 and out.epochs == E
     assert out.val_acc == out.test_acc == pytest.approx(1 / 3)  # three classes
     assert out.history[0]["val_loss"] is None and out.history[0]["train_loss"] is None  # JSON-able

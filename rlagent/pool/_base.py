@@ -1,7 +1,7 @@
 """The backend-independent half of the env pools: the ``VecEnv`` logic over workers that may die.
 
 :class:`_WorkerPool` is the base class of :class:`rlagent.pool.EnvPool` (worker processes) and
-:class:`rlagent.ray_pool.RayEnvPool` (Ray actors); a subclass only implements the transport.
+:class:`rlagent.pool.ray.RayEnvPool` (Ray actors); a subclass only implements the transport.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from stable_baselines3.common.vec_env.base_vec_env import (
     VecEnvStepReturn,
 )
 
-from rlagent.devices import WorkerSlot
 from rlagent.errors import EnvWorkerError
+from rlagent.pool.devices import WorkerSlot
 
 logger = logging.getLogger(__name__)
 
-EnvFactory = Callable[[WorkerSlot], gym.Env]
+EnvFn = Callable[[WorkerSlot], gym.Env]
 """Picklable callable that builds one env on the device of the worker's slot."""
 
 
@@ -89,7 +89,7 @@ class _WorkerPool(VecEnv):
 
     def __init__(
         self,
-        env_fns: Sequence[EnvFactory],
+        env_fns: Sequence[EnvFn],
         slots: Sequence[WorkerSlot],
         *,
         step_timeout: float,

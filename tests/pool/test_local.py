@@ -24,8 +24,8 @@ from gymnasium.wrappers import TimeLimit
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 
-from rlagent.devices import WorkerSlot, plan_workers
-from rlagent.pool import EnvPool, EnvWorkerError
+from rlagent.pool.devices import WorkerSlot, plan_workers
+from rlagent.pool.local import EnvPool, EnvWorkerError
 from tests._pool_envs import make_broken_env, make_toy_env
 
 

@@ -1,4 +1,4 @@
-"""Tests for rlagent.policy_file: round trips and refusal of bad or hostile files."""
+"""Tests for rlagent.policy.file: round trips and refusal of bad or hostile files."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from rlagent.features import FEATURE_NAMES, OBS_HIGH, OBS_LOW
-from rlagent.policy_file import (
+from rlagent.policy.file import (
     JSON_NAME,
     WEIGHTS_NAME,
     PolicyFileError,

@@ -1,4 +1,4 @@
-"""Tests for rlagent.ray_bench: the benchmark as Ray tasks and Ray Tune's PBT and ASHA, on a real local Ray.
+"""Tests for rlagent.bench.methods.ray_tune: the benchmark as Ray tasks and Ray Tune's PBT and ASHA, on a real local Ray.
 
 One small Ray cluster (2 CPUs, no dashboard) is shared by the module and shut down at its end.
 The benchmark runs on the tiny spec (2 epochs, 1 seed, workload tiny-wide). Without Ray the tests
@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from rlagent.baselines import TrialContext
-from rlagent.benchmark import BenchConfig, BenchReport, TrialError, run_benchmark
+from rlagent.bench.methods.base import TrialContext
+from rlagent.bench.methods.ray_tune import ASHA_BUDGET_RUNS, RAY_METHODS, ray_pbt
+from rlagent.bench.runner import BenchConfig, BenchReport, TrialError, run_benchmark
 from rlagent.cli import main
 from rlagent.config import load_spec
 from rlagent.errors import SpecError
-from rlagent.ray_bench import ASHA_BUDGET_RUNS, RAY_METHODS, ray_pbt
 from tests._markers import requires_ray
 from tests._user_workload import write_broken_spec
 

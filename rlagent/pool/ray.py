@@ -32,30 +32,29 @@ from typing import Any
 
 import gymnasium as gym
 
+from rlagent._io import optional_import
+from rlagent.config import EnvSpec
+from rlagent.errors import RLAgentError
+
 # The worker-side command handling and everything but the transport (the VecEnv API, restarts
 # and their reports) are the local pool's own, so that both backends answer every call the same
 # way.
-from rlagent._pool_base import EnvFactory, _Dead, _WorkerPool
-from rlagent._pool_worker import _error_details, _handle, _MissingAttr, _setup_worker
-from rlagent.agent import EnvFactory as HyperTuneEnvFactory
-from rlagent.config import EnvSpec
-from rlagent.devices import WorkerSlot, plan_workers, visible_cpu_count
-from rlagent.errors import RLAgentError, SpecError
+from rlagent.pool._base import EnvFn, _Dead, _WorkerPool
+from rlagent.pool._worker import _error_details, _handle, _MissingAttr, _setup_worker
+from rlagent.pool.devices import WorkerSlot, plan_workers, visible_cpu_count
+from rlagent.pool.factory import EnvFactory, training_workloads
 
-__all__ = ["RAY_MISSING", "RayEnvPool", "make_ray_pool"]
+__all__ = ["RAY_MISSING", "RayEnvPool", "actor_slot", "connect_ray", "import_ray", "make_ray_pool", "plan_ray_slots"]
 
 logger = logging.getLogger(__name__)
 
-RAY_MISSING = "--backend ray needs Ray: pip install 'rlagent[ray]'"
+RAY_MISSING = "--backend ray needs ray: pip install 'rlagent[ray]'"
 """Message of the ``RLAgentError`` raised when Ray is not installed."""
 
 
-def _import_ray() -> Any:
-    try:
-        import ray
-    except ImportError as exc:
-        raise RLAgentError(RAY_MISSING) from exc
-    return ray
+def import_ray() -> Any:
+    """The ``ray`` module, or an :class:`RLAgentError` naming the extra that installs it."""
+    return optional_import("ray", extra="ray", purpose="--backend ray")
 
 
 # --------------------------------------------------------------------------------------------
@@ -71,7 +70,7 @@ class _EnvActor:
     building the env is kept and reported by ``ready()``, so the actor stays alive to say why.
     """
 
-    def __init__(self, env_fn: EnvFactory, slot: WorkerSlot) -> None:
+    def __init__(self, env_fn: EnvFn, slot: WorkerSlot) -> None:
         self._slot = slot
         self._env: gym.Env | None = None
         self._build_error: dict[str, Any] | None = None
@@ -96,7 +95,7 @@ class _EnvActor:
         return "ok", where + (f", GPU {','.join(map(str, gpus))}" if gpus else "")
 
     def call(self, cmd: str, data: Any) -> tuple[str, Any]:
-        """Run one pool command (``rlagent._pool_worker._handle``) on the env."""
+        """Run one pool command (``rlagent.pool._worker._handle``) on the env."""
         try:
             return "ok", _handle(self._env, cmd, data)
         except _MissingAttr as exc:
@@ -117,7 +116,7 @@ def _actor_class() -> Any:
     """The Ray actor class, created on first use (so that importing this module needs no Ray)."""
     global _ACTOR_CLASS
     if _ACTOR_CLASS is None:
-        _ACTOR_CLASS = _import_ray().remote(_EnvActor)
+        _ACTOR_CLASS = import_ray().remote(_EnvActor)
     return _ACTOR_CLASS
 
 
@@ -132,7 +131,7 @@ def _death_reason(exc: BaseException) -> str:
     return f"died ({type(exc).__name__}: {' '.join(lines)})"
 
 
-def _actor_slot(slot: WorkerSlot) -> WorkerSlot:
+def actor_slot(slot: WorkerSlot) -> WorkerSlot:
     """The slot as seen inside a Ray actor: a GPU actor sees only its own GPU, as ``cuda:0``."""
     return WorkerSlot("cuda:0", slot.num_threads) if slot.cuda_index is not None else slot
 
@@ -155,7 +154,7 @@ class RayEnvPool(_WorkerPool):
 
     Args:
         env_fns: One picklable env factory per env; it receives the slot as seen in the actor.
-        slots: One ``WorkerSlot`` per env (see ``rlagent.devices.plan_workers``).
+        slots: One ``WorkerSlot`` per env (see ``rlagent.pool.devices.plan_workers``).
         gpus_per_env: Ray ``num_gpus`` of an actor with a CUDA slot; a fraction (``0.5``) lets
             envs share a GPU.
         step_timeout: Seconds to wait for any reply of a running actor; a late actor is killed
@@ -184,7 +183,7 @@ class RayEnvPool(_WorkerPool):
 
     def __init__(
         self,
-        env_fns: Sequence[EnvFactory],
+        env_fns: Sequence[EnvFn],
         slots: Sequence[WorkerSlot],
         *,
         gpus_per_env: float = 1.0,
@@ -204,7 +203,7 @@ class RayEnvPool(_WorkerPool):
         )
         if not gpus_per_env > 0:
             raise ValueError(f"gpus_per_env must be > 0, got {gpus_per_env!r}")
-        ray = _import_ray()
+        ray = import_ray()
         if not ray.is_initialized():
             raise RLAgentError("RayEnvPool needs a running Ray: call ray.init() first, or use make_ray_pool()")
 
@@ -212,7 +211,7 @@ class RayEnvPool(_WorkerPool):
         self._ray = ray
         self._env_fns = list(env_fns)
         self._planned = tuple(slots)
-        self.slots = tuple(_actor_slot(s) for s in slots)
+        self.slots = tuple(actor_slot(s) for s in slots)
         self.gpus_per_env = float(gpus_per_env)
         self.placements: list[str | None] = [None] * n_envs
         self.shutdown_ray = shutdown_ray
@@ -328,7 +327,7 @@ class RayEnvPool(_WorkerPool):
 # --------------------------------------------------------------------------------------------
 
 
-def _connect(ray: Any, address: str | None) -> bool:
+def connect_ray(ray: Any, address: str | None) -> bool:
     """Initialise Ray unless it already is; returns whether this call did.
 
     ``address=None`` starts a local cluster sized to this machine (unless ``RAY_ADDRESS`` names
@@ -356,7 +355,7 @@ def plan_ray_slots(
     """Plan slots on a running Ray cluster: ``plan_workers`` with the cluster's CPU and GPU totals.
 
     Each slot's threads are capped at one node's CPUs, since an actor or task must fit on one
-    node. Used by :func:`make_ray_pool` and :func:`rlagent.ray_bench.make_ray_executor`.
+    node. Used by :func:`make_ray_pool` and :func:`rlagent.bench.methods.ray_tune.make_ray_executor`.
 
     Args:
         ray: The initialised ``ray`` module.
@@ -413,17 +412,14 @@ def make_ray_pool(
         RLAgentError: If Ray is not installed or the cluster cannot be reached.
         SpecError: If a held-out workload is asked for.
     """
-    ray = _import_ray()
-    names = tuple(workloads) if workloads is not None else spec.workloads.train
-    leaked = sorted(set(names) & set(spec.workloads.heldout))
-    if leaked:
-        raise SpecError("workloads", leaked, "training workloads only (these are held out)")
-    started = _connect(ray, address)
+    ray = import_ray()
+    names = training_workloads(spec, workloads)
+    started = connect_ray(ray, address)
     try:
         slots, cpus, gpus = plan_ray_slots(ray, n_envs, devices)
         gpu_envs = sum(s.cuda_index is not None for s in slots)
         gpus_per_env = 1.0 if gpu_envs <= gpus else 1.0 / math.ceil(gpu_envs / gpus)
-        factory = HyperTuneEnvFactory(spec, names)
+        factory = EnvFactory(spec, names)
         logger.info(
             "Ray cluster with %d CPUs, %d GPUs: %d env actors (%s)",
             cpus,

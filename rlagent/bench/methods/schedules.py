@@ -1,0 +1,113 @@
+"""Single runs without search: hand schedules, learning-rate-free optimisers, a replayed schedule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlagent.bench.methods.base import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_LR,
+    MethodResult,
+    TrialContext,
+    clip_hparams,
+    constant_schedule,
+    extra_inputs,
+    make_result,
+    n_train,
+    require,
+    train_run,
+)
+from rlagent.errors import RLAgentError
+from rlagent.training import Trainer
+
+
+def constant(ctx: TrialContext) -> list[MethodResult]:
+    """Adam's textbook default: LR 1e-3, batch size 32 (clipped to the ranges), all E epochs."""
+    lr, bs = clip_hparams(ctx, DEFAULT_LR, DEFAULT_BATCH_SIZE, n_train(ctx))
+    return [make_result(ctx, "constant", train_run(ctx, constant_schedule(lr, bs)), {"lr": lr, "batch_size": bs})]
+
+
+def cosine(ctx: TrialContext) -> list[MethodResult]:
+    """Cosine decay from random-16's best LR towards 0 over E epochs, at its best batch size.
+
+    Epoch t (0-based) trains at ``best_lr · ½(1 + cos(π t / E))``; like the textbook schedule it
+    may go below the LR range. Its cost is E epochs plus the random search it reuses.
+    """
+    best_lr, best_bs = extra_inputs(ctx, "cosine", "best_lr", "best_batch_size")
+    lr0, bs = clip_hparams(ctx, best_lr, best_bs, n_train(ctx))
+    epochs = ctx.workload.epochs
+
+    def decide(epoch: int, history: Sequence[dict[str, Any]], trainer: Trainer) -> tuple[float, int]:
+        return lr0 * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs)), bs
+
+    out = train_run(ctx, decide)
+    return [make_result(ctx, "cosine", out, {"lr": lr0, "batch_size": bs, "uses": "random-16 best LR"})]
+
+
+def plateau(ctx: TrialContext) -> list[MethodResult]:
+    """``ReduceLROnPlateau`` on validation loss (min, factor 0.5, patience 2) from LR 1e-3, batch 32."""
+    lr0, bs = clip_hparams(ctx, DEFAULT_LR, DEFAULT_BATCH_SIZE, n_train(ctx))
+    scheduler: list[torch.optim.lr_scheduler.ReduceLROnPlateau] = []
+
+    def decide(epoch: int, history: Sequence[dict[str, Any]], trainer: Trainer) -> tuple[float, int]:
+        if not scheduler:
+            trainer.lr = lr0
+            scheduler.append(
+                torch.optim.lr_scheduler.ReduceLROnPlateau(trainer.optimizer, mode="min", factor=0.5, patience=2)
+            )
+        else:
+            scheduler[0].step(history[-1]["val_loss"])
+        return trainer.lr, bs
+
+    out = train_run(ctx, decide)
+    return [make_result(ctx, "plateau", out, {"lr": lr0, "batch_size": bs})]
+
+
+def _optimizer_free(ctx: TrialContext, method: str, module: str, name: str) -> list[MethodResult]:
+    """A learning-rate-free optimiser at its defaults, batch size 32, E epochs."""
+    cls = getattr(require(module, method), name)
+    _, bs = clip_hparams(ctx, DEFAULT_LR, DEFAULT_BATCH_SIZE, n_train(ctx))
+    out = train_run(ctx, lambda epoch, history, trainer: (trainer.lr, bs), optimizer=lambda params: cls(params))
+    return [make_result(ctx, method, out, {"optimizer": f"{module}.{name}", "batch_size": bs})]
+
+
+def schedulefree(ctx: TrialContext) -> list[MethodResult]:
+    """``schedulefree.AdamWScheduleFree`` at its defaults (LR 0.0025, no warm-up), batch size 32."""
+    return _optimizer_free(ctx, "schedulefree", "schedulefree", "AdamWScheduleFree")
+
+
+def prodigy(ctx: TrialContext) -> list[MethodResult]:
+    """``prodigyopt.Prodigy`` at its defaults (LR 1.0), batch size 32."""
+    return _optimizer_free(ctx, "prodigy", "prodigyopt", "Prodigy")
+
+
+def open_loop(ctx: TrialContext) -> list[MethodResult]:
+    """Replay ``ctx.extra["schedule"]`` — E pairs (lr, batch size) — without feedback.
+
+    Values are clipped to the ranges and the batch size rounded, as the env does.
+    """
+    (schedule,) = extra_inputs(ctx, "open-loop", "schedule")
+    if len(schedule) != ctx.workload.epochs:
+        raise RLAgentError(f"open-loop: the schedule has {len(schedule)} epochs; expected {ctx.workload.epochs}")
+    n = n_train(ctx)
+    used = [clip_hparams(ctx, lr, bs, n) for lr, bs in schedule]
+    out = train_run(ctx, lambda epoch, history, trainer: used[epoch])
+    return [make_result(ctx, "open-loop", out, {"schedule": [list(s) for s in used]})]
+
+
+def mean_schedule(schedules: Sequence[Sequence[Sequence[float]]], epochs: int) -> list[tuple[float, int]]:
+    """Per-epoch geometric mean of several (lr, batch size) schedules, e.g. a policy's over seeds.
+
+    A schedule shorter than ``epochs`` (a diverged run) is padded with its last entry. The batch
+    size is rounded to an integer; :func:`open_loop` clips both to the ranges.
+    """
+    if not schedules or any(len(s) == 0 for s in schedules):
+        raise RLAgentError("mean_schedule: needs at least one non-empty schedule")
+    padded = np.array([[s[min(t, len(s) - 1)] for t in range(epochs)] for s in schedules], dtype=float)
+    mean = np.exp(np.log(padded).mean(axis=0))
+    return [(float(lr), int(round(bs))) for lr, bs in mean]

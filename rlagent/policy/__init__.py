@@ -1,0 +1,30 @@
+"""Tuning policies: training them with PPO, saving and loading them safely, reusing them.
+
+* :mod:`rlagent.policy.train` — PPO over an env pool, checkpoints and resume;
+* :mod:`rlagent.policy.file` — the policy directory (safetensors + JSON, never unpickled);
+* :mod:`rlagent.policy.reuse` — a saved policy on a named workload, on your own model, or in
+  your own loop.
+"""
+
+from __future__ import annotations
+
+from rlagent.policy.file import PolicyFileError, SavedPolicy, load_policy, save_policy
+from rlagent.policy.reuse import Controller, TuneResult, resolve_policy, run_policy, train_with_policy, tune
+from rlagent.policy.train import PPOSettings, TrainConfig, TrainResult, train_policy
+
+__all__ = [
+    "Controller",
+    "PPOSettings",
+    "PolicyFileError",
+    "SavedPolicy",
+    "TrainConfig",
+    "TrainResult",
+    "TuneResult",
+    "load_policy",
+    "resolve_policy",
+    "run_policy",
+    "save_policy",
+    "train_policy",
+    "train_with_policy",
+    "tune",
+]

@@ -1,0 +1,74 @@
+"""Pools of HyperTune envs behind one SB3 ``VecEnv``: local worker processes or Ray actors.
+
+Each env runs in its own worker pinned to a device and a share of the CPU threads
+(:mod:`rlagent.pool.devices`); the transports differ only in how commands reach the worker
+(:mod:`rlagent.pool.local`: pipes to processes; :mod:`rlagent.pool.ray`: Ray actors). Both
+surface an env's exception with its traceback and restart a dead or hung worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rlagent.config import EnvSpec
+from rlagent.errors import EnvWorkerError, SpecError
+from rlagent.pool._base import EnvFn
+from rlagent.pool.devices import WorkerSlot, plan_workers
+from rlagent.pool.factory import EnvFactory, training_workloads
+from rlagent.pool.local import EnvPool
+from rlagent.pool.ray import RayEnvPool, make_ray_pool
+
+__all__ = [
+    "BACKENDS",
+    "EnvFactory",
+    "EnvFn",
+    "EnvPool",
+    "EnvWorkerError",
+    "RayEnvPool",
+    "WorkerSlot",
+    "make_pool",
+    "plan_workers",
+]
+
+BACKENDS = ("local", "ray")
+"""Where pool workers run: local processes, or Ray actors on a local or remote Ray cluster."""
+
+
+def make_pool(
+    spec: EnvSpec,
+    *,
+    backend: str = "local",
+    n_envs: int | None = None,
+    devices: str | Sequence[str] = "auto",
+    workloads: Sequence[str] | None = None,
+    step_timeout: float = 600.0,
+    address: str | None = None,
+) -> EnvPool | RayEnvPool:
+    """A pool of HyperTune envs on the spec's training workloads, one worker per env.
+
+    Args:
+        spec: The env spec.
+        backend: ``local`` (one process per env) or ``ray`` (one Ray actor per env; needs
+            ``rlagent[ray]``).
+        n_envs: Number of envs; None: one per GPU, else one per CPU core (of the Ray cluster
+            with ``ray``).
+        devices: ``auto`` or a device list such as ``cuda:0,cuda:1`` / ``cpu``, round-robin.
+        workloads: Workload names; None: the spec's training workloads. Held-out ones are refused.
+        step_timeout: Seconds an env step may take before its worker is declared hung and restarted.
+        address: Ray cluster address (``ray`` only); None starts a local Ray.
+
+    Raises:
+        SpecError: Unknown backend, held-out workloads, or an address with the local backend.
+        RLAgentError: Ray missing or unreachable (``ray`` backend).
+    """
+    if backend not in BACKENDS:
+        raise SpecError("backend", backend, f"one of {list(BACKENDS)}")
+    if backend == "ray":
+        return make_ray_pool(
+            spec, n_envs=n_envs, devices=devices, address=address, workloads=workloads, step_timeout=step_timeout
+        )
+    if address is not None:
+        raise SpecError("address", address, "None with backend 'local' (a Ray address needs backend 'ray')")
+    names = training_workloads(spec, workloads)
+    slots = plan_workers(n_envs, devices)
+    return EnvPool([EnvFactory(spec, names)] * len(slots), slots, step_timeout=step_timeout)
