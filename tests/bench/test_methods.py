@@ -129,11 +129,11 @@ def test_tpe_selects_by_validation_and_resumes_from_its_journal(tmp_path: Path, 
     ctx = _ctx(tmp_path)
     journal = tmp_path / "tpe.journal"
     # An interrupted study: 5 trials done, one left running by a dead process.
-    monkeypatch.setattr(baselines, "SEARCH_TRIALS", 5)
+    monkeypatch.setattr(search, "SEARCH_TRIALS", 5)
     METHODS["tpe"](ctx)
     storage = JournalStorage(JournalFileBackend(str(journal)))
     optuna.load_study(study_name=f"tpe__{WORKLOAD.name}__seed0", storage=storage).ask()
-    monkeypatch.setattr(baselines, "SEARCH_TRIALS", 16)
+    monkeypatch.setattr(search, "SEARCH_TRIALS", 16)
 
     (r,) = METHODS["tpe"](ctx)
     trials = _journal_trials(journal)
