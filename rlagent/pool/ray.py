@@ -331,7 +331,8 @@ def connect_ray(ray: Any, address: str | None) -> bool:
     """Initialise Ray unless it already is; returns whether this call did.
 
     ``address=None`` starts a local cluster sized to this machine (unless ``RAY_ADDRESS`` names
-    one); ``"auto"`` or ``"HOST:PORT"`` connects to a running cluster.
+    one), even if another Ray runs on it; ``"auto"`` or ``"HOST:PORT"`` connects to a running
+    cluster.
     """
     if ray.is_initialized():
         if address is not None:
@@ -339,7 +340,8 @@ def connect_ray(ray: Any, address: str | None) -> bool:
         return False
     try:
         if address is None and not os.environ.get("RAY_ADDRESS"):
-            ray.init(num_cpus=visible_cpu_count(), include_dashboard=False)
+            # address="local": without it, ray.init joins any Ray already running on this machine.
+            ray.init(address="local", num_cpus=visible_cpu_count(), include_dashboard=False)
         else:
             ray.init(address=address)
     except (ConnectionError, RuntimeError, ValueError) as exc:
