@@ -154,7 +154,9 @@ class Run:
         else:
             epoch, _ = run_epoch(self.trainer, self.data.val, self.tracker, self.hparams)
             self.diverged = epoch.diverged
-            record = epoch.record()
+            # Numbered along the history: a run restored from a checkpoint (Ray Tune) or given
+            # another member's weights and history (PBT) has a fresh tracker.
+            record = {**epoch.record(), "epoch": len(self.history) + 1}
         self.history.append(record)
         return record
 
