@@ -19,6 +19,7 @@ from rlagent.bench import methods
 from rlagent.bench.methods import METHOD_NEEDS, METHODS, MethodResult, TrialContext, base, pbt, search
 from rlagent.config import load_spec
 from rlagent.errors import RLAgentError
+from rlagent.training import DIVERGED_LOSS
 
 SPEC = load_spec("tiny")
 WORKLOAD = dataclasses.replace(SPEC.workload("tiny-mlp"), epochs=2)
@@ -213,7 +214,10 @@ def test_a_diverged_run_scores_chance_and_is_charged_the_full_budget(tmp_path: P
     out = base.train_run(_ctx(tmp_path), lambda epoch, history, trainer: (float("nan"), 16))
     assert out.diverged and len(out.history) == 1 and out.epochs == E
     assert out.val_acc == out.test_acc == pytest.approx(1 / 3)  # three classes
-    assert out.history[0]["val_loss"] is None and out.history[0]["train_loss"] is None  # JSON-able
+    # the one divergence rule (rlagent.training.run_epoch): losses pinned at DIVERGED_LOSS · log(classes)
+    pinned = DIVERGED_LOSS * math.log(3)
+    assert out.history[0]["val_loss"] == out.history[0]["train_loss"] == pytest.approx(pinned)
+    assert all(math.isfinite(out.history[0][k]) for k in ("train_loss", "val_loss", "train_acc", "val_acc"))
 
 
 def test_policy_method_runs_the_saved_policy(tiny_policy: Path, tmp_path: Path) -> None:

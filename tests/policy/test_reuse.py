@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from torch import nn
 from rlagent.cli import main
 from rlagent.config import load_spec
 from rlagent.errors import RLAgentError, SpecError
-from rlagent.policy.reuse import Controller, resolve_policy, run_policy, tune
+from rlagent.policy.reuse import Controller, resolve_policy, run_policy, train_with_policy, tune
 from rlagent.training import Trainer
 from rlagent.workloads import make_run
 
@@ -56,13 +57,17 @@ def test_controller_in_a_hand_written_loop_matches_the_env(tiny_policy: Path) ->
     assert len(ctl.history) == wl.epochs
 
 
-def test_tune_trains_a_users_own_model(tiny_policy: Path) -> None:
+def _users_data() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(400, 6, generator=g)
-    y = (x[:, 0] + x[:, 1] > 0).long()
+    return x, (x[:, 0] + x[:, 1] > 0).long()
+
+
+def test_train_with_policy_trains_a_users_own_model(tiny_policy: Path) -> None:
+    x, y = _users_data()
     model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 2))
     before = [p.detach().clone() for p in model.parameters()]
-    result = tune(
+    result = train_with_policy(
         model,
         (x[:300], y[:300]),
         torch.utils.data.TensorDataset(x[300:350], y[300:350]),
@@ -76,6 +81,17 @@ def test_tune_trains_a_users_own_model(tiny_policy: Path) -> None:
     assert all(1e-4 <= h["lr"] <= 0.3 and 8 <= h["batch_size"] <= 128 for h in result.history)
     assert result.history[-1]["val_acc"] > 0.6
     assert result.test_acc is not None and not result.diverged
+
+
+def test_tune_is_the_deprecated_name_of_train_with_policy(tiny_policy: Path) -> None:
+    x, y = _users_data()
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 2))
+    twin = copy.deepcopy(model)
+    with pytest.warns(DeprecationWarning, match="use rlagent.train_with_policy"):
+        old = tune(model, (x[:300], y[:300]), (x[300:], y[300:]), epochs=2, policy=tiny_policy)
+    new = train_with_policy(twin, (x[:300], y[:300]), (x[300:], y[300:]), epochs=2, policy=tiny_policy)
+    drop_seconds = lambda hist: [{k: v for k, v in h.items() if k != "seconds"} for h in hist]  # noqa: E731
+    assert drop_seconds(old.history) == drop_seconds(new.history)
 
 
 def test_controller_refuses_bad_input(tiny_policy: Path) -> None:
@@ -94,17 +110,30 @@ def test_unknown_policy_gives_a_clear_error(tmp_path: Path) -> None:
         resolve_policy(tmp_path / "missing")
 
 
-def test_cli_tune_prints_and_writes_json(tiny_policy: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_run_policy_prints_and_writes_json(
+    tiny_policy: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "run.json"
-    code = main(["tune", "--policy", str(tiny_policy), "--workload", "tiny-wide", "--spec", "tiny", "--out", str(out)])
+    code = main(
+        ["run-policy", "--policy", str(tiny_policy), "--workload", "tiny-wide", "--spec", "tiny", "--out", str(out)]
+    )
     assert code == 0
     assert "test acc" in capsys.readouterr().out
     data = json.loads(out.read_text())
     assert data["workload"] == "tiny-wide" and len(data["history"]) == 3
 
 
-def test_cli_tune_bad_workload_is_one_line(tiny_policy: Path, capsys: pytest.CaptureFixture) -> None:
-    code = main(["tune", "--policy", str(tiny_policy), "--workload", "nope", "--spec", "tiny"])
+def test_cli_run_policy_bad_workload_is_one_line(tiny_policy: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["run-policy", "--policy", str(tiny_policy), "--workload", "nope", "--spec", "tiny"])
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and "nope" in err and "Traceback" not in err
+
+
+def test_cli_tune_is_the_deprecated_name_of_run_policy(tiny_policy: Path, capsys: pytest.CaptureFixture) -> None:
+    args = ["--policy", str(tiny_policy), "--workload", "nope", "--spec", "tiny"]
+    assert main(["tune", *args]) == 2
+    deprecation, error = capsys.readouterr().err.splitlines()
+    assert deprecation == "rlagent tune is deprecated and will be removed in the next release; use rlagent run-policy"
+    assert main(["run-policy", *args]) == 2
+    assert capsys.readouterr().err.splitlines() == [error.replace("rlagent tune:", "rlagent run-policy:")]
