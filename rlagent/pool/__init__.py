@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from rlagent.config import EnvSpec
 from rlagent.errors import EnvWorkerError, SpecError
-from rlagent.pool._base import EnvFn
+from rlagent.pool._supervisor import EnvFn
 from rlagent.pool.devices import WorkerSlot, plan_workers
 from rlagent.pool.factory import EnvFactory, training_workloads
 from rlagent.pool.local import EnvPool

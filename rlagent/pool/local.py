@@ -14,9 +14,9 @@ Workers are started with ``forkserver`` (default) or ``spawn``, never ``fork``: 
 of a process that has touched CUDA or started threads is not safe. Env factories must therefore
 be picklable (module-level functions, ``functools.partial`` of them, or classes).
 
-This module is the process transport; the ``VecEnv`` logic it shares with the Ray backend
-(restarts, auto-reset, error reports) is in ``rlagent.pool._base``, and what runs inside a
-worker in ``rlagent.pool._worker``.
+This module is the process transport; what it shares with the Ray backend is in
+``rlagent.pool._base`` (the ``VecEnv`` API, auto-reset) and ``rlagent.pool._supervisor``
+(timeouts, restarts, error reports), and what runs inside a worker in ``rlagent.pool._worker``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from typing import Any
 from stable_baselines3.common.vec_env.base_vec_env import CloudpickleWrapper
 
 from rlagent.errors import EnvWorkerError
-from rlagent.pool._base import EnvFn, _Dead, _WorkerPool
+from rlagent.pool._base import _WorkerPool
+from rlagent.pool._supervisor import EnvFn, _Dead
 from rlagent.pool._worker import _worker
 from rlagent.pool.devices import WorkerSlot
 

@@ -39,7 +39,8 @@ from rlagent.errors import RLAgentError
 # The worker-side command handling and everything but the transport (the VecEnv API, restarts
 # and their reports) are the local pool's own, so that both backends answer every call the same
 # way.
-from rlagent.pool._base import EnvFn, _Dead, _WorkerPool
+from rlagent.pool._base import _WorkerPool
+from rlagent.pool._supervisor import EnvFn, _Dead
 from rlagent.pool._worker import _error_details, _handle, _MissingAttr, _setup_worker
 from rlagent.pool.devices import WorkerSlot, plan_workers, visible_cpu_count
 from rlagent.pool.factory import EnvFactory, training_workloads
