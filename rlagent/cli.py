@@ -8,23 +8,24 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import gymnasium as gym
 from rich.console import Console
 from rich.table import Table
 
-if TYPE_CHECKING:
-    from rlagent.policy.train import TrainResult
-
+from rlagent import ENV_ID
+from rlagent.bench.runner import BenchConfig, run_benchmark
+from rlagent.config import load_spec
 from rlagent.errors import RLAgentError
+from rlagent.policy.reuse import run_policy
+from rlagent.policy.train import PPOSettings, TrainConfig, TrainResult, train_policy
+from rlagent.pool import BACKENDS, make_pool
+from rlagent.workloads import describe, load_source
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _cmd_workloads(args: argparse.Namespace) -> None:
-    from rlagent.config import load_spec
-    from rlagent.workloads import describe, load_source
-
     spec = load_spec(args.spec)
     names = list(dict.fromkeys([*spec.workloads.train, *spec.workloads.heldout, *args.extra]))
     rows = []
@@ -50,10 +51,6 @@ def _cmd_workloads(args: argparse.Namespace) -> None:
 
 
 def _cmd_rollout(args: argparse.Namespace) -> None:
-    import gymnasium as gym
-
-    from rlagent import ENV_ID
-
     env = gym.make(ENV_ID, spec=args.spec, device=args.device, num_threads=args.threads)
     options = {"workload": args.workload} if args.workload else None
     obs, info = env.reset(seed=args.seed, options=options)
@@ -77,9 +74,6 @@ def _cmd_rollout(args: argparse.Namespace) -> None:
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``rlagent train`` (shared with ``scripts/train_policy.py``)."""
-    from rlagent.policy.train import PPOSettings, TrainConfig
-    from rlagent.pool import BACKENDS
-
     d, c = PPOSettings(), TrainConfig()
     p.add_argument("--spec", default=c.spec, help="spec file or shipped spec name")
     p.add_argument("--timesteps", type=int, default=c.timesteps, help="total env steps (= epochs trained)")
@@ -108,8 +102,6 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_training(args: argparse.Namespace, command: str) -> TrainResult:
     """Build the config from parsed ``add_train_arguments`` options and train."""
-    from rlagent.policy.train import PPOSettings, TrainConfig, train_policy
-
     ppo = PPOSettings(
         n_steps=args.n_steps, batch_size=args.batch_size, n_epochs=args.ppo_epochs, learning_rate=args.ppo_lr,
         gamma=args.gamma, ent_coef=args.ent_coef, net_arch=tuple(args.net_arch),
@@ -122,9 +114,6 @@ def run_training(args: argparse.Namespace, command: str) -> TrainResult:
     )  # fmt: skip
     venv = None
     if args.backend == "ray":
-        from rlagent.config import load_spec
-        from rlagent.pool import make_pool
-
         venv = make_pool(
             load_spec(args.spec), backend="ray", n_envs=args.n_envs, devices=args.devices, address=args.address
         )
@@ -148,8 +137,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_run_policy(args: argparse.Namespace) -> None:
-    from rlagent.policy.reuse import run_policy
-
     if args.command == "tune":
         print(
             "rlagent tune is deprecated and will be removed in the next release; use rlagent run-policy",
@@ -197,8 +184,6 @@ def _add_run_policy(sub: argparse._SubParsersAction, name: str = "run-policy", d
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
-    from rlagent.bench.runner import BenchConfig, run_benchmark
-
     seeds = args.seeds[0] if len(args.seeds) == 1 else args.seeds
     config = BenchConfig(
         spec=args.spec, policy=args.policy, workloads=args.workloads, seeds=seeds, methods=args.methods,
@@ -215,18 +200,21 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
+    c = BenchConfig()
     p = sub.add_parser("bench", help="benchmark a policy against the baselines on held-out workloads")
-    p.add_argument("--spec", default="default", help="spec file or shipped spec name")
-    p.add_argument("--policy", default="default", help="policy directory or shipped policy name")
+    p.add_argument("--spec", default=c.spec, help="spec file or shipped spec name")
+    p.add_argument("--policy", default=c.policy, help="policy directory or shipped policy name")
     p.add_argument("--workloads", nargs="+", default=None, help="workloads (default: the spec's held-out ones)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[5], help="one number N: seeds 0..N-1; several: those seeds")
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=[c.seeds], help="one number N: seeds 0..N-1; several: those seeds"
+    )
     p.add_argument("--methods", nargs="+", default=None, help="method tasks (default: all of the backend)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per training run (default: the spec's)")
     p.add_argument("--results", default=None, help="results folder (default results/bench__SPEC__POLICY)")
     p.add_argument("--n-workers", type=int, default=None, help="parallel workers (default: one per GPU, else core)")
-    p.add_argument("--devices", default="auto", help="auto, or e.g. cuda:0,cuda:1 or cpu")
+    p.add_argument("--devices", default=c.devices, help="auto, or e.g. cuda:0,cuda:1 or cpu")
     p.add_argument(
-        "--backend", choices=("local", "ray"), default="local",
+        "--backend", choices=BACKENDS, default=c.backend,
         help="local worker processes, or Ray tasks (adds the ray-pbt and ray-asha methods)",
     )  # fmt: skip
     p.add_argument("--address", default=None, help="Ray cluster address (with --backend ray; default: a local one)")

@@ -126,6 +126,8 @@ class Data:
 
 # ---------------------------------------------------------------------------------------------
 # Datasets: each returns (pool, test); the pool is split into train/val per run seed.
+# Each imports its library when called: sklearn and mnist1d (which pulls in matplotlib) add
+# over a second to every `import rlagent`, and a run needs at most one of them.
 
 
 def _digits() -> tuple[Split, Split]:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from rlagent._io import write_json_atomic
 from rlagent.bench.methods import ALL_METHODS, RAY_METHODS, TrialContext
 from rlagent.config import EnvSpec
@@ -89,8 +91,6 @@ _WORKER = _WorkerState()  # per worker process: set up once by use_slot
 
 def use_slot(slot: WorkerSlot, *, cuda: bool = True) -> None:
     """Run this process's tasks in ``slot``: apply its threads and (with ``cuda``) its device."""
-    import torch
-
     _WORKER.slot = slot
     torch.set_num_threads(slot.num_threads)
     if cuda and slot.cuda_index is not None:  # the parent's set_device does not carry over

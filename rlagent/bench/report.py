@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 
 from rlagent.bench.methods.base import MethodResult
 from rlagent.bench.methods.schedules import mean_schedule
@@ -87,8 +88,6 @@ class AggregateRow:
 
 def ci95(values: Sequence[float]) -> tuple[float, float]:
     """Mean and the half-width of its 95% confidence interval (Student t); NaN width for n < 2."""
-    from scipy import stats
-
     x = np.asarray(values, dtype=float)
     mean = float(x.mean())
     if len(x) < 2:
@@ -126,8 +125,6 @@ def summarize(
     Returns:
         Rows ordered by workload (first appearance) and method (:data:`METHOD_ORDER`).
     """
-    from scipy.stats import rankdata
-
     trained_on = tuple(trained_on)
     chance = chance or {}
     groups: dict[tuple[str, str], list[MethodResult]] = {}
@@ -159,7 +156,7 @@ def summarize(
                 )
             )
         accs = np.array([row.test_acc for row in block])
-        ranks = rankdata(-accs, method="average")
+        ranks = stats.rankdata(-accs, method="average")
         best, low = float(accs.max()), float(chance.get(workload, 0.0))
         for row, rank in zip(block, ranks):
             row.rank = float(rank)

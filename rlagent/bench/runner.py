@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from rlagent._io import json_default, write_json_atomic
 from rlagent.bench.executors import TRIAL_FORMAT, Job, Task, TrialError, make_executor, run_job
 from rlagent.bench.methods import METHOD_NEEDS, METHODS, RAY_METHODS, MethodResult
@@ -327,8 +329,6 @@ def run_benchmark(config: BenchConfig) -> BenchReport:
     with contextlib.ExitStack() as stack:
         bar = None
         if config.progress:
-            from tqdm.auto import tqdm
-
             bar = stack.enter_context(tqdm(total=len(tasks), unit="task", desc="benchmark", dynamic_ncols=True))
         executor: cf.Executor | None = None
         while todo or running:

@@ -24,6 +24,7 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+from tqdm.auto import tqdm
 
 from rlagent._io import atomic_dir, optional_import, write_json_atomic
 from rlagent.config import EnvSpec, load_spec
@@ -165,8 +166,6 @@ class TrainingMonitor(BaseCallback):
         self._t0 = time.perf_counter()
         self._mark = self._t0
         if self.progress:
-            from tqdm.auto import tqdm
-
             self._bar = tqdm(total=self.total, initial=self.num_timesteps, unit="step", dynamic_ncols=True)
         if self.log_path is not None and not self.log_path.exists():
             self.log_path.parent.mkdir(parents=True, exist_ok=True)

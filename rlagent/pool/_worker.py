@@ -16,6 +16,8 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import gymnasium as gym
+import torch
+from stable_baselines3.common.env_util import is_wrapped
 from stable_baselines3.common.vec_env.base_vec_env import CloudpickleWrapper
 
 from rlagent.pool.devices import WorkerSlot
@@ -32,8 +34,6 @@ def _workload_of(env: gym.Env | None) -> str | None:
 
 def _setup_worker(slot: WorkerSlot) -> None:
     """Apply the slot's thread count and GPU before the env (or anything else) touches CUDA."""
-    import torch
-
     torch.set_num_threads(slot.num_threads)
     if slot.cuda_index is not None:
         # The parent's ``set_device`` does not carry over to a child process.
@@ -81,8 +81,6 @@ def _handle(env: gym.Env, cmd: str, data: Any) -> Any:
         name, args, kwargs = data
         return _lookup(env, name)(*args, **kwargs)
     if cmd == "is_wrapped":
-        from stable_baselines3.common.env_util import is_wrapped
-
         return is_wrapped(env, data)
     if cmd == "render":
         return env.render()

@@ -14,6 +14,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+
 __all__ = ["WorkerSlot", "plan_workers", "visible_cpu_count", "visible_cuda_count"]
 
 _CUDA_RE = re.compile(r"cuda(?::(\d+))?")
@@ -51,8 +53,6 @@ def visible_cpu_count() -> int:
 
 def visible_cuda_count() -> int:
     """Number of CUDA devices torch can see (0 without CUDA)."""
-    import torch
-
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
