@@ -19,7 +19,7 @@ from rlagent.bench import methods
 from rlagent.bench.methods import METHOD_NEEDS, METHODS, MethodResult, TrialContext, base, pbt, search
 from rlagent.config import load_spec
 from rlagent.errors import RLAgentError
-from rlagent.training import DIVERGED_LOSS
+from rlagent.training import DIVERGED_LOSS, HParams
 
 SPEC = load_spec("tiny")
 WORKLOAD = dataclasses.replace(SPEC.workload("tiny-mlp"), epochs=2)
@@ -116,14 +116,16 @@ def test_pbt_exploit_copies_weights_and_optimizer_state() -> None:
 
 def test_pbt_explore_perturbs_or_resamples_within_the_ranges() -> None:
     rng = np.random.default_rng(0)
-    sizes = [8, 16, 32, 64, 128]
-    moves = [pbt._explore(0.01, 32, rng, (1e-4, 0.3), sizes) for _ in range(400)]
+    hparams = HParams(0.01, 32, (1e-4, 0.3), (8, 128))
+    sizes = hparams.batch_sizes()
+    assert sizes == [8, 16, 32, 64, 128]
+    moves = [pbt._explore(0.01, 32, rng, hparams) for _ in range(400)]
     perturbed = {round(lr / 0.01, 6) for lr, _ in moves} & {0.8, 1.2}
     assert perturbed == {0.8, 1.2}
     assert all(1e-4 <= lr <= 0.3 and bs in sizes for lr, bs in moves)
     assert {bs for _, bs in moves} == set(sizes)  # neighbours 16/64 and resamples
     assert sum(bs in (16, 64) for _, bs in moves) > 0.6 * len(moves)
-    assert pbt._explore(0.3, 128, np.random.default_rng(1), (1e-4, 0.3), sizes)[0] <= 0.3
+    assert pbt._explore(0.3, 128, np.random.default_rng(1), hparams)[0] <= 0.3
 
 
 def test_tpe_selects_by_validation_and_resumes_from_its_journal(tmp_path: Path, monkeypatch) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from rlagent.bench.methods.base import METHOD_NEEDS, MethodResult, TrialContext, batch_sizes
+from rlagent.bench.methods.base import METHOD_NEEDS, MethodResult, TrialContext
 from rlagent.bench.methods.pbt import pbt as pbt_method
 from rlagent.bench.methods.policy import policy as policy_method
 from rlagent.bench.methods.ray_tune import RAY_METHODS, ray_asha, ray_pbt
@@ -57,7 +57,6 @@ __all__ = [
     "RAY_METHODS",
     "MethodResult",
     "TrialContext",
-    "batch_sizes",
     "constant",
     "cosine",
     "hyperband",

@@ -26,7 +26,7 @@ from rlagent._io import optional_import
 from rlagent.config import EnvSpec
 from rlagent.errors import RLAgentError
 from rlagent.features import RunTracker
-from rlagent.training import HParams, Trainer, log_uniform, powers_of_two, run_epoch
+from rlagent.training import HParams, Trainer, run_epoch
 from rlagent.workloads import Data, Source, WorkloadSpec, make_run
 
 logger = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ class Run:
             opt = optimizer(run.model.parameters())
             lr = float(opt.param_groups[0]["lr"])
         wl = ctx.workload
-        self.hparams = HParams(lr, DEFAULT_BATCH_SIZE, wl.lr_range, wl.batch_size_range, len(run.data.train))
+        self.hparams = dataclasses.replace(workload_hparams(ctx, len(run.data.train)), lr=lr)
         self.trainer = Trainer(
             run.model, run.data.train, optimizer=opt, lr=lr, batch_size=DEFAULT_BATCH_SIZE, generator=run.generator
         )
@@ -217,17 +217,22 @@ def method_rng(ctx: TrialContext, purpose: str) -> np.random.Generator:
     return np.random.default_rng([zlib.crc32(purpose.encode()), ctx.seed % 2**64])
 
 
-def n_train(ctx: TrialContext) -> int:
-    return len(make_run(ctx.workload, ctx.seed, device="cpu", sources=ctx.sources).data.train)
+def workload_hparams(ctx: TrialContext, n_train: int | None = None) -> HParams:
+    """The workload's ranges, the batch size capped at the training-set size, at LR 1e-3 and batch size 32.
+
+    Every method draws, clips and lists its values through this :class:`HParams`, as the env does.
+
+    Args:
+        ctx: The trial.
+        n_train: Training-set size of the run; None: that of ``make_run(ctx.workload, ctx.seed)``.
+    """
+    wl = ctx.workload
+    if n_train is None:
+        n_train = len(make_run(wl, ctx.seed, device="cpu", sources=ctx.sources).data.train)
+    return HParams(DEFAULT_LR, DEFAULT_BATCH_SIZE, wl.lr_range, wl.batch_size_range, n_train).clipped()
 
 
-def batch_sizes(workload: WorkloadSpec, n_train: int) -> list[int]:
-    """Powers of two inside the workload's batch-size range, capped at the training-set size."""
-    low = workload.batch_size_range[0]
-    return powers_of_two(low, max(low, min(workload.batch_size_range[1], n_train)))
-
-
-def sample_configs(ctx: TrialContext, n: int, sizes: Sequence[int]) -> list[tuple[float, int]]:
+def sample_configs(ctx: TrialContext, n: int, hparams: HParams) -> list[tuple[float, int]]:
     """Random search's configurations: LR log-uniform, batch size uniform over the powers of two.
 
     The first ``n`` are the same for every ``n`` (PBT's initial population is random search's
@@ -236,8 +241,8 @@ def sample_configs(ctx: TrialContext, n: int, sizes: Sequence[int]) -> list[tupl
     rng = method_rng(ctx, "configs")
     out = []
     for _ in range(n):
-        lr = log_uniform(rng, ctx.workload.lr_range)
-        out.append((lr, int(sizes[int(rng.integers(len(sizes)))])))
+        lr = hparams.sample_lr(rng)
+        out.append((lr, hparams.sample_batch_size(rng)))
     return out
 
 
@@ -264,13 +269,6 @@ def make_result(ctx: TrialContext, method: str, out: Outcome, details: dict[str,
         method=method, workload=ctx.workload.name, seed=ctx.seed, val_acc=out.val_acc, test_acc=out.test_acc,
         epochs=out.epochs, seconds=out.seconds, details={**details, "diverged": out.diverged, "history": out.history},
     )  # fmt: skip
-
-
-def clip_hparams(ctx: TrialContext, lr: float, batch_size: float, n_train: int) -> tuple[float, int]:
-    """(lr, batch size) clipped to the workload's ranges and the training-set size, as the env clips."""
-    wl = ctx.workload
-    hp = HParams(float(lr), int(round(batch_size)), wl.lr_range, wl.batch_size_range, n_train).clipped()
-    return hp.lr, hp.batch_size
 
 
 def require(module: str, method: str) -> ModuleType:

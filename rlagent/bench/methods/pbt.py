@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -20,14 +19,13 @@ from rlagent.bench.methods.base import (
     Outcome,
     Run,
     TrialContext,
-    batch_sizes,
     best_index,
     make_result,
     method_rng,
-    n_train,
     sample_configs,
+    workload_hparams,
 )
-from rlagent.training import log_uniform
+from rlagent.training import HParams
 
 
 def _exploit(dst: Run, src: Run) -> None:
@@ -39,16 +37,15 @@ def _exploit(dst: Run, src: Run) -> None:
     dst.history = copy.deepcopy(src.history)
 
 
-def _explore(
-    lr: float, batch_size: int, rng: np.random.Generator, lr_range: tuple[float, float], sizes: Sequence[int]
-) -> tuple[float, int]:
+def _explore(lr: float, batch_size: int, rng: np.random.Generator, hparams: HParams) -> tuple[float, int]:
     """Ray Tune's PBT explore: resample with p = 0.25, else LR ×0.8 / ×1.2 and batch size to a
     neighbouring power of two. Unlike Ray, the LR is clipped to the range (the benchmark's limits)."""
     if rng.random() < PBT_RESAMPLE_P:
-        lr = log_uniform(rng, lr_range)
+        lr = hparams.sample_lr(rng)
     else:
         lr *= float(rng.choice(PBT_LR_FACTORS))
-    lr = float(min(max(lr, lr_range[0]), lr_range[1]))
+    lr = hparams.with_values(lr, hparams.batch_size).lr
+    sizes = hparams.batch_sizes()
     if rng.random() < PBT_RESAMPLE_P or batch_size not in sizes:
         batch_size = int(sizes[int(rng.integers(len(sizes)))])
     else:
@@ -71,9 +68,9 @@ def pbt(ctx: TrialContext, *, population: int = PBT_POPULATION, interval: int = 
         raise ValueError(f"pbt: got population={population}, interval={interval}; expected >= 2 and >= 1")
     start = time.perf_counter()
     epochs = ctx.workload.epochs
-    sizes = batch_sizes(ctx.workload, n_train(ctx))
+    hparams = workload_hparams(ctx)
     rng = method_rng(ctx, "pbt")
-    hyper = sample_configs(ctx, population, sizes)
+    hyper = sample_configs(ctx, population, hparams)
     initial = [list(c) for c in hyper]
     members = [Run(ctx) for _ in range(population)]
     quantile = min(math.ceil(population * PBT_QUANTILE), population // 2)
@@ -87,7 +84,7 @@ def pbt(ctx: TrialContext, *, population: int = PBT_POPULATION, interval: int = 
         for i in bottom:
             j = top[int(rng.integers(len(top)))]
             _exploit(members[i], members[j])
-            hyper[i] = _explore(*hyper[j], rng, ctx.workload.lr_range, sizes)
+            hyper[i] = _explore(*hyper[j], rng, hparams)
             events.append({"epoch": epoch, "member": i, "from": j, "lr": hyper[i][0], "batch_size": hyper[i][1]})
     finals = [m.history[-1]["val_acc"] for m in members]
     best = best_index(finals)

@@ -49,15 +49,14 @@ from rlagent.bench.methods.base import (
     Outcome,
     Run,
     TrialContext,
-    batch_sizes,
     best_index,
-    clip_hparams,
     make_result,
     method_rng,
-    n_train,
     sample_configs,
+    workload_hparams,
 )
 from rlagent.errors import RLAgentError
+from rlagent.training import HParams
 
 __all__ = ["RAY_METHODS", "ray_asha", "ray_pbt"]
 
@@ -115,7 +114,8 @@ def _trainable(
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             _load_state(run, Path(folder), ctx.device)
-    lr, batch_size = clip_hparams(ctx, config["lr"], config["batch_size"], len(run.data.train))
+    hp = run.hparams.with_values(config["lr"], config["batch_size"])
+    lr, batch_size = hp.lr, hp.batch_size
     epochs = ctx.workload.epochs
     while len(run.history) < epochs:
         record = run.step(lr, batch_size)
@@ -289,9 +289,9 @@ def _select(
 # Ray Tune baselines
 
 
-def _clip_lr(config: dict[str, Any], *, lr_range: tuple[float, float]) -> dict[str, Any]:
+def _clip_lr(config: dict[str, Any], *, hparams: HParams) -> dict[str, Any]:
     """PBT's ``custom_explore_fn``: keep the perturbed LR in the benchmark's range, as ``pbt`` does."""
-    return {**config, "lr": float(min(max(config["lr"], lr_range[0]), lr_range[1]))}
+    return {**config, "lr": hparams.with_values(config["lr"], hparams.batch_size).lr}
 
 
 def ray_pbt(ctx: TrialContext, *, population: int = PBT_POPULATION, interval: int = PBT_INTERVAL) -> list[MethodResult]:
@@ -312,12 +312,13 @@ def ray_pbt(ctx: TrialContext, *, population: int = PBT_POPULATION, interval: in
     if population < 2 or interval < 1:
         raise ValueError(f"ray_pbt: got population={population}, interval={interval}; expected >= 2 and >= 1")
     epochs = ctx.workload.epochs
-    sizes = batch_sizes(ctx.workload, n_train(ctx))
-    configs = sample_configs(ctx, population, sizes)
+    hparams = workload_hparams(ctx)
+    sizes = hparams.batch_sizes()
+    configs = sample_configs(ctx, population, hparams)
     scheduler = PopulationBasedTraining(
         time_attr="training_iteration", perturbation_interval=interval, synch=True,
         hyperparam_mutations={"lr": tune.loguniform(*ctx.workload.lr_range), "batch_size": list(sizes)},
-        custom_explore_fn=functools.partial(_clip_lr, lr_range=ctx.workload.lr_range),
+        custom_explore_fn=functools.partial(_clip_lr, hparams=hparams),
     )  # fmt: skip
     method = f"ray-pbt-{population}"
     trials, seconds, folder = _fit(
@@ -346,8 +347,9 @@ def ray_asha(ctx: TrialContext, *, budget_runs: int = ASHA_BUDGET_RUNS) -> list[
 
     epochs = ctx.workload.epochs
     budget = budget_runs * epochs
-    sizes = batch_sizes(ctx.workload, n_train(ctx))
-    configs = sample_configs(ctx, budget, sizes)  # every trial trains >= 1 epoch: enough to spend the budget
+    hparams = workload_hparams(ctx)
+    sizes = hparams.batch_sizes()
+    configs = sample_configs(ctx, budget, hparams)  # every trial trains >= 1 epoch: enough to spend the budget
     scheduler = ASHAScheduler(max_t=epochs, grace_period=1, reduction_factor=ASHA_REDUCTION)
     trials, seconds, folder = _fit(
         ctx, "ray-asha", configs, sizes, scheduler=scheduler, stop=_budget_stopper(budget), checkpoint_every=0,

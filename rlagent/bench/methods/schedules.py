@@ -10,17 +10,14 @@ import numpy as np
 import torch
 
 from rlagent.bench.methods.base import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_LR,
     MethodResult,
     TrialContext,
-    clip_hparams,
     constant_schedule,
     extra_inputs,
     make_result,
-    n_train,
     require,
     train_run,
+    workload_hparams,
 )
 from rlagent.errors import RLAgentError
 from rlagent.training import Trainer
@@ -28,7 +25,8 @@ from rlagent.training import Trainer
 
 def constant(ctx: TrialContext) -> list[MethodResult]:
     """Adam's textbook default: LR 1e-3, batch size 32 (clipped to the ranges), all E epochs."""
-    lr, bs = clip_hparams(ctx, DEFAULT_LR, DEFAULT_BATCH_SIZE, n_train(ctx))
+    hp = workload_hparams(ctx)
+    lr, bs = hp.lr, hp.batch_size
     return [make_result(ctx, "constant", train_run(ctx, constant_schedule(lr, bs)), {"lr": lr, "batch_size": bs})]
 
 
@@ -39,7 +37,8 @@ def cosine(ctx: TrialContext) -> list[MethodResult]:
     may go below the LR range. Its cost is E epochs plus the random search it reuses.
     """
     best_lr, best_bs = extra_inputs(ctx, "cosine", "best_lr", "best_batch_size")
-    lr0, bs = clip_hparams(ctx, best_lr, best_bs, n_train(ctx))
+    hp = workload_hparams(ctx).with_values(best_lr, best_bs)
+    lr0, bs = hp.lr, hp.batch_size
     epochs = ctx.workload.epochs
 
     def decide(epoch: int, history: Sequence[dict[str, Any]], trainer: Trainer) -> tuple[float, int]:
@@ -51,7 +50,8 @@ def cosine(ctx: TrialContext) -> list[MethodResult]:
 
 def plateau(ctx: TrialContext) -> list[MethodResult]:
     """``ReduceLROnPlateau`` on validation loss (min, factor 0.5, patience 2) from LR 1e-3, batch 32."""
-    lr0, bs = clip_hparams(ctx, DEFAULT_LR, DEFAULT_BATCH_SIZE, n_train(ctx))
+    hp = workload_hparams(ctx)
+    lr0, bs = hp.lr, hp.batch_size
     scheduler: list[torch.optim.lr_scheduler.ReduceLROnPlateau] = []
 
     def decide(epoch: int, history: Sequence[dict[str, Any]], trainer: Trainer) -> tuple[float, int]:
@@ -71,7 +71,7 @@ def plateau(ctx: TrialContext) -> list[MethodResult]:
 def _optimizer_free(ctx: TrialContext, method: str, module: str, name: str) -> list[MethodResult]:
     """A learning-rate-free optimiser at its defaults, batch size 32, E epochs."""
     cls = getattr(require(module, method), name)
-    _, bs = clip_hparams(ctx, DEFAULT_LR, DEFAULT_BATCH_SIZE, n_train(ctx))
+    bs = workload_hparams(ctx).batch_size
     out = train_run(ctx, lambda epoch, history, trainer: (trainer.lr, bs), optimizer=lambda params: cls(params))
     return [make_result(ctx, method, out, {"optimizer": f"{module}.{name}", "batch_size": bs})]
 
@@ -94,8 +94,8 @@ def open_loop(ctx: TrialContext) -> list[MethodResult]:
     (schedule,) = extra_inputs(ctx, "open-loop", "schedule")
     if len(schedule) != ctx.workload.epochs:
         raise RLAgentError(f"open-loop: the schedule has {len(schedule)} epochs; expected {ctx.workload.epochs}")
-    n = n_train(ctx)
-    used = [clip_hparams(ctx, lr, bs, n) for lr, bs in schedule]
+    hp = workload_hparams(ctx)
+    used = [(h.lr, h.batch_size) for h in (hp.with_values(lr, bs) for lr, bs in schedule)]
     out = train_run(ctx, lambda epoch, history, trainer: used[epoch])
     return [make_result(ctx, "open-loop", out, {"schedule": [list(s) for s in used]})]
 

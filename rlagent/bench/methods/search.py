@@ -14,15 +14,14 @@ from rlagent.bench.methods.base import (
     MethodResult,
     Outcome,
     TrialContext,
-    batch_sizes,
     best_index,
     constant_schedule,
     make_result,
     method_rng,
-    n_train,
     require,
     sample_configs,
     train_run,
+    workload_hparams,
 )
 from rlagent.errors import RLAgentError
 
@@ -31,8 +30,7 @@ logger = logging.getLogger(__name__)
 
 def random_search(ctx: TrialContext) -> list[MethodResult]:
     """16 static configurations of E epochs; reported as the best of the first 1, 4 and 16."""
-    sizes = batch_sizes(ctx.workload, n_train(ctx))
-    configs = sample_configs(ctx, max(RANDOM_SIZES), sizes)
+    configs = sample_configs(ctx, max(RANDOM_SIZES), workload_hparams(ctx))
     runs = [train_run(ctx, constant_schedule(lr, bs)) for lr, bs in configs]
     trials = [
         {"lr": lr, "batch_size": bs, "val_acc": r.val_acc, "test_acc": r.test_acc, "diverged": r.diverged}
@@ -120,7 +118,7 @@ def tpe(ctx: TrialContext) -> list[MethodResult]:
     """
     optuna = require("optuna", "tpe")
     optuna_seed = int(method_rng(ctx, "tpe").integers(2**31 - 1))
-    sizes = batch_sizes(ctx.workload, n_train(ctx))
+    sizes = workload_hparams(ctx).batch_sizes()
     study = _study(ctx, "tpe", sizes, sampler=optuna.samplers.TPESampler(seed=optuna_seed))
     complete = optuna.trial.TrialState.COMPLETE
 
@@ -153,7 +151,7 @@ def hyperband(ctx: TrialContext) -> list[MethodResult]:
     optuna = require("optuna", "hyperband")
     epochs = ctx.workload.epochs
     optuna_seed = int(method_rng(ctx, "hyperband").integers(2**31 - 1))
-    sizes = batch_sizes(ctx.workload, n_train(ctx))
+    sizes = workload_hparams(ctx).batch_sizes()
     pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=HYPERBAND_REDUCTION)
     study = _study(ctx, "hyperband", sizes, sampler=optuna.samplers.TPESampler(seed=optuna_seed), pruner=pruner)
     state = optuna.trial.TrialState
