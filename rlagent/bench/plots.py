@@ -14,7 +14,7 @@ from rlagent._io import optional_import
 from rlagent.bench.methods.base import MethodResult
 from rlagent.bench.report import POLICY_METHODS, BenchRow, method_key, policy_schedule
 
-__all__ = ["write_plots"]
+__all__ = ["accuracy_figure", "method_colours", "schedule_figure", "write_plots"]
 
 
 def _pyplot() -> Any:
@@ -45,26 +45,48 @@ def write_plots(rows: Sequence[BenchRow], results: Sequence[MethodResult], folde
     """
     plt = _pyplot()
     folder.mkdir(parents=True, exist_ok=True)
-    cmap = plt.get_cmap("tab20")
-    colour = {m: cmap(i % 20) for i, m in enumerate(sorted({r.method for r in rows}, key=method_key))}
+    colour = method_colours(rows)
     paths: dict[str, Path] = {}
     for workload in dict.fromkeys(r.workload for r in rows):
         path = folder / f"acc_vs_epochs__{_safe(workload)}.png"
-        _plot_accuracy(plt, [r for r in rows if r.workload == workload], colour, path)
+        _save(plt, accuracy_figure([r for r in rows if r.workload == workload], colour), path)
         paths[f"acc_vs_epochs:{workload}"] = path
         runs = [r for r in results if r.workload == workload and r.method == "policy" and r.details.get("history")]
         if runs:
             trained = any(r.trained_on for r in rows if r.workload == workload and r.method == "policy")
             path = folder / f"policy_schedule__{_safe(workload)}.png"
-            _plot_schedules(plt, sorted(runs, key=lambda r: r.seed), trained, path)
+            _save(plt, schedule_figure(sorted(runs, key=lambda r: r.seed), trained), path)
             paths[f"policy_schedule:{workload}"] = path
     return paths
 
 
-def _plot_accuracy(plt: Any, rows: Sequence[BenchRow], colour: Mapping[str, Any], path: Path) -> None:
+def _save(plt: Any, fig: Any, path: Path) -> None:
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def method_colours(rows: Sequence[BenchRow]) -> dict[str, Any]:
+    """One colour per method of ``rows``, the same on every workload's plot."""
+    cmap = _pyplot().get_cmap("tab20")
+    return {m: cmap(i % 20) for i, m in enumerate(sorted({r.method for r in rows}, key=method_key))}
+
+
+def accuracy_figure(rows: Sequence[BenchRow], colour: Mapping[str, Any] | None = None) -> Any:
+    """One workload's test accuracy (mean ± 95% CI) against epochs trained per seed, a point per method.
+
+    Methods of equal compute are dodged sideways by a few percent; the policy's rows are stars.
+
+    Args:
+        rows: The rows of one workload (:func:`~rlagent.bench.report.summarize`).
+        colour: Colour per method (default: :func:`method_colours` of ``rows``).
+
+    Returns:
+        The matplotlib figure (one axes).
+    """
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colour = colour or method_colours(rows)
+    fig, ax = _pyplot().subplots(figsize=(7, 4.5))
     lows, highs = [], []
     for r in rows:
         err = 0.0 if math.isnan(r.test_ci95) else r.test_ci95
@@ -97,14 +119,22 @@ def _plot_accuracy(plt: Any, rows: Sequence[BenchRow], colour: Mapping[str, Any]
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, ncol=2, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
-def _plot_schedules(plt: Any, runs: Sequence[MethodResult], trained: bool, path: Path) -> None:
+def schedule_figure(runs: Sequence[MethodResult], trained: bool) -> Any:
+    """The LR and batch size the policy chose each epoch, a line per seed, and their geometric mean.
+
+    Args:
+        runs: One workload's ``policy`` results, each with its per-epoch ``details["history"]``.
+        trained: Whether the policy was trained on this workload (said in the title).
+
+    Returns:
+        The matplotlib figure: LR above, batch size below.
+    """
     from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
-    fig, (ax_lr, ax_bs) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
+    fig, (ax_lr, ax_bs) = _pyplot().subplots(2, 1, figsize=(7, 5.5), sharex=True)
     for r in runs:
         hist = r.details["history"]
         epochs = [h.get("epoch", i + 1) for i, h in enumerate(hist)]
@@ -127,5 +157,4 @@ def _plot_schedules(plt: Any, runs: Sequence[MethodResult], trained: bool, path:
     note = "\nthe policy was TRAINED on this workload: not a held-out result" if trained else ""
     ax_lr.set_title(f"{runs[0].workload}: LR and batch size the policy chose, per seed{note}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
