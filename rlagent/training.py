@@ -1,6 +1,6 @@
 """The one training loop: one epoch of minibatch training at a given LR and batch size.
 
-The environment, the ``tune`` API and every baseline take their epochs through
+The environment, ``train_with_policy`` and every baseline take their epochs through
 :func:`run_epoch` — apply the hyperparameters, train one epoch with :class:`Trainer`, evaluate
 on validation, apply the one divergence rule, update the run's :class:`RunTracker` — so an
 "epoch" costs and means the same everywhere and comparisons between tuners are fair. The run's
@@ -67,7 +67,7 @@ def log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
 class HParams:
     """A run's learning rate and batch size, and the ranges they are kept in.
 
-    Every change goes through :meth:`scaled` (or :meth:`clipped`), so the env, ``tune``,
+    Every change goes through :meth:`scaled` (or :meth:`clipped`), so the env, ``train_with_policy``,
     ``Controller`` and every baseline clip the same way.
     """
 
