@@ -92,9 +92,7 @@ _WORKER = _WorkerState()  # per worker process: set up once by use_slot
 def use_slot(slot: WorkerSlot, *, cuda: bool = True) -> None:
     """Run this process's tasks in ``slot``: apply its threads and (with ``cuda``) its device."""
     _WORKER.slot = slot
-    torch.set_num_threads(slot.num_threads)
-    if cuda and slot.cuda_index is not None:  # the parent's set_device does not carry over
-        torch.cuda.set_device(slot.cuda_index)
+    slot.apply(cuda=cuda)
     # Pay one-time costs now, so that no task's wall time includes them: imports of sklearn
     # (datasets) and of torch's compiler stack (the first optimiser built imports it).
     import sklearn.datasets  # noqa: F401

@@ -16,7 +16,6 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import gymnasium as gym
-import torch
 from stable_baselines3.common.env_util import is_wrapped
 from stable_baselines3.common.vec_env.base_vec_env import CloudpickleWrapper
 
@@ -30,14 +29,6 @@ def _workload_of(env: gym.Env | None) -> str | None:
         return getattr(env.unwrapped, "workload_name", None)
     except Exception:  # noqa: BLE001 - a broken env must not hide the original error
         return None
-
-
-def _setup_worker(slot: WorkerSlot) -> None:
-    """Apply the slot's thread count and GPU before the env (or anything else) touches CUDA."""
-    torch.set_num_threads(slot.num_threads)
-    if slot.cuda_index is not None:
-        # The parent's ``set_device`` does not carry over to a child process.
-        torch.cuda.set_device(slot.cuda_index)
 
 
 class _MissingAttr(Exception):
@@ -114,7 +105,7 @@ def _worker(conn: Connection, env_fn: CloudpickleWrapper, slot: WorkerSlot, inde
     env: gym.Env | None = None
     try:
         try:
-            _setup_worker(slot)
+            slot.apply()
             env = env_fn.var(slot)
             if not isinstance(env, gym.Env):
                 raise TypeError(f"env factory returned {type(env).__name__}, not a gymnasium.Env")

@@ -35,6 +35,16 @@ class WorkerSlot:
         if self.num_threads < 1:
             raise ValueError(f"WorkerSlot.num_threads must be >= 1, got {self.num_threads!r}")
 
+    def apply(self, *, cuda: bool = True) -> None:
+        """Run this process in the slot: its torch threads and, for ``cuda:K``, its current GPU.
+
+        Call it in the worker before anything touches CUDA: a parent's ``set_device`` does not
+        carry over to a child process. ``cuda=False`` leaves the device alone.
+        """
+        torch.set_num_threads(self.num_threads)
+        if cuda and self.cuda_index is not None:
+            torch.cuda.set_device(self.cuda_index)
+
     @property
     def cuda_index(self) -> int | None:
         """Index ``K`` of a ``"cuda:K"`` device, or None for the CPU."""

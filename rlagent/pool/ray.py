@@ -41,7 +41,7 @@ from rlagent.errors import RLAgentError
 # way.
 from rlagent.pool._base import _WorkerPool
 from rlagent.pool._supervisor import EnvFn, _Dead
-from rlagent.pool._worker import _error_details, _handle, _MissingAttr, _setup_worker
+from rlagent.pool._worker import _error_details, _handle, _MissingAttr
 from rlagent.pool.devices import WorkerSlot, plan_workers, visible_cpu_count
 from rlagent.pool.factory import EnvFactory, training_workloads
 
@@ -77,7 +77,7 @@ class _EnvActor:
         self._build_error: dict[str, Any] | None = None
         env = None
         try:
-            _setup_worker(slot)
+            slot.apply()
             env = env_fn(slot)
             if not isinstance(env, gym.Env):
                 raise TypeError(f"env factory returned {type(env).__name__}, not a gymnasium.Env")

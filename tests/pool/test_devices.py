@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
 
 from rlagent.pool.devices import WorkerSlot, plan_workers, visible_cpu_count
 
@@ -103,3 +104,13 @@ def test_worker_slot_is_frozen_and_validated() -> None:
         WorkerSlot("cpu", 0)
     assert slot.cuda_index is None
     assert WorkerSlot("cuda:3", 1).cuda_index == 3
+
+
+def test_applying_a_slot_sets_threads_and_only_the_asked_for_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, int]] = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(("threads", n)))
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: calls.append(("device", i)))
+    WorkerSlot("cpu", 3).apply()
+    WorkerSlot("cuda:2", 1).apply()
+    WorkerSlot("cuda:1", 2).apply(cuda=False)  # e.g. a Ray task that holds no GPU
+    assert calls == [("threads", 3), ("threads", 1), ("device", 2), ("threads", 2)]
