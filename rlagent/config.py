@@ -208,7 +208,8 @@ def _build(cls: type, data: Any, where: str) -> Any:
 def check_factory_args(spec: WorkloadSpec) -> None:
     """Refuse ``model_args`` / ``dataset_args`` the workload's factories do not accept.
 
-    Reads the factories' signatures (``inspect.signature``); nothing is built. A model factory is
+    Reads the factories' signatures (``inspect.signature``); nothing is built. A user factory that
+    cannot be imported here is left to fail where it is used. A model factory is
     called as ``factory(input_shape, num_classes, **model_args)``, a dataset factory as
     ``factory(**dataset_args)``.
 
@@ -221,10 +222,12 @@ def check_factory_args(spec: WorkloadSpec) -> None:
         ("dataset", spec.dataset_args, DATASETS, 0),
     ):
         ref = getattr(spec, kind)
-        factory = table[ref] if ref in table else import_factory(ref, f"{where}.{kind}")
         try:
+            factory = table[ref] if ref in table else import_factory(ref, f"{where}.{kind}")
             params = list(inspect.signature(factory).parameters.values())[skip:]
-        except (TypeError, ValueError):  # no introspectable signature: the call will tell
+        except (SpecError, TypeError, ValueError):
+            # Not importable here (it may be on the workers only) or no introspectable
+            # signature: the call itself will tell, where the workload is built.
             continue
         if any(p.kind is p.VAR_KEYWORD for p in params):
             continue
