@@ -3,8 +3,8 @@
 Both files are untrusted, so neither may cost more than a policy of the allow-listed size:
 
 * ``policy.json`` is refused above :data:`MAX_JSON_BYTES`, nested deeper than
-  :data:`MAX_JSON_DEPTH`, or holding NaN/infinite numbers or integers of more than
-  :data:`MAX_INT_DIGITS` digits; its content is covered by ``json_sha256``, the SHA-256 of its
+  :data:`MAX_JSON_DEPTH`, holding more than :data:`MAX_JSON_VALUES` values, NaN/infinite
+  numbers or integers of more than :data:`MAX_INT_DIGITS` digits; its content is covered by ``json_sha256``, the SHA-256 of its
   canonical encoding (:func:`json_digest`), so editing the JSON alone is noticed.
 * ``policy.safetensors`` is first compared by size with what the JSON's architecture needs
   (:func:`expected_shapes`), then hashed in a stream, then its header (names, dtypes, shapes,
@@ -33,11 +33,14 @@ MAX_JSON_BYTES = 1024 * 1024
 MAX_JSON_DEPTH = 32
 """Deepest nesting of objects/arrays accepted in ``policy.json`` (a real one nests 5 deep)."""
 MAX_INT_DIGITS = 40
-"""Longest integer literal accepted in ``policy.json``."""
+"""Longest integer accepted in ``policy.json`` (longer than ~4300 digits fails to parse at all)."""
+MAX_JSON_VALUES = 100_000
+"""Most values (array items and object members) in ``policy.json`` (a real one has ~200)."""
 MAX_PARAMS = 2_000_000
 """Most parameters an allow-listed policy may have (8 MB of float32; the shipped one has ~11k)."""
 DIGEST_FIELD = "json_sha256"
 """Field of ``policy.json`` holding :func:`json_digest` of the rest of the document."""
+_MAX_INT_BITS = int(MAX_INT_DIGITS * math.log2(10)) + 1
 _BYTES_PER_PARAM = 4  # SB3 policies are float32
 _HEADER_BASE = 4096
 _HEADER_PER_TENSOR = 256
@@ -46,36 +49,28 @@ _HEADER_PER_TENSOR = 256
 # --------------------------------------------------------------------------------------- JSON
 
 
-def _parse_int(text: str) -> int:
-    if len(text.lstrip("-")) > MAX_INT_DIGITS:
-        raise ValueError(f"an integer of {len(text)} digits (at most {MAX_INT_DIGITS})")
-    return int(text)
-
-
-def _parse_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"the number {text[:40]} does not fit a float")
-    return value
-
-
 def _parse_constant(text: str) -> float:
     raise ValueError(f"{text} is not a JSON number")
 
 
-def _depth(doc: Any) -> int:
-    """Nesting depth of parsed JSON, without recursion."""
-    deepest, stack = 0, [(doc, 1)]
+def _check_values(doc: Any, what: str) -> None:
+    """Depth, value count and numbers of parsed JSON, without recursion; stops at the first excess."""
+    count, stack = 0, [(doc, 1)]
     while stack:
         value, depth = stack.pop()
-        deepest = max(deepest, depth)
         if depth > MAX_JSON_DEPTH:
-            break
-        if isinstance(value, dict):
-            stack.extend((v, depth + 1) for v in value.values())
-        elif isinstance(value, list):
-            stack.extend((v, depth + 1) for v in value)
-    return deepest
+            raise PolicyFileError(f"{what} is nested too deeply (at most {MAX_JSON_DEPTH} levels)")
+        children = list(value.values()) if isinstance(value, dict) else value
+        count += len(children)
+        if count > MAX_JSON_VALUES:
+            raise PolicyFileError(f"{what} holds more than {MAX_JSON_VALUES} values, more than a policy file can")
+        for child in children:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+            elif isinstance(child, float) and not math.isfinite(child):
+                raise PolicyFileError(f"{what} is not valid JSON: a number too large for a float")
+            elif isinstance(child, int) and child.bit_length() > _MAX_INT_BITS:
+                raise PolicyFileError(f"{what} is not valid JSON: an integer of more than {MAX_INT_DIGITS} digits")
 
 
 def loads_bounded(data: bytes, what: str) -> Any:
@@ -89,15 +84,12 @@ def loads_bounded(data: bytes, what: str) -> Any:
         The parsed document.
     """
     try:
-        doc = json.loads(
-            data.decode("utf-8"), parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant
-        )
+        doc = json.loads(data.decode("utf-8"), parse_constant=_parse_constant)
     except RecursionError:
         raise PolicyFileError(f"{what} is nested too deeply (at most {MAX_JSON_DEPTH} levels)") from None
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise PolicyFileError(f"{what} is not valid JSON (truncated or corrupt?): {str(exc)[:200]}") from None
-    if _depth(doc) > MAX_JSON_DEPTH:
-        raise PolicyFileError(f"{what} is nested too deeply (at most {MAX_JSON_DEPTH} levels)")
+    _check_values([doc], what)
     return doc
 
 

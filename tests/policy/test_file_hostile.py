@@ -122,6 +122,11 @@ def test_deeply_nested_json(policy: Path) -> None:
     _refused(policy, "nested too deeply")
 
 
+def test_json_with_too_many_values(policy: Path) -> None:
+    _edit(policy, lambda d: d["training"].__setitem__("x", [0] * 200_000))
+    _refused(policy, "more than 100000 values")
+
+
 @pytest.mark.parametrize("literal", ["1" * 5000, "1e999", "NaN", "-Infinity"])
 def test_numbers_that_are_not_numbers(policy: Path, literal: str) -> None:
     text = (policy / JSON_NAME).read_text().replace('"clip_obs": 10.0', f'"clip_obs": {literal}')
