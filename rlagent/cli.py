@@ -83,6 +83,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=str(c.out), help="policy directory to write")
     p.add_argument("--run-dir", default=None, help="checkpoints and logs (default runs/SPEC__NAME__SEED)")
     p.add_argument("--resume", default=None, help="checkpoint (or folder of checkpoints) to continue from")
+    p.add_argument(
+        "--allow-spec-change", action="store_true", help="resume a checkpoint of another spec (both are recorded)"
+    )
     p.add_argument("--tensorboard", default=None, help="TensorBoard log directory")
     p.add_argument(
         "--checkpoint-every", type=int, default=c.checkpoint_every, help="env steps between checkpoints (0: none)"
@@ -110,13 +113,14 @@ def run_training(args: argparse.Namespace, command: str) -> TrainResult:
         spec=args.spec, timesteps=args.timesteps, n_envs=args.n_envs, devices=args.devices, seed=args.seed,
         out=args.out, run_dir=args.run_dir, resume=args.resume, tensorboard=args.tensorboard,
         checkpoint_every=args.checkpoint_every, ppo=ppo, progress=not args.no_progress,
-        metadata={"command": command}, max_minutes=args.max_minutes,
+        metadata={"command": command}, max_minutes=args.max_minutes, allow_spec_change=args.allow_spec_change,
     )  # fmt: skip
     venv = None
     if args.backend == "ray":
-        venv = make_pool(
-            load_spec(args.spec), backend="ray", n_envs=args.n_envs, devices=args.devices, address=args.address
-        )
+        from rlagent.policy.preflight import check_training
+
+        spec = check_training(config, check_devices_=False).spec  # before starting Ray
+        venv = make_pool(spec, backend="ray", n_envs=args.n_envs, devices=args.devices, address=args.address)
     return train_policy(config, venv=venv)
 
 
@@ -256,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         args.func(args)
-    except (RLAgentError, ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
+    except (RLAgentError, ValueError, OSError, ImportError) as exc:
         print(f"rlagent {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

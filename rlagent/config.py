@@ -10,6 +10,7 @@ and the value.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import tomllib
 from collections.abc import Mapping
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rlagent.errors import SpecError
-from rlagent.workloads import BUILTIN_WORKLOADS, WorkloadSpec, check_range
+from rlagent.workloads import BUILTIN_WORKLOADS, DATASETS, MODELS, WorkloadSpec, check_range, import_factory
 
 ACTIONS = ("discrete", "continuous")
 REWARDS = ("val_acc", "best_improvement", "final")
@@ -204,6 +205,43 @@ def _build(cls: type, data: Any, where: str) -> Any:
         raise SpecError(where or "spec", dict(data), f"valid fields ({exc})") from exc
 
 
+def check_factory_args(spec: WorkloadSpec) -> None:
+    """Refuse ``model_args`` / ``dataset_args`` the workload's factories do not accept.
+
+    Reads the factories' signatures (``inspect.signature``); nothing is built. A user factory that
+    cannot be imported here is left to fail where it is used. A model factory is
+    called as ``factory(input_shape, num_classes, **model_args)``, a dataset factory as
+    ``factory(**dataset_args)``.
+
+    Raises:
+        SpecError: Naming the workload, the key and the arguments the factory accepts.
+    """
+    where = f"workloads.define.{spec.name}"
+    for kind, args, table, skip in (
+        ("model", spec.model_args, MODELS, 2),
+        ("dataset", spec.dataset_args, DATASETS, 0),
+    ):
+        ref = getattr(spec, kind)
+        try:
+            factory = table[ref] if ref in table else import_factory(ref, f"{where}.{kind}")
+            params = list(inspect.signature(factory).parameters.values())[skip:]
+        except (SpecError, TypeError, ValueError):
+            # Not importable here (it may be on the workers only) or no introspectable
+            # signature: the call itself will tell, where the workload is built.
+            continue
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            continue
+        accepted = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        for key in args:
+            if key not in accepted:
+                raise SpecError(
+                    f"{where}.{kind}_args.{key}", args[key], f"an argument of {kind} {ref!r}: one of {accepted}"
+                )
+        missing = [p.name for p in params if p.name in accepted and p.default is p.empty and p.name not in args]
+        if missing:
+            raise SpecError(f"{where}.{kind}_args", dict(args), f"values for the required arguments {missing}")
+
+
 def spec_from_dict(data: Mapping[str, Any]) -> EnvSpec:
     """Validate a parsed spec (e.g. a TOML document) and build an :class:`EnvSpec`."""
     if not isinstance(data, Mapping):
@@ -227,6 +265,7 @@ def spec_from_dict(data: Mapping[str, Any]) -> EnvSpec:
         if not isinstance(table, Mapping):
             raise SpecError(f"workloads.define.{name}", table, "a table")
         defined[name] = _build(WorkloadSpec, {"name": name, **table}, f"workloads.define.{name}")
+        check_factory_args(defined[name])
     wl["define"] = defined
     data["workloads"] = _build(WorkloadSet, wl, "workloads")
     return _build(EnvSpec, data, "")

@@ -301,24 +301,39 @@ def import_factory(ref: str, what: str) -> Callable[..., Any]:
 
 
 def as_split(obj: Any, what: str) -> Split:
-    """Accept ``(x, y)`` tensors/arrays or a torch ``Dataset`` yielding ``(x, y)`` items."""
+    """Accept ``(x, y)`` tensors/arrays or a torch ``Dataset`` yielding ``(x, y)`` items.
+
+    Raises:
+        SpecError: Naming ``what`` if it is neither, if an item is not an ``(x, y)`` pair, if the
+            data are not numeric, if the rows do not match, or if labels are not whole numbers.
+    """
     if isinstance(obj, Split):
         return obj
-    if isinstance(obj, (tuple, list)) and len(obj) == 2:
-        x, y = obj
-    elif isinstance(obj, torch.utils.data.Dataset):
-        items = [obj[i] for i in range(len(obj))]  # type: ignore[arg-type]
-        if not items:
-            raise ValueError(f"{what}: the dataset is empty")
-        x = torch.stack([torch.as_tensor(i[0]) for i in items])
-        y = torch.as_tensor([int(i[1]) for i in items])
-    else:
-        raise TypeError(f"{what}: expected (x, y) or a torch Dataset of (x, y), got {type(obj).__name__}")
-    x = torch.as_tensor(x, dtype=torch.float32)
-    y = torch.as_tensor(y).long()
-    if x.shape[0] != y.shape[0] or y.ndim != 1:
-        raise ValueError(f"{what}: x has {x.shape[0]} rows but y has shape {tuple(y.shape)}")
-    return Split(x, y)
+    pairs = (tuple, list)
+    try:
+        if isinstance(obj, pairs) and len(obj) == 2:
+            x, y = obj
+        elif isinstance(obj, torch.utils.data.Dataset):
+            items = [obj[i] for i in range(len(obj))]  # type: ignore[arg-type]
+            bad = next((i for i, item in enumerate(items) if not (isinstance(item, pairs) and len(item) == 2)), None)
+            if bad is not None:
+                raise SpecError(f"{what}[{bad}]", type(items[bad]).__name__, "an (x, y) tuple")
+            x = torch.stack([torch.as_tensor(i[0]) for i in items]) if items else torch.zeros(0)
+            y = torch.as_tensor([torch.as_tensor(i[1]).item() for i in items])
+        else:
+            raise SpecError(what, type(obj).__name__, "(x, y) tensors/arrays or a torch Dataset of (x, y) items")
+        x, y = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y)
+    except (TypeError, ValueError, RuntimeError, IndexError, KeyError) as exc:
+        if isinstance(exc, SpecError):
+            raise
+        raise SpecError(what, type(obj).__name__, f"numeric (x, y) data ({type(exc).__name__}: {exc})") from None
+    if y.ndim != 1 or x.ndim < 1 or x.shape[0] != y.shape[0]:
+        raise SpecError(what, f"x of shape {tuple(x.shape)}, y of shape {tuple(y.shape)}", "one label per row of x")
+    if y.dtype == torch.bool or y.is_complex():
+        raise SpecError(f"{what} labels", str(y.dtype), "integer class labels")
+    if y.is_floating_point() and not bool((torch.isfinite(y) & (y == y.round())).all()):
+        raise SpecError(f"{what} labels", "non-integer values", "integer class labels (floats would be truncated)")
+    return Split(x, y.long())
 
 
 @dataclass

@@ -207,3 +207,18 @@ def test_spec_error_is_a_value_error() -> None:
     assert isinstance(err, ValueError)
     assert (err.field, err.value, err.allowed) == ("episode.epochs", "ten", "an integer >= 1")
     assert str(err) == "episode.epochs: got 'ten'; expected an integer >= 1"
+
+
+@pytest.mark.parametrize(
+    ("table", "text"),
+    [
+        ({"model": "mlp", "model_args": {"hiden": [8]}}, "workloads.define.w.model_args.hiden: got [8]; expected an argument of model 'mlp': one of ['hidden']"),
+        ({"model": "cnn1d", "dataset_args": {"num_sample": 10}}, "dataset_args.num_sample: got 10; expected an argument of dataset 'synthetic'"),
+        ({"model": "tests._user_workload:make_model", "model_args": {"bogus": 1}}, "model_args.bogus"),
+    ],
+)  # fmt: skip
+def test_typo_in_factory_arguments_is_refused_when_the_spec_loads(table: dict, text: str) -> None:
+    define = {"w": {"dataset": "synthetic", **table}}
+    with pytest.raises(SpecError) as info:
+        spec_from_dict({"workloads": {"train": ["w"], "define": define}})
+    assert text in str(info.value)

@@ -8,17 +8,13 @@ naming the field; the weights must match the recorded SHA-256 and fit the archit
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import safetensors.torch
 import torch
 from gymnasium import spaces
-from safetensors import SafetensorError
 from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
 
@@ -27,6 +23,7 @@ from rlagent.errors import PolicyFileError
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 _MAX_WIDTH = 4096
 _MAX_LAYERS = 8
+_MAX_ACTION_DIMS = 64
 
 
 def _field(doc: Mapping[str, Any], key: str, kind: type) -> Any:
@@ -104,15 +101,26 @@ def _parse_action_space(spec: dict[str, Any]) -> spaces.MultiDiscrete | spaces.B
     kind = spec.get("type")
     if kind == "MultiDiscrete":
         nvec = spec.get("nvec")
-        if not isinstance(nvec, list) or not nvec or not all(type(n) is int and 0 < n <= 1_000_000 for n in nvec):
-            raise PolicyFileError(f"policy.json: action_space.nvec must be positive integers, got {nvec!r:.100}")
+        if (
+            not isinstance(nvec, list)
+            or not 0 < len(nvec) <= _MAX_ACTION_DIMS
+            or not all(type(n) is int and 0 < n <= 1_000_000 for n in nvec)
+        ):
+            raise PolicyFileError(
+                f"policy.json: action_space.nvec must be 1..{_MAX_ACTION_DIMS} integers in 1..1000000, got {nvec!r:.100}"
+            )
         return spaces.MultiDiscrete(nvec)
     if kind == "Box":
         return _parse_box(spec, "action_space")
     raise PolicyFileError(f"policy.json: action_space.type must be 'MultiDiscrete' or 'Box', found {kind!r:.50}")
 
 
-def _parse_normalizer(spec: Any, n_features: int) -> dict[str, Any] | None:
+_NORMALIZER_BOUNDS = {"count": (0.0, 1e15), "clip_obs": (0.0, 1e4), "epsilon": (0.0, 1e-2)}
+"""Open-closed intervals (low, high] of the normaliser's scalars (SB3: count 1e-4.., 10, 1e-8)."""
+
+
+def _parse_normalizer(spec: Any, obs_space: spaces.Box) -> dict[str, Any] | None:
+    n_features = obs_space.shape[0]
     if spec is ...:
         raise PolicyFileError("policy.json: missing field 'normalizer' (null if none)")
     if spec is None:
@@ -127,15 +135,70 @@ def _parse_normalizer(spec: Any, n_features: int) -> dict[str, Any] | None:
         )
     if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(var)) and np.all(var >= 0)):
         raise PolicyFileError("policy.json: normalizer mean/var must be finite, var >= 0")
+    # Statistics of observations inside the space: the mean lies in it, the variance is at most
+    # its width squared (1 for narrow features: SB3 starts from var = 1).
+    low, high = obs_space.low.astype(np.float64), obs_space.high.astype(np.float64)
+    width = np.where(np.isfinite(high - low), high - low, np.inf)
+    outside = [i for i in range(n_features) if not low[i] - 1e-6 <= mean[i] <= high[i] + 1e-6]
+    too_wide = [i for i in range(n_features) if var[i] > max(1.0, width[i] ** 2) * (1 + 1e-6)]
+    if outside or too_wide:
+        raise PolicyFileError(
+            f"policy.json: normalizer statistics do not fit the observation space: mean outside [low, high] "
+            f"at {outside[:10]}, var above max(1, (high - low)^2) at {too_wide[:10]}"
+        )
     scalars = {}
-    for key in ("count", "clip_obs", "epsilon"):
+    for key, (lo, hi) in _NORMALIZER_BOUNDS.items():
         value = spec.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise PolicyFileError(f"policy.json: normalizer.{key} must be a number")
-        if not (math.isfinite(value) and value > 0):
-            raise PolicyFileError(f"policy.json: normalizer.{key} must be positive, got {value}")
+            raise PolicyFileError(f"policy.json: normalizer.{key} must be a number, found {value!r:.50}")
+        if not (math.isfinite(value) and lo < value <= hi):
+            raise PolicyFileError(f"policy.json: normalizer.{key} must be in ({lo:g}, {hi:g}], got {value!r}")
         scalars[key] = float(value)
     return {"mean": mean.tolist(), "var": var.tolist(), **scalars}
+
+
+LR_BOUNDS = (1e-8, 10.0)
+"""Learning rates a policy's recorded ``lr_range`` may span."""
+BATCH_SIZE_BOUNDS = (1, 2**20)
+"""Batch sizes a policy's recorded ``batch_size_range`` may span."""
+
+
+def _check_recorded_range(value: Any, what: str, bounds: tuple[float, float], integer: bool) -> None:
+    if value is None:
+        return
+    kinds = (int,) if integer else (int, float)
+    ok = (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, kinds) and not isinstance(v, bool) for v in value)
+        and bounds[0] <= value[0] < value[1] <= bounds[1]
+    )
+    if not ok:
+        kind = "integers" if integer else "numbers"
+        raise PolicyFileError(
+            f"policy.json: {what} must be null or [low, high] of {kind} with {bounds[0]:g} <= low < high <= "
+            f"{bounds[1]:g}, found {value!r:.80}"
+        )
+
+
+def _parse_training(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The free training record, with the parts rlagent reads (spec ranges, workloads) checked."""
+    training = _field(doc, "training", dict)
+    for key in ("trained_on", "held_out"):
+        names = training.get(key, [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise PolicyFileError(f"policy.json: training.{key} must be a list of workload names, found {names!r:.80}")
+    spec = training.get("spec", {})
+    if not isinstance(spec, dict):
+        raise PolicyFileError(f"policy.json: training.spec must be an object, found {spec!r:.80}")
+    episode = spec.get("episode", {})
+    if not isinstance(episode, dict):
+        raise PolicyFileError(f"policy.json: training.spec.episode must be an object, found {episode!r:.80}")
+    _check_recorded_range(episode.get("lr_range"), "training.spec.episode.lr_range", LR_BOUNDS, False)
+    _check_recorded_range(
+        episode.get("batch_size_range"), "training.spec.episode.batch_size_range", BATCH_SIZE_BOUNDS, True
+    )
+    return training
 
 
 def _check_architecture(arch: Mapping[str, Any]) -> None:
@@ -160,22 +223,6 @@ def _check_architecture(arch: Mapping[str, Any]) -> None:
             or not all(type(n) is int and 0 < n <= _MAX_WIDTH for n in layers)
         ):
             raise PolicyFileError(f"architecture not allow-listed: net_arch[{key!r}] = {layers!r:.100}; {allowed}")
-
-
-def _read_weights(weights_path: Path, expected_sha: str) -> dict[str, torch.Tensor]:
-    if not weights_path.is_file():
-        raise PolicyFileError(f"missing file: {weights_path}")
-    data = weights_path.read_bytes()  # hash and parse the same bytes
-    found_sha = hashlib.sha256(data).hexdigest()
-    if found_sha != expected_sha.lower():
-        raise PolicyFileError(
-            f"sha256 mismatch for {weights_path}: policy.json records {expected_sha[:16]}..., "
-            f"file has {found_sha[:16]}... (weights swapped, modified or truncated)"
-        )
-    try:
-        return safetensors.torch.load(data)
-    except (SafetensorError, ValueError, TypeError, RuntimeError, OverflowError) as exc:
-        raise PolicyFileError(f"{weights_path} is not a valid safetensors file (corrupt or truncated): {exc}") from None
 
 
 def _load_state(policy: ActorCriticPolicy, state: Mapping[str, torch.Tensor]) -> None:

@@ -1,9 +1,7 @@
-"""What ``policy.json`` records of a trained policy: spaces, normaliser, architecture, versions.
+"""Encoding a trained SB3 policy's spaces, normaliser and architecture for ``policy.json``.
 
-Each function turns one part of a trained SB3 model into plain JSON values, or refuses what a
-policy file cannot describe (a custom extractor, NaN bounds, a normaliser that does not fit)
-with a :class:`PolicyFileError`. :func:`rlagent.policy.file.save_policy` calls them; reading the
-values back is :mod:`rlagent.policy._checks`'s job.
+:func:`rlagent.policy.file.save_policy` calls these; each refuses (``PolicyFileError``) what the
+loader would refuse, so a policy that saves also loads.
 """
 
 from __future__ import annotations

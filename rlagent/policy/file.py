@@ -7,12 +7,14 @@ two plain files:
 * ``policy.safetensors`` -- the SB3 ``ActorCriticPolicy.state_dict()`` (tensors only);
 * ``policy.json`` -- everything else: format version, feature names, observation and action
   spaces, the observation normaliser's statistics, the network architecture (from an
-  allow-list), the weights file's SHA-256 and free training metadata.
+  allow-list), the weights file's SHA-256, free training metadata and ``json_sha256``, the
+  SHA-256 of the rest of the JSON, so that neither file can be edited unnoticed.
 
 Loading rebuilds the policy from the allow-listed architecture and copies the weights in with
-``load_state_dict(strict=True)``; nothing from the files is ever executed or unpickled. The
-checks of each field and of the weights are in ``rlagent.policy._checks``, the encoding of
-each part of a trained model in ``rlagent.policy._encode``.
+``load_state_dict(strict=True)``; nothing from the files is ever executed or unpickled. Reading
+is bounded (``rlagent.policy._integrity``): the JSON's size and nesting are capped and the weights
+file's size, header, shapes and dtypes are checked against the JSON's architecture before any
+tensor or network is built. The checks of each field are in ``rlagent.policy._checks``.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from rlagent.policy._checks import (
     _parse_feature_names,
     _parse_normalizer,
     _parse_obs_space,
-    _read_weights,
+    _parse_training,
 )
 from rlagent.policy._encode import (
     _architecture_of,
@@ -56,6 +58,15 @@ from rlagent.policy._encode import (
     _encode_normalizer,
     _encode_obs_space,
     _package_versions,
+)
+from rlagent.policy._integrity import (
+    DIGEST_FIELD,
+    check_json_digest,
+    check_param_count,
+    expected_shapes,
+    json_digest,
+    read_json,
+    read_weights,
 )
 
 __all__ = [
@@ -70,14 +81,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-"""Version of the policy directory layout written by :func:`save_policy`."""
+FORMAT_VERSION = 2
+"""Version of the policy directory layout written by :func:`save_policy` (2: ``policy.json`` is
+covered by its own ``json_sha256``; version 1 files had no such check and are not read)."""
 JSON_NAME = "policy.json"
 """Name of the description file inside a policy directory."""
 WEIGHTS_NAME = "policy.safetensors"
 """Name of the weights file inside a policy directory."""
-
-_MAX_JSON_BYTES = 16 * 1024 * 1024
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,7 +238,9 @@ def save_policy(
     tensors = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
     weights = safetensors.torch.save(tensors)
     doc["sha256"] = hashlib.sha256(weights).hexdigest()
-    text = json.dumps(doc, indent=2, allow_nan=False, default=json_default) + "\n"
+    doc = json.loads(json.dumps(doc, allow_nan=False, default=json_default))  # plain JSON, as it will be read
+    doc[DIGEST_FIELD] = json_digest(doc)
+    text = json.dumps(doc, indent=2, allow_nan=False) + "\n"
 
     if target.exists() and not _is_replaceable(target):
         raise FileExistsError(f"{target} exists and is not a policy directory; not overwriting")
@@ -273,25 +285,29 @@ def load_policy(
             are corrupt, tampered with or do not fit the architecture.
     """
     directory, json_path = _resolve(Path(path))
-    doc = _read_json(json_path)
+    doc = read_json(json_path)
     _check_version(doc, json_path)
+    check_json_digest(doc, json_path)
 
     feature_names = _parse_feature_names(doc)
     if expected_features is not None:
         _compare_features(feature_names, tuple(expected_features))
     obs_space = _parse_obs_space(_field(doc, "observation_space", dict), len(feature_names))
     action_space = _parse_action_space(_field(doc, "action_space", dict))
-    normalizer = _parse_normalizer(doc.get("normalizer", ...), len(feature_names))
+    normalizer = _parse_normalizer(doc.get("normalizer", ...), obs_space)
+    _parse_training(doc)
     arch = _field(doc, "architecture", dict)
     _check_architecture(arch)
+    shapes = expected_shapes(obs_space.shape[0], action_space, arch["net_arch"])
+    check_param_count(shapes)
 
     weights_file = doc.get("weights_file", WEIGHTS_NAME)
     if weights_file != WEIGHTS_NAME:
         raise PolicyFileError(
-            f"{json_path}: weights_file must be {WEIGHTS_NAME!r}, found {weights_file!r}; "
+            f"{json_path}: weights_file must be {WEIGHTS_NAME!r}, found {weights_file!r:.100}; "
             "only safetensors weights are loaded (pickled .zip/.pkl/.pt files never are)"
         )
-    state = _read_weights(directory / WEIGHTS_NAME, _field(doc, "sha256", str))
+    state = read_weights(directory / WEIGHTS_NAME, _field(doc, "sha256", str), shapes)
 
     policy = _build_policy(obs_space, action_space, arch)
     _load_state(policy, state)
@@ -322,25 +338,16 @@ def _resolve(path: Path) -> tuple[Path, Path]:
     return directory, json_path
 
 
-def _read_json(json_path: Path) -> dict[str, Any]:
-    size = json_path.stat().st_size
-    if size > _MAX_JSON_BYTES:
-        raise PolicyFileError(f"{json_path} is {size} bytes, more than a policy file can be")
-    try:
-        doc = json.loads(json_path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PolicyFileError(f"{json_path} is not valid JSON (truncated or corrupt?): {exc}") from None
-    if not isinstance(doc, dict):
-        raise PolicyFileError(f"{json_path} must hold a JSON object, found {type(doc).__name__}")
-    return doc
-
-
 def _check_version(doc: dict[str, Any], json_path: Path) -> None:
     found = doc.get("format_version")
     if type(found) is not int:
-        raise PolicyFileError(f"{json_path}: format_version must be the integer {FORMAT_VERSION}, found {found!r}")
+        raise PolicyFileError(f"{json_path}: format_version must be the integer {FORMAT_VERSION}, found {found!r:.50}")
     if found != FORMAT_VERSION:
-        hint = " (written by a newer rlagent?)" if found > FORMAT_VERSION else ""
+        hint = (
+            " (written by a newer rlagent?)"
+            if found > FORMAT_VERSION
+            else " (format 1 had no integrity check of policy.json: save the policy again with this rlagent)"
+        )
         raise PolicyFileError(
             f"{json_path}: unsupported format_version: expected {FORMAT_VERSION}, found {found}{hint}"
         )
@@ -356,5 +363,6 @@ def _build_policy(obs_space: spaces.Box, action_space: spaces.Space[Any], arch: 
             lr_schedule=lambda _: 0.0,
             net_arch={"pi": list(arch["net_arch"]["pi"]), "vf": list(arch["net_arch"]["vf"])},
             activation_fn=_ACTIVATIONS[arch["activation"]],
+            ortho_init=False,  # the weights are replaced: skip the costly orthogonal init
         )
     return policy

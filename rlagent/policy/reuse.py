@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,12 +24,13 @@ import torch
 from torch import nn
 
 from rlagent.config import EnvSpec, data_dir, load_spec
-from rlagent.env import HyperTuneEnv, decode_action
-from rlagent.errors import RLAgentError, SpecError
+from rlagent.env import HyperTuneEnv, action_space, decode_action
+from rlagent.errors import PolicyFileError, RLAgentError, SpecError
 from rlagent.features import RunTracker
+from rlagent.policy._args import check_device, check_hparams, check_num_classes, check_split, model_width
 from rlagent.policy.file import SavedPolicy, load_policy
 from rlagent.training import HParams, Trainer, run_epoch
-from rlagent.workloads import DEFAULT_BATCH_SIZE_RANGE, DEFAULT_LR_RANGE, as_split
+from rlagent.workloads import DEFAULT_BATCH_SIZE_RANGE, DEFAULT_LR_RANGE
 
 
 def policy_path(policy: str | Path) -> Path:
@@ -37,6 +39,8 @@ def policy_path(policy: str | Path) -> Path:
     Raises:
         RLAgentError: If it is neither (the message lists the shipped policies).
     """
+    if not isinstance(policy, (str, os.PathLike)):
+        raise SpecError("policy", policy, "a SavedPolicy, a policy directory or a shipped policy's name")
     p = Path(policy)
     if p.exists():
         return p
@@ -49,9 +53,13 @@ def policy_path(policy: str | Path) -> Path:
 
 def resolve_policy(policy: SavedPolicy | str | Path) -> SavedPolicy:
     """A loaded policy, from a path or the name of a shipped policy (``"default"``)."""
-    if isinstance(policy, SavedPolicy):
-        return policy
-    return load_policy(policy_path(policy))
+    saved = policy if isinstance(policy, SavedPolicy) else load_policy(policy_path(policy))
+    if saved.action_space not in (action_space("discrete"), action_space("continuous")):
+        raise PolicyFileError(
+            f"policy acts in {saved.action_space}; rlagent's actions are {action_space('discrete')} "
+            f"or {action_space('continuous')}"
+        )
+    return saved
 
 
 def action_kind(policy: SavedPolicy) -> str:
@@ -226,22 +234,33 @@ def train_with_policy(
         batch_size: Batch size before the policy's first change.
         lr_range: LR range; default: the range the policy was trained with.
         batch_size_range: Batch-size range; default: the policy's.
-        num_classes: Number of classes; default: inferred from the labels.
+        num_classes: Number of classes; default: inferred from the labels (then the largest
+            label + 1 must equal the model's output width).
         test_data: Optional data evaluated once at the end, for reporting only.
         seed: Seed of the shuffling order.
 
     Returns:
         The trained model, the per-epoch history and the final test accuracy.
+
+    Raises:
+        SpecError: Before any epoch is trained, naming the argument, the value and what is
+            allowed: labels that are not class indices below ``num_classes``, an empty split,
+            non-finite inputs, a model whose output width is not the number of classes, an
+            empty or inverted range, a device this machine lacks, ...
+        PolicyFileError: If the policy cannot be loaded.
     """
-    if device is None:
-        first = next(model.parameters(), None)
-        device = first.device if first is not None else torch.device("cpu")
-    train = as_split(train_data, "train_data").to(device)
-    val = as_split(val_data, "val_data").to(device)
-    test = as_split(test_data, "test_data").to(device) if test_data is not None else None
-    if num_classes is None:
-        num_classes = int(torch.cat([train.y, val.y]).max()) + 1
+    check_hparams(
+        epochs=epochs, lr=lr, batch_size=batch_size, lr_range=lr_range, batch_size_range=batch_size_range,
+        optimizer=optimizer, loss_fn=loss_fn, seed=seed, model=model,
+    )  # fmt: skip
+    device = check_device(device, model)
+    splits = {"train_data": check_split(train_data, "train_data", device)}
+    splits["val_data"] = check_split(val_data, "val_data", device)
+    if test_data is not None:
+        splits["test_data"] = check_split(test_data, "test_data", device)
+    train, val, test = splits["train_data"], splits["val_data"], splits.get("test_data")
     model = model.to(device)
+    num_classes = check_num_classes(num_classes, model_width(model, val), splits)
     ctl = Controller(
         policy, num_classes=num_classes, epochs=epochs, lr=lr, batch_size=batch_size,
         lr_range=lr_range, batch_size_range=batch_size_range, n_train=len(train),

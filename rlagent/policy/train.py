@@ -8,7 +8,6 @@ callback, atomic checkpoints that never pickle, and a saved policy in the safe f
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import time
@@ -19,24 +18,41 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import safetensors.torch
 import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from tqdm.auto import tqdm
 
-from rlagent._io import atomic_dir, optional_import, write_json_atomic
-from rlagent.config import EnvSpec, load_spec
-from rlagent.errors import RLAgentError, SpecError
-from rlagent.policy.file import load_policy, save_policy
+from rlagent._io import optional_import
+from rlagent.errors import SpecError
+from rlagent.policy._checks import _ACTIVATIONS, _MAX_LAYERS, _MAX_WIDTH
+from rlagent.policy.checkpoints import (
+    CHECKPOINT_FORMAT,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_checkpoint,
+    save_checkpoint,
+)
+from rlagent.policy.file import save_policy
+from rlagent.policy.preflight import check_training
 from rlagent.pool import make_pool
 from rlagent.pool.devices import WorkerSlot
 
 logger = logging.getLogger(__name__)
 
-ACTIVATIONS = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
-CHECKPOINT_FORMAT = 1
+ACTIVATIONS = _ACTIVATIONS
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "PPOSettings",
+    "TrainConfig",
+    "TrainResult",
+    "build_ppo",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "save_checkpoint",
+    "train_policy",
+]
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,13 @@ class PPOSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise SpecError(f"ppo.{name}", value, "an integer >= 1")
+        layers = self.net_arch
+        if (
+            not isinstance(layers, (tuple, list))
+            or len(layers) > _MAX_LAYERS
+            or not all(type(n) is int and 0 < n <= _MAX_WIDTH for n in layers)
+        ):
+            raise SpecError("ppo.net_arch", layers, f"at most {_MAX_LAYERS} layer widths, integers in 1..{_MAX_WIDTH}")
         if self.activation not in ACTIVATIONS:
             raise SpecError("ppo.activation", self.activation, f"one of {sorted(ACTIVATIONS)}")
         if not 0 < self.gamma <= 1:
@@ -112,6 +135,8 @@ class TrainConfig:
     """Extra fields for the saved policy's training record (e.g. the command line)."""
     max_minutes: float | None = None
     """Stop (and save as usual) after this much wall time, even before ``timesteps``."""
+    allow_spec_change: bool = False
+    """Resume a checkpoint trained with another spec (both are recorded); refused otherwise."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.timesteps, int) or self.timesteps < 1:
@@ -239,12 +264,20 @@ class TrainingMonitor(BaseCallback):
 class CheckpointEvery(BaseCallback):
     """Writes a checkpoint every ``every`` env steps (atomically; see :func:`save_checkpoint`)."""
 
-    def __init__(self, every: int, directory: Path, venv: VecNormalize | None, config: TrainConfig) -> None:
+    def __init__(
+        self,
+        every: int,
+        directory: Path,
+        venv: VecNormalize | None,
+        config: TrainConfig,
+        spec: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.every = every
         self.directory = directory
         self.venv = venv
         self.config = config
+        self.spec = spec
         self._next = 0
 
     def _on_training_start(self) -> None:
@@ -252,81 +285,10 @@ class CheckpointEvery(BaseCallback):
 
     def _on_step(self) -> bool:
         if self.num_timesteps >= self._next:
-            save_checkpoint(self.directory / f"step-{self.num_timesteps:09d}", self.model, self.venv, self.config)
+            path = self.directory / f"step-{self.num_timesteps:09d}"
+            save_checkpoint(path, self.model, self.venv, self.config, self.spec)
             self._next += self.every
         return True
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints: the policy in the safe policy format plus the PPO optimiser state in safetensors.
-
-
-def _config_json(config: TrainConfig) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
-
-
-def save_checkpoint(path: Path, model: PPO, venv: VecNormalize | None, config: TrainConfig) -> Path:
-    """Write everything needed to resume into ``path`` (a directory), atomically."""
-    with atomic_dir(path) as tmp:
-        save_policy(tmp / "policy", model, normalizer=venv, metadata={"checkpoint": True})
-        opt_state = model.policy.optimizer.state_dict()
-        tensors = {
-            f"state.{idx}.{key}": value.detach().cpu().contiguous()
-            for idx, entries in opt_state["state"].items()
-            for key, value in entries.items()
-        }
-        safetensors.torch.save_file(tensors, str(tmp / "optimizer.safetensors"))
-        state = {
-            "format_version": CHECKPOINT_FORMAT,
-            "num_timesteps": int(model.num_timesteps),
-            "n_updates": int(model._n_updates),
-            "param_groups": opt_state["param_groups"],
-            "config": _config_json(config),
-        }
-        write_json_atomic(tmp / "state.json", state, indent=2)
-    logger.info("checkpoint at %d steps: %s", model.num_timesteps, path)
-    return path
-
-
-def latest_checkpoint(path: str | Path) -> Path:
-    """``path`` itself if it is a checkpoint, else the newest checkpoint inside it."""
-    p = Path(path)
-    if (p / "state.json").is_file():
-        return p
-    found = sorted(c for c in p.glob("step-*") if (c / "state.json").is_file()) if p.is_dir() else []
-    if not found:
-        raise RLAgentError(f"resume: {p} is not a checkpoint and holds none (expected step-*/state.json)")
-    return found[-1]
-
-
-def load_checkpoint(path: Path, model: PPO, venv: VecNormalize | None) -> int:
-    """Restore policy, optimiser, normaliser and step count from a checkpoint; returns the steps."""
-    state = json.loads((path / "state.json").read_text())
-    if state.get("format_version") != CHECKPOINT_FORMAT:
-        raise RLAgentError(
-            f"resume: {path} has checkpoint format {state.get('format_version')}, expected {CHECKPOINT_FORMAT}"
-        )
-    saved = load_policy(path / "policy")
-    try:
-        model.policy.load_state_dict(saved.policy.state_dict(), strict=True)
-    except RuntimeError as exc:
-        raise RLAgentError(f"resume: {path} was trained with another network or action space ({exc})") from exc
-    tensors = safetensors.torch.load_file(str(path / "optimizer.safetensors"))
-    opt_state: dict[str, Any] = {"state": {}, "param_groups": state["param_groups"]}
-    for key, value in tensors.items():
-        _, idx, name = key.split(".", 2)
-        opt_state["state"].setdefault(int(idx), {})[name] = value
-    model.policy.optimizer.load_state_dict(opt_state)
-    if venv is not None and saved.normalizer is not None:
-        venv.obs_rms.mean = np.asarray(saved.normalizer["mean"], dtype=np.float64)
-        venv.obs_rms.var = np.asarray(saved.normalizer["var"], dtype=np.float64)
-        venv.obs_rms.count = float(saved.normalizer["count"])
-    model.num_timesteps = int(state["num_timesteps"])
-    model._n_updates = int(state["n_updates"])
-    return model.num_timesteps
-
-
-# ---------------------------------------------------------------------------------------------
 
 
 def build_ppo(venv: VecEnv, settings: PPOSettings, seed: int, tensorboard: str | Path | None) -> PPO:
@@ -361,12 +323,11 @@ def train_policy(config: TrainConfig, *, venv: VecEnv | None = None) -> TrainRes
     Returns:
         Where the policy went and how fast training ran.
     """
-    spec = load_spec(config.spec) if not isinstance(config.spec, EnvSpec) else config.spec
-    seed = spec.seed if config.seed is None else config.seed
-    out = Path(config.out)
-    run_dir = Path(config.run_dir) if config.run_dir else Path("runs") / f"{spec.name}__{out.name}__{seed}"
     if config.tensorboard:
         optional_import("tensorboard", extra="tensorboard", purpose="--tensorboard")
+    checked = check_training(config, check_devices_=venv is None)  # before any env step
+    spec, seed, out, run_dir = checked.spec, checked.seed, checked.out, checked.run_dir
+    spec_record = spec.to_dict()
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the policy is tiny; leave the cores to the env workers
@@ -381,15 +342,19 @@ def train_policy(config: TrainConfig, *, venv: VecEnv | None = None) -> TrainRes
         norm = VecNormalize(pool, norm_obs=True, norm_reward=False) if config.ppo.normalize_obs else None
         model = build_ppo(norm or pool, config.ppo, seed, config.tensorboard)
         done = 0
-        if config.resume:
-            ckpt = latest_checkpoint(config.resume)
-            done = load_checkpoint(ckpt, model, norm)
-            logger.info("resumed from %s at %d steps", ckpt, done)
+        resumed: dict[str, Any] = {}
+        if checked.checkpoint is not None:
+            ckpt = checked.checkpoint
+            done = restore_checkpoint(ckpt, model, norm)
+            logger.info("resumed from %s at %d steps", ckpt.path, done)
+            resumed = {"resumed_from": {"checkpoint": str(ckpt.path), "spec_name": ckpt.spec_name, "spec": ckpt.spec}}
         max_seconds = 60.0 * config.max_minutes if config.max_minutes else None
         monitor = TrainingMonitor(config.timesteps, run_dir / "training_log.csv", config.progress, max_seconds)
         callbacks: list[BaseCallback] = [monitor]
         if config.checkpoint_every:
-            callbacks.append(CheckpointEvery(config.checkpoint_every, run_dir / "checkpoints", norm, config))
+            callbacks.append(
+                CheckpointEvery(config.checkpoint_every, run_dir / "checkpoints", norm, config, spec_record)
+            )
         remaining = config.timesteps - done
         if remaining > 0:
             model.learn(
@@ -399,11 +364,12 @@ def train_policy(config: TrainConfig, *, venv: VecEnv | None = None) -> TrainRes
                 tb_log_name=f"{spec.name}__{out.name}__{seed}",
             )
         if config.checkpoint_every:  # so that a finished or time-limited run can be continued
-            save_checkpoint(run_dir / "checkpoints" / f"step-{model.num_timesteps:09d}", model, norm, config)
+            ckpt_dir = run_dir / "checkpoints" / f"step-{model.num_timesteps:09d}"
+            save_checkpoint(ckpt_dir, model, norm, config, spec_record)
         wall = time.perf_counter() - start
         metadata = {
             "spec_name": spec.name,
-            "spec": spec.to_dict(),
+            "spec": spec_record,
             "trained_on": list(spec.workloads.train),
             "held_out": list(spec.workloads.heldout),
             "timesteps": int(model.num_timesteps),
@@ -413,6 +379,7 @@ def train_policy(config: TrainConfig, *, venv: VecEnv | None = None) -> TrainRes
             "devices": [s.device for s in getattr(pool, "slots", [])],
             "ppo": dataclasses.asdict(config.ppo),
             "env_steps_per_second": round(monitor.steps_per_second, 2),
+            **resumed,
             **config.metadata,
         }
         save_policy(out, model, normalizer=norm, metadata=metadata)

@@ -19,6 +19,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from rlagent.features import FEATURE_NAMES, OBS_HIGH, OBS_LOW
+from rlagent.policy._integrity import DIGEST_FIELD, json_digest
 from rlagent.policy.file import (
     JSON_NAME,
     WEIGHTS_NAME,
@@ -95,10 +96,13 @@ def _random_obs(n: int, seed: int = 1) -> np.ndarray:
     return rng.uniform(OBS_LOW, OBS_HIGH, (n, N_FEATURES)).astype(np.float32)
 
 
-def _edit_json(directory: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+def _edit_json(directory: Path, edit: Callable[[dict[str, Any]], None], *, reseal: bool = True) -> None:
+    """Edit policy.json; ``reseal`` records the edited content's digest (to get past that check)."""
     path = directory / JSON_NAME
     doc = json.loads(path.read_text())
     edit(doc)
+    if reseal:
+        doc[DIGEST_FIELD] = json_digest(doc)
     path.write_text(json.dumps(doc))
 
 
@@ -145,7 +149,7 @@ def test_round_trip_gives_identical_actions(
 def test_policy_json_path_and_metadata(saved: Path) -> None:
     loaded = load_policy(saved / JSON_NAME)
     meta = loaded.metadata
-    assert meta["format_version"] == 1
+    assert meta["format_version"] == 2
     assert loaded.feature_names == FEATURE_NAMES
     assert meta["architecture"] == {
         "policy": "MlpPolicy",
@@ -307,7 +311,10 @@ def test_feature_mismatch_names_the_difference(saved: Path, expected: tuple[str,
     load_policy(saved, expected_features=None)  # the check can be skipped explicitly
 
 
-@pytest.mark.parametrize(("version", "text"), [(2, "expected 1, found 2"), ("1", "found '1'")])
+@pytest.mark.parametrize(
+    ("version", "text"),
+    [(3, "expected 2, found 3"), ("2", "found '2'"), (1, "format 1 had no integrity check")],
+)
 def test_wrong_format_version(saved: Path, version: object, text: str) -> None:
     _edit_json(saved, lambda doc: doc.__setitem__("format_version", version))
     with pytest.raises(PolicyFileError, match="format_version") as info:

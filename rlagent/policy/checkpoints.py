@@ -1,0 +1,205 @@
+"""Checkpoints of a PPO training run: written atomically, read whole before anything is restored.
+
+A checkpoint ``step-NNNNNNNNN/`` holds the policy in the safe policy format
+(:mod:`rlagent.policy.file`), the PPO optimiser state in ``optimizer.safetensors`` and
+``state.json`` (step counts, optimiser hyperparameters, the run's config and spec). Resuming
+reads a checkpoint completely (:func:`read_checkpoint`) before touching the model, and from a
+folder of checkpoints takes the newest intact one, warning about each damaged one it skips.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+from safetensors import SafetensorError
+from stable_baselines3 import PPO
+from stable_baselines3.common.vec_env import VecNormalize
+
+from rlagent._io import atomic_dir, write_json_atomic
+from rlagent.errors import RLAgentError
+from rlagent.policy.file import SavedPolicy, load_policy, save_policy
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+"""Version of the checkpoint layout."""
+STALE_PATTERNS = (".step-*.tmp-*", ".step-*.old-*")
+"""Temporary folders :func:`rlagent._io.atomic_dir` leaves behind when a write is killed."""
+
+
+def _config_json(config: Any) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def save_checkpoint(
+    path: Path, model: PPO, venv: VecNormalize | None, config: Any, spec: dict[str, Any] | None = None
+) -> Path:
+    """Write everything needed to resume into ``path`` (a directory), atomically.
+
+    Args:
+        path: The checkpoint directory.
+        model: The PPO model being trained.
+        venv: Its observation normaliser, if any.
+        config: The run's ``TrainConfig`` (recorded).
+        spec: The run's spec as plain data (``EnvSpec.to_dict()``), recorded so that a resume
+            with another spec is noticed.
+    """
+    with atomic_dir(path) as tmp:
+        save_policy(tmp / "policy", model, normalizer=venv, metadata={"checkpoint": True})
+        opt_state = model.policy.optimizer.state_dict()
+        tensors = {
+            f"state.{idx}.{key}": value.detach().cpu().contiguous()
+            for idx, entries in opt_state["state"].items()
+            for key, value in entries.items()
+        }
+        safetensors.torch.save_file(tensors, str(tmp / "optimizer.safetensors"))
+        state = {
+            "format_version": CHECKPOINT_FORMAT,
+            "num_timesteps": int(model.num_timesteps),
+            "n_updates": int(model._n_updates),
+            "param_groups": opt_state["param_groups"],
+            "config": _config_json(config),
+            "spec": spec,
+        }
+        write_json_atomic(tmp / "state.json", state, indent=2)
+    logger.info("checkpoint at %d steps: %s", model.num_timesteps, path)
+    return path
+
+
+def clean_stale(directory: Path) -> list[Path]:
+    """Remove the temporary folders of killed checkpoint writes in ``directory``; returns them."""
+    removed = []
+    if directory.is_dir():
+        for pattern in STALE_PATTERNS:
+            for stale in directory.glob(pattern):
+                if stale.is_dir() and not stale.is_symlink():
+                    shutil.rmtree(stale, ignore_errors=True)
+                    removed.append(stale)
+    if removed:
+        logger.warning("removed %d unfinished checkpoint folders: %s", len(removed), [p.name for p in removed])
+    return removed
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read whole and checked, ready to restore."""
+
+    path: Path
+    state: dict[str, Any]
+    """``state.json``."""
+    policy: SavedPolicy
+    optimizer: dict[str, torch.Tensor]
+    """The optimiser's tensors by ``state.IDX.NAME``."""
+
+    @property
+    def spec(self) -> dict[str, Any] | None:
+        """The spec the run was trained with (None for checkpoints written before it was recorded)."""
+        spec = self.state.get("spec")
+        return spec if isinstance(spec, dict) else None
+
+    @property
+    def spec_name(self) -> str:
+        """The spec's name, or the ``--spec`` given to the run."""
+        return str(self.spec["name"]) if self.spec else str(self.state.get("config", {}).get("spec"))
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    """Read and check every file of the checkpoint at ``path``.
+
+    Raises:
+        RLAgentError: Naming the checkpoint and what is wrong with it.
+    """
+    try:
+        state = json.loads((path / "state.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise RLAgentError(f"resume: {path}/state.json is unreadable ({exc})") from None
+    if not isinstance(state, dict) or state.get("format_version") != CHECKPOINT_FORMAT:
+        found = state.get("format_version") if isinstance(state, dict) else state
+        raise RLAgentError(f"resume: {path} has checkpoint format {found!r:.40}, expected {CHECKPOINT_FORMAT}")
+    for key, kind in (("num_timesteps", int), ("n_updates", int), ("param_groups", list)):
+        if not isinstance(state.get(key), kind):
+            raise RLAgentError(f"resume: {path}/state.json: {key} must be a {kind.__name__}")
+    policy = load_policy(path / "policy")  # PolicyFileError is an RLAgentError
+    try:
+        optimizer = safetensors.torch.load_file(str(path / "optimizer.safetensors"))
+    except (OSError, SafetensorError, ValueError, RuntimeError) as exc:
+        raise RLAgentError(f"resume: {path}/optimizer.safetensors is unreadable ({exc})") from None
+    for key in optimizer:
+        parts = key.split(".", 2)
+        if len(parts) != 3 or parts[0] != "state" or not parts[1].isdigit():
+            raise RLAgentError(f"resume: {path}/optimizer.safetensors holds an unexpected tensor {key!r:.60}")
+    return Checkpoint(path, state, policy, optimizer)
+
+
+def _candidates(p: Path) -> list[Path]:
+    if (p / "state.json").is_file():
+        return [p]
+    found = sorted(c for c in p.glob("step-*") if (c / "state.json").is_file()) if p.is_dir() else []
+    if not found:
+        raise RLAgentError(f"resume: {p} is not a checkpoint and holds none (expected step-*/state.json)")
+    return found[::-1]
+
+
+def latest_checkpoint(path: str | Path) -> Path:
+    """``path`` itself if it is a checkpoint, else the newest checkpoint inside it."""
+    return _candidates(Path(path))[0]
+
+
+def find_checkpoint(path: str | Path) -> Checkpoint:
+    """The newest intact checkpoint at ``path`` (a checkpoint, or a folder of them).
+
+    Damaged checkpoints (a corrupt optimiser file, a tampered policy, unreadable state) are
+    skipped with a warning naming each; a checkpoint given directly is never skipped.
+
+    Raises:
+        RLAgentError: If there is no checkpoint, or none is intact.
+    """
+    candidates = _candidates(Path(path))
+    errors = []
+    for candidate in candidates:
+        try:
+            return read_checkpoint(candidate)
+        except RLAgentError as exc:
+            if len(candidates) == 1:
+                raise
+            logger.warning("resume: skipping damaged checkpoint %s: %s", candidate, exc)
+            errors.append(f"{candidate.name}: {exc}")
+    raise RLAgentError(f"resume: no intact checkpoint in {path}: " + "; ".join(errors))
+
+
+def restore_checkpoint(ckpt: Checkpoint, model: PPO, venv: VecNormalize | None) -> int:
+    """Restore policy, optimiser, normaliser and step count from a read checkpoint; returns the steps."""
+    try:
+        model.policy.load_state_dict(ckpt.policy.policy.state_dict(), strict=True)
+    except RuntimeError as exc:
+        raise RLAgentError(f"resume: {ckpt.path} was trained with another network or action space ({exc})") from exc
+    opt_state: dict[str, Any] = {"state": {}, "param_groups": ckpt.state["param_groups"]}
+    for key, value in ckpt.optimizer.items():
+        _, idx, name = key.split(".", 2)
+        opt_state["state"].setdefault(int(idx), {})[name] = value
+    try:
+        model.policy.optimizer.load_state_dict(opt_state)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise RLAgentError(f"resume: {ckpt.path} holds an optimiser state of another network ({exc})") from exc
+    normalizer = ckpt.policy.normalizer
+    if venv is not None and normalizer is not None:
+        venv.obs_rms.mean = np.asarray(normalizer["mean"], dtype=np.float64)
+        venv.obs_rms.var = np.asarray(normalizer["var"], dtype=np.float64)
+        venv.obs_rms.count = float(normalizer["count"])
+    model.num_timesteps = int(ckpt.state["num_timesteps"])
+    model._n_updates = int(ckpt.state["n_updates"])
+    return model.num_timesteps
+
+
+def load_checkpoint(path: Path, model: PPO, venv: VecNormalize | None) -> int:
+    """Read the checkpoint at ``path`` and restore it into ``model``; returns the steps."""
+    return restore_checkpoint(read_checkpoint(path), model, venv)

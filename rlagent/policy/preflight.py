@@ -1,0 +1,145 @@
+"""Everything about a training run that can be checked before its first env step.
+
+:func:`check_training` is called by ``train_policy`` (and by the CLI before it builds a Ray
+pool): the network is allow-listed and small enough to be saved, the output and run folders are
+writable, ``--out`` is not an existing file, the devices exist, and a checkpoint to resume from is
+intact and was trained with the same spec and network. Each failure is one
+:class:`~rlagent.errors.RLAgentError` (usually a :class:`~rlagent.errors.SpecError`) naming the
+setting, its value and what is allowed -- raised before any epoch is trained.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlagent.config import EnvSpec, load_spec
+from rlagent.env import action_space
+from rlagent.errors import PolicyFileError, RLAgentError, SpecError
+from rlagent.features import FEATURE_NAMES
+from rlagent.policy._checks import _check_architecture
+from rlagent.policy._integrity import check_param_count, expected_shapes
+from rlagent.policy.checkpoints import Checkpoint, clean_stale, find_checkpoint
+from rlagent.policy.file import JSON_NAME
+from rlagent.pool.devices import plan_workers
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Preflight:
+    """What :func:`check_training` resolved: the spec, seed, folders and checkpoint to use."""
+
+    spec: EnvSpec
+    seed: int
+    out: Path
+    run_dir: Path
+    checkpoint: Checkpoint | None
+
+
+def check_net_arch(net_arch: Any, activation: str, action: str) -> None:
+    """Refuse a PPO network the policy file format would refuse when saving it."""
+    arch = {"pi": list(net_arch), "vf": list(net_arch)} if isinstance(net_arch, (list, tuple)) else net_arch
+    try:
+        _check_architecture({"policy": "MlpPolicy", "net_arch": arch, "activation": activation})
+        check_param_count(expected_shapes(len(FEATURE_NAMES), action_space(action), arch))
+    except PolicyFileError as exc:
+        raise SpecError("ppo.net_arch", net_arch, str(exc).removeprefix("architecture not allow-listed: ")) from None
+
+
+def check_writable_dir(path: Path, field: str) -> None:
+    """Create ``path`` if needed and prove it writable by making (and removing) a folder in it."""
+    if path.exists() and not path.is_dir():
+        raise SpecError(field, str(path), "a folder to write into, not an existing file")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=".rlagent-write-check-", dir=path))
+    except OSError as exc:
+        raise SpecError(field, str(path), f"a writable folder ({exc.strerror or exc})") from None
+
+
+def check_output(out: Path) -> None:
+    """``out`` must be a new path, an empty folder or a policy directory, in a writable folder."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise SpecError("out", str(out), "a policy directory to write, not an existing file")
+    if out.is_dir() and any(out.iterdir()) and not (out / JSON_NAME).is_file():
+        raise SpecError(
+            "out", str(out), "a new path, an empty folder or a policy directory (this folder holds other files)"
+        )
+    check_writable_dir(out.parent, "out")
+
+
+def check_devices(n_envs: int | None, devices: Any) -> None:
+    """The devices must exist on this machine."""
+    try:
+        plan_workers(n_envs, devices)
+    except ValueError as exc:
+        raise SpecError("devices", devices, str(exc)) from None
+
+
+def _plain(data: Any) -> Any:
+    return json.loads(json.dumps(data, default=str))
+
+
+def check_resume(ckpt: Checkpoint, spec: EnvSpec, net_arch: Any, activation: str, *, allow_spec_change: bool) -> None:
+    """Refuse to resume a checkpoint of another spec (unless allowed) or another network."""
+    if ckpt.spec is not None:
+        same = ckpt.spec == _plain(spec.to_dict())
+    else:  # written before checkpoints recorded their spec: compare the names
+        same = ckpt.spec_name in (spec.name, str(spec.name))
+    if not same:
+        detail = " (same name, other contents)" if ckpt.spec_name == spec.name else ""
+        message = (
+            f"resume: {ckpt.path} was trained with spec {ckpt.spec_name!r} but this run uses spec {spec.name!r}{detail}"
+        )
+        if not allow_spec_change:
+            raise RLAgentError(f"{message}; resume with the same spec, or pass --allow-spec-change to record both")
+        logger.warning("%s; continuing (allow_spec_change)", message)
+    arch = ckpt.policy.metadata["architecture"]
+    want = {"pi": list(net_arch), "vf": list(net_arch)}
+    if arch["net_arch"] != want or arch["activation"] != activation:
+        raise RLAgentError(
+            f"resume: {ckpt.path} has net_arch {arch['net_arch']} with {arch['activation']}, "
+            f"this run {want} with {activation}"
+        )
+    kind = "discrete" if ckpt.policy.metadata["action_space"]["type"] == "MultiDiscrete" else "continuous"
+    if kind != spec.episode.action:
+        raise RLAgentError(
+            f"resume: {ckpt.path} acts {kind}, spec {spec.name!r} asks for episode.action = {spec.episode.action!r}"
+        )
+
+
+def check_training(config: Any, *, check_devices_: bool = True) -> Preflight:
+    """Check a ``TrainConfig`` before anything is trained; see the module docstring.
+
+    Args:
+        config: The run's :class:`~rlagent.policy.train.TrainConfig`.
+        check_devices_: Check ``config.devices`` on this machine (False when the envs run
+            elsewhere, e.g. on a Ray cluster).
+
+    Returns:
+        The resolved spec, seed, output and run folders, and the checkpoint to resume from.
+    """
+    spec = config.spec if isinstance(config.spec, EnvSpec) else load_spec(config.spec)
+    seed = spec.seed if config.seed is None else config.seed
+    out = Path(config.out)
+    run_dir = Path(config.run_dir) if config.run_dir else Path("runs") / f"{spec.name}__{out.name}__{seed}"
+    check_net_arch(config.ppo.net_arch, config.ppo.activation, spec.episode.action)
+    if check_devices_:
+        check_devices(config.n_envs, config.devices)
+    check_output(out)
+    check_writable_dir(run_dir, "run_dir")
+    if config.tensorboard:
+        check_writable_dir(Path(config.tensorboard), "tensorboard")
+    clean_stale(run_dir / "checkpoints")
+    ckpt = None
+    if config.resume:
+        clean_stale(Path(config.resume))
+        ckpt = find_checkpoint(config.resume)
+        check_resume(ckpt, spec, config.ppo.net_arch, config.ppo.activation, allow_spec_change=config.allow_spec_change)
+    return Preflight(spec, seed, out, run_dir, ckpt)
