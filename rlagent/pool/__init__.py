@@ -4,6 +4,8 @@ Each env runs in its own worker pinned to a device and a share of the CPU thread
 (:mod:`rlagent.pool.devices`); the transports differ only in how commands reach the worker
 (:mod:`rlagent.pool.local`: pipes to processes; :mod:`rlagent.pool.ray`: Ray actors). Both
 surface an env's exception with its traceback and restart a dead or hung worker.
+:class:`rlagent.pool.population.PopulationVecEnv` instead runs K envs in one process on one
+device and trains their epochs together (batched where that pays).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from rlagent.pool._base import EnvFn
 from rlagent.pool.devices import WorkerSlot, plan_workers
 from rlagent.pool.factory import EnvFactory, training_workloads
 from rlagent.pool.local import EnvPool
+from rlagent.pool.population import PopulationVecEnv
 from rlagent.pool.ray import RayEnvPool, make_ray_pool
 
 __all__ = [
@@ -24,6 +27,7 @@ __all__ = [
     "EnvFn",
     "EnvPool",
     "EnvWorkerError",
+    "PopulationVecEnv",
     "RayEnvPool",
     "WorkerSlot",
     "make_pool",
