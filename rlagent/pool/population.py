@@ -28,6 +28,7 @@ from rlagent.batched import MODES, BatchPlanner, train_epochs
 from rlagent.config import EnvSpec, load_spec, spec_from_dict
 from rlagent.env import HyperTuneEnv, decode_action
 from rlagent.errors import SpecError
+from rlagent.pool.devices import WorkerSlot
 from rlagent.pool.factory import training_workloads
 from rlagent.training import EpochStats, Trainer
 from rlagent.workloads import Source
@@ -117,6 +118,8 @@ class PopulationVecEnv(DummyVecEnv):
         self.device = torch.device(device)
         self.planner = BatchPlanner(mode, min_members=min_batch)
         self.members: list[HyperTuneEnv] = members
+        self.slots = (WorkerSlot(str(self.device), torch.get_num_threads()),)
+        """The one place this population runs (as a pool's ``slots``)."""
         super().__init__([lambda env=env: Monitor(env) for env in members])
 
     def step_wait(self) -> VecEnvStepReturn:

@@ -14,7 +14,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 from rlagent import PopulationVecEnv
 from rlagent.env import HyperTuneEnv
-from rlagent.errors import SpecError
+from rlagent.errors import EnvWorkerError, SpecError
 
 _SYN = {"n_samples": 300, "n_features": 16, "n_informative": 4, "n_classes": 3}
 MIXED: dict[str, Any] = {
@@ -144,3 +144,38 @@ def test_tiny_ppo_learns_on_a_population() -> None:
     model.learn(total_timesteps=16)
     assert model.num_timesteps == 16
     pop.close()
+
+
+@pytest.mark.slow  # starts two worker processes (torch imports: ~10-40 s on a busy machine)
+def test_make_pool_with_population_one_worker_in_process_and_several_in_processes() -> None:
+    from rlagent.config import load_spec
+    from rlagent.pool import PopulationPool, make_pool
+
+    spec = load_spec("tiny")
+    single = make_pool(spec, n_envs=1, devices="cpu", population=3)
+    assert isinstance(single, PopulationVecEnv) and single.num_envs == 3
+    single.close()
+    with pytest.raises(SpecError, match="population"):
+        make_pool(spec, population=0)
+    with pytest.raises(SpecError, match="population"):
+        make_pool(spec, backend="ray", population=2)
+    pool = make_pool(spec, n_envs=2, devices="cpu", population=2)
+    try:
+        assert isinstance(pool, PopulationPool) and pool.num_envs == 4
+        pool.seed(5)
+        obs = pool.reset()
+        assert obs.shape == (4, 18) and [i["episode_seed"] for i in pool.reset_infos] == [5, 6, 7, 8]
+        ref = PopulationVecEnv(4, "tiny")
+        ref.seed(5)
+        np.testing.assert_allclose(ref.reset(), obs, atol=1e-6)
+        keep = np.tile([2, 1], (4, 1))
+        obs, rew, done, infos = pool.step(keep)
+        r_obs, r_rew, _, r_infos = ref.step(keep)
+        np.testing.assert_allclose(obs, r_obs, atol=1e-4)
+        assert [i["val_acc"] for i in infos] == pytest.approx([i["val_acc"] for i in r_infos], abs=1e-4)
+        assert pool.get_attr("workload_name", indices=[1, 2]) == ["tiny-mlp", "tiny-mlp"]
+        with pytest.raises(EnvWorkerError, match="population worker 0"):
+            pool.step(np.tile([9, 9], (4, 1)))
+        assert pool.env_method("placement", indices=[3])[0]["model_device"] == "cpu"  # still in step
+    finally:
+        pool.close()
