@@ -179,3 +179,20 @@ def test_make_pool_with_population_one_worker_in_process_and_several_in_processe
         assert pool.env_method("placement", indices=[3])[0]["model_device"] == "cpu"  # still in step
     finally:
         pool.close()
+
+
+def test_train_policy_with_a_population(tmp_path: Any) -> None:
+    from rlagent.cli import build_parser
+    from rlagent.policy.train import PPOSettings, TrainConfig, train_policy
+
+    args = build_parser().parse_args(["train", "--population", "3", "--n-envs", "1"])
+    assert args.population == 3
+    config = TrainConfig(
+        spec="tiny", timesteps=16, n_envs=1, devices="cpu", population=2, out=tmp_path / "pol",
+        run_dir=tmp_path / "run", checkpoint_every=0, progress=False,
+        ppo=PPOSettings(n_steps=8, batch_size=8, n_epochs=1, net_arch=(8,)),
+    )  # fmt: skip
+    result = train_policy(config)
+    assert result.timesteps == 16 and [s.device for s in result.slots] == ["cpu"]
+    with pytest.raises(SpecError, match="population"):
+        TrainConfig(population=0)
