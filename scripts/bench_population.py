@@ -34,6 +34,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from rlagent.config import load_spec
 from rlagent.pool import make_pool
+from rlagent.pool.devices import visible_cpu_count
 from rlagent.pool.population import PopulationVecEnv
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -100,7 +101,8 @@ def main() -> None:
     if args.quick:
         args.ks, args.steps, args.warmup = [k for k in args.ks if k <= 16], 3, 2
     spec = load_spec(args.spec)
-    devices = "auto" if args.device.startswith("cuda") else "cpu"
+    cuda = args.device.startswith("cuda")
+    devices = "auto" if cuda else ["cpu"] * (args.workers or visible_cpu_count())
     torch.set_num_threads(1)
     results: dict[str, Any] = {}
     for family in args.families:
@@ -122,7 +124,7 @@ def main() -> None:
             row["population"][k] = rate
             print(f"{family:12s} population K={k:3d} x {n_workers}: {rate:7.2f} env-steps/s ({rate / base:.2f}x pool)",
                   flush=True)  # fmt: skip
-        row["memory_per_member"] = member_memory(spec, names, "cuda:0" if devices == "auto" else "cpu", args.seed)
+        row["memory_per_member"] = member_memory(spec, names, "cuda:0" if cuda else "cpu", args.seed)
         print(f"{family:12s} memory per member: {row['memory_per_member']}", flush=True)
         best = max(row["population"], key=row["population"].get)
         row["best_k"], row["speedup"] = best, row["population"][best] / base
