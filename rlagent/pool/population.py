@@ -96,7 +96,7 @@ class PopulationVecEnv(DummyVecEnv):
         num_threads: int | None = None,
         workloads: Sequence[str] | None = None,
         mode: str = "auto",
-        min_batch: int = 2,
+        min_batch: int = 4,
     ) -> None:
         if isinstance(n_envs, bool) or not isinstance(n_envs, int) or n_envs < 1:
             raise SpecError("n_envs", n_envs, "an integer >= 1")
