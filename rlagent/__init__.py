@@ -35,7 +35,7 @@ from rlagent.policy import (  # noqa: E402
     train_with_policy,
     tune,
 )
-from rlagent.pool import EnvPool, EnvWorkerError, make_pool  # noqa: E402
+from rlagent.pool import EnvPool, EnvWorkerError, PopulationVecEnv, make_pool  # noqa: E402
 
 __all__ = [
     "BUILTIN_WORKLOADS",
@@ -51,6 +51,7 @@ __all__ = [
     "HyperTuneEnv",
     "PPOSettings",
     "PolicyFileError",
+    "PopulationVecEnv",
     "RLAgentError",
     "RewardSpec",
     "SavedPolicy",

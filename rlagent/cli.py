@@ -78,6 +78,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", default=c.spec, help="spec file or shipped spec name")
     p.add_argument("--timesteps", type=int, default=c.timesteps, help="total env steps (= epochs trained)")
     p.add_argument("--n-envs", type=int, default=None, help="parallel envs (default: one per GPU, else per core)")
+    p.add_argument(
+        "--population", type=int, default=None,
+        help="K envs per worker, trained together in one process (batched where it pays); --n-envs workers",
+    )  # fmt: skip
     p.add_argument("--devices", default=c.devices, help="auto, or e.g. cuda:0,cuda:1 or cpu")
     p.add_argument("--seed", type=int, default=None, help="default: the spec's seed")
     p.add_argument("--out", default=str(c.out), help="policy directory to write")
@@ -114,13 +118,17 @@ def run_training(args: argparse.Namespace, command: str) -> TrainResult:
         out=args.out, run_dir=args.run_dir, resume=args.resume, tensorboard=args.tensorboard,
         checkpoint_every=args.checkpoint_every, ppo=ppo, progress=not args.no_progress,
         metadata={"command": command}, max_minutes=args.max_minutes, allow_spec_change=args.allow_spec_change,
+        population=args.population,
     )  # fmt: skip
     venv = None
     if args.backend == "ray":
         from rlagent.policy.preflight import check_training
 
         spec = check_training(config, check_devices_=False).spec  # before starting Ray
-        venv = make_pool(spec, backend="ray", n_envs=args.n_envs, devices=args.devices, address=args.address)
+        venv = make_pool(
+            spec, backend="ray", n_envs=args.n_envs, devices=args.devices, address=args.address,
+            population=args.population,
+        )  # fmt: skip
     return train_policy(config, venv=venv)
 
 

@@ -97,6 +97,8 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
     spec, or a dict in the file's layout. ``device``: torch device the run lives on.
     ``num_threads``: torch threads for this process (None leaves torch's setting).
     ``workloads``: names to draw episodes from instead of the spec's training set.
+    ``sources``: a cache of loaded datasets to share with other envs in the process (a
+    population), keyed by :func:`rlagent.workloads.source_key`.
     ``reset(options={"workload": name, "lr": x, "batch_size": b})`` picks a workload
     (held-out ones included, e.g. for evaluation) and initial values for one episode.
 
@@ -113,6 +115,7 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         device: str | torch.device = "cpu",
         num_threads: int | None = None,
         workloads: Sequence[str] | None = None,
+        sources: dict[str, Source] | None = None,
     ) -> None:
         if spec is None:
             spec = "default"
@@ -132,7 +135,7 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         self.action_kind = spec.episode.action
         self.action_space = action_space(self.action_kind)
         self.observation_space = spaces.Box(OBS_LOW, OBS_HIGH, shape=(len(FEATURE_NAMES),), dtype=np.float32)
-        self._sources: dict[str, Source] = {}
+        self._sources: dict[str, Source] = {} if sources is None else sources
         self.workload: WorkloadSpec | None = None
         self.trainer: Trainer | None = None
         self.data: Data | None = None

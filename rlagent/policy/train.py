@@ -137,6 +137,9 @@ class TrainConfig:
     """Stop (and save as usual) after this much wall time, even before ``timesteps``."""
     allow_spec_change: bool = False
     """Resume a checkpoint trained with another spec (both are recorded); refused otherwise."""
+    population: int | None = None
+    """If set, each worker owns a population of this many envs trained together (batched where
+    it pays; see :class:`rlagent.PopulationVecEnv`): ``n_envs`` workers × ``population`` envs."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.timesteps, int) or self.timesteps < 1:
@@ -145,6 +148,8 @@ class TrainConfig:
             raise SpecError("n_envs", self.n_envs, "an integer >= 1")
         if self.checkpoint_every < 0:
             raise SpecError("checkpoint_every", self.checkpoint_every, "an integer >= 0")
+        if self.population is not None and (not isinstance(self.population, int) or self.population < 1):
+            raise SpecError("population", self.population, "an integer >= 1, or None")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise SpecError("max_minutes", self.max_minutes, "a number > 0")
 
@@ -335,7 +340,13 @@ def train_policy(config: TrainConfig, *, venv: VecEnv | None = None) -> TrainRes
     pool = (
         venv
         if venv is not None
-        else make_pool(spec, n_envs=config.n_envs, devices=config.devices, step_timeout=config.step_timeout)
+        else make_pool(
+            spec,
+            n_envs=config.n_envs,
+            devices=config.devices,
+            step_timeout=config.step_timeout,
+            population=config.population,
+        )  # fmt: skip
     )
     try:
         pool.seed(seed)
@@ -376,6 +387,7 @@ def train_policy(config: TrainConfig, *, venv: VecEnv | None = None) -> TrainRes
             "seed": seed,
             "wall_seconds": round(wall, 1),
             "n_envs": pool.num_envs,
+            "population": config.population,
             "devices": [s.device for s in getattr(pool, "slots", [])],
             "ppo": dataclasses.asdict(config.ppo),
             "env_steps_per_second": round(monitor.steps_per_second, 2),

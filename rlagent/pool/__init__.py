@@ -4,6 +4,8 @@ Each env runs in its own worker pinned to a device and a share of the CPU thread
 (:mod:`rlagent.pool.devices`); the transports differ only in how commands reach the worker
 (:mod:`rlagent.pool.local`: pipes to processes; :mod:`rlagent.pool.ray`: Ray actors). Both
 surface an env's exception with its traceback and restart a dead or hung worker.
+:class:`rlagent.pool.population.PopulationVecEnv` instead runs K envs in one process on one
+device and trains their epochs together (batched where that pays).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from rlagent.pool._supervisor import EnvFn
 from rlagent.pool.devices import WorkerSlot, plan_workers
 from rlagent.pool.factory import EnvFactory, training_workloads
 from rlagent.pool.local import EnvPool
+from rlagent.pool.population import PopulationVecEnv
+from rlagent.pool.population_pool import PopulationPool
 from rlagent.pool.ray import RayEnvPool, make_ray_pool
 
 __all__ = [
@@ -24,6 +28,8 @@ __all__ = [
     "EnvFn",
     "EnvPool",
     "EnvWorkerError",
+    "PopulationPool",
+    "PopulationVecEnv",
     "RayEnvPool",
     "WorkerSlot",
     "make_pool",
@@ -43,7 +49,9 @@ def make_pool(
     workloads: Sequence[str] | None = None,
     step_timeout: float = 600.0,
     address: str | None = None,
-) -> EnvPool | RayEnvPool:
+    population: int | None = None,
+    population_mode: str = "auto",
+) -> EnvPool | RayEnvPool | PopulationVecEnv | PopulationPool:
     """A pool of HyperTune envs on the spec's training workloads, one worker per env.
 
     Args:
@@ -56,14 +64,22 @@ def make_pool(
         workloads: Workload names; None: the spec's training workloads. Held-out ones are refused.
         step_timeout: Seconds an env step may take before its worker is declared hung and restarted.
         address: Ray cluster address (``ray`` only); None starts a local Ray.
+        population: If set, each worker owns a :class:`PopulationVecEnv` of this many envs
+            (``n_envs`` workers × ``population`` envs in all); one worker runs in this process.
+        population_mode: ``auto``, ``batched`` or ``sequential`` (see ``rlagent.batched``).
 
     Raises:
-        SpecError: Unknown backend, held-out workloads, or an address with the local backend.
+        SpecError: Unknown backend, held-out workloads, an address with the local backend, or a
+            population with the Ray backend (not implemented yet).
         RLAgentError: Ray missing or unreachable (``ray`` backend).
     """
     if backend not in BACKENDS:
         raise SpecError("backend", backend, f"one of {list(BACKENDS)}")
+    if population is not None and (isinstance(population, bool) or not isinstance(population, int) or population < 1):
+        raise SpecError("population", population, "an integer >= 1, or None")
     if backend == "ray":
+        if population is not None:
+            raise SpecError("population", population, "None with backend 'ray' (Ray actors own one env each)")
         return make_ray_pool(
             spec, n_envs=n_envs, devices=devices, address=address, workloads=workloads, step_timeout=step_timeout
         )
@@ -71,4 +87,16 @@ def make_pool(
         raise SpecError("address", address, "None with backend 'local' (a Ray address needs backend 'ray')")
     names = training_workloads(spec, workloads)
     slots = plan_workers(n_envs, devices)
+    if population is not None:
+        if len(slots) == 1:
+            slot = slots[0]
+            return PopulationVecEnv(
+                population,
+                spec,
+                device=slot.device,
+                num_threads=slot.num_threads,
+                workloads=names,
+                mode=population_mode,
+            )
+        return PopulationPool(spec, slots, population, workloads=names, mode=population_mode)
     return EnvPool([EnvFactory(spec, names)] * len(slots), slots, step_timeout=step_timeout)
