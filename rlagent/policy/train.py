@@ -8,7 +8,6 @@ callback, atomic checkpoints that never pickle, and a saved policy in the safe f
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import time
@@ -19,23 +18,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import safetensors.torch
 import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
-from rlagent._io import atomic_dir, optional_import, write_json_atomic
+from rlagent._io import optional_import
 from rlagent.config import EnvSpec, load_spec
-from rlagent.errors import RLAgentError, SpecError
-from rlagent.policy.file import load_policy, save_policy
+from rlagent.errors import ClusterLostError, SpecError
+from rlagent.policy.checkpoint import (  # noqa: F401 - CHECKPOINT_FORMAT, latest_checkpoint, load_checkpoint: re-exported
+    CHECKPOINT_FORMAT,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from rlagent.policy.file import save_policy
 from rlagent.pool import make_pool
 from rlagent.pool.devices import WorkerSlot
 
 logger = logging.getLogger(__name__)
 
 ACTIVATIONS = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
-CHECKPOINT_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,8 @@ class TrainingMonitor(BaseCallback):
         self._mark = 0.0
         self._bar: Any = None
         self._start_steps = 0
+        self.updated_steps = 0
+        """Env steps as of the last PPO update: the steps a checkpoint written mid-rollout keeps."""
         self._chosen: list[tuple[float, float]] = []
 
     def _on_training_start(self) -> None:
@@ -173,6 +178,7 @@ class TrainingMonitor(BaseCallback):
             self.log_path.write_text("timesteps,workload,return,final_val_acc,best_val_acc,epochs,diverged,restarted\n")
 
     def _on_rollout_start(self) -> None:
+        self.updated_steps = self.num_timesteps
         now = time.perf_counter()
         if self.num_timesteps > self._start_steps:
             self.update_seconds += now - self._mark
@@ -259,75 +265,6 @@ class CheckpointEvery(BaseCallback):
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints: the policy in the safe policy format plus the PPO optimiser state in safetensors.
-
-
-def _config_json(config: TrainConfig) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
-
-
-def save_checkpoint(path: Path, model: PPO, venv: VecNormalize | None, config: TrainConfig) -> Path:
-    """Write everything needed to resume into ``path`` (a directory), atomically."""
-    with atomic_dir(path) as tmp:
-        save_policy(tmp / "policy", model, normalizer=venv, metadata={"checkpoint": True})
-        opt_state = model.policy.optimizer.state_dict()
-        tensors = {
-            f"state.{idx}.{key}": value.detach().cpu().contiguous()
-            for idx, entries in opt_state["state"].items()
-            for key, value in entries.items()
-        }
-        safetensors.torch.save_file(tensors, str(tmp / "optimizer.safetensors"))
-        state = {
-            "format_version": CHECKPOINT_FORMAT,
-            "num_timesteps": int(model.num_timesteps),
-            "n_updates": int(model._n_updates),
-            "param_groups": opt_state["param_groups"],
-            "config": _config_json(config),
-        }
-        write_json_atomic(tmp / "state.json", state, indent=2)
-    logger.info("checkpoint at %d steps: %s", model.num_timesteps, path)
-    return path
-
-
-def latest_checkpoint(path: str | Path) -> Path:
-    """``path`` itself if it is a checkpoint, else the newest checkpoint inside it."""
-    p = Path(path)
-    if (p / "state.json").is_file():
-        return p
-    found = sorted(c for c in p.glob("step-*") if (c / "state.json").is_file()) if p.is_dir() else []
-    if not found:
-        raise RLAgentError(f"resume: {p} is not a checkpoint and holds none (expected step-*/state.json)")
-    return found[-1]
-
-
-def load_checkpoint(path: Path, model: PPO, venv: VecNormalize | None) -> int:
-    """Restore policy, optimiser, normaliser and step count from a checkpoint; returns the steps."""
-    state = json.loads((path / "state.json").read_text())
-    if state.get("format_version") != CHECKPOINT_FORMAT:
-        raise RLAgentError(
-            f"resume: {path} has checkpoint format {state.get('format_version')}, expected {CHECKPOINT_FORMAT}"
-        )
-    saved = load_policy(path / "policy")
-    try:
-        model.policy.load_state_dict(saved.policy.state_dict(), strict=True)
-    except RuntimeError as exc:
-        raise RLAgentError(f"resume: {path} was trained with another network or action space ({exc})") from exc
-    tensors = safetensors.torch.load_file(str(path / "optimizer.safetensors"))
-    opt_state: dict[str, Any] = {"state": {}, "param_groups": state["param_groups"]}
-    for key, value in tensors.items():
-        _, idx, name = key.split(".", 2)
-        opt_state["state"].setdefault(int(idx), {})[name] = value
-    model.policy.optimizer.load_state_dict(opt_state)
-    if venv is not None and saved.normalizer is not None:
-        venv.obs_rms.mean = np.asarray(saved.normalizer["mean"], dtype=np.float64)
-        venv.obs_rms.var = np.asarray(saved.normalizer["var"], dtype=np.float64)
-        venv.obs_rms.count = float(saved.normalizer["count"])
-    model.num_timesteps = int(state["num_timesteps"])
-    model._n_updates = int(state["n_updates"])
-    return model.num_timesteps
-
-
-# ---------------------------------------------------------------------------------------------
 
 
 def build_ppo(venv: VecEnv, settings: PPOSettings, seed: int, tensorboard: str | Path | None) -> PPO:
@@ -351,6 +288,28 @@ def build_ppo(venv: VecEnv, settings: PPOSettings, seed: int, tensorboard: str |
     )
 
 
+def _checkpoint_lost_run(
+    exc: ClusterLostError, model: PPO, norm: VecNormalize | None, config: TrainConfig, run_dir: Path,
+    monitor: TrainingMonitor,
+) -> ClusterLostError:  # fmt: skip
+    """Checkpoint a run whose Ray cluster cannot host its envs any more; the error to raise.
+
+    The checkpoint keeps the policy of the last PPO update and its step count: the steps of the
+    unfinished rollout are lost and run again on resume.
+    """
+    model.num_timesteps = monitor.updated_steps
+    path = save_checkpoint(run_dir / "checkpoints" / f"step-{model.num_timesteps:09d}", model, norm, config)
+    logger.warning("the Ray cluster lost a node; checkpoint at %d steps: %s", model.num_timesteps, path)
+    return ClusterLostError(
+        f"{exc}; wrote checkpoint {path}: once the cluster has a node with those resources, "
+        f"rerun the same command with --resume {path}",
+        index=exc.index,
+        node=exc.node,
+        resources=exc.resources,
+        checkpoint=str(path),
+    )
+
+
 def train_policy(config: TrainConfig, *, venv: VecEnv | None = None) -> TrainResult:
     """Train a tuning policy with PPO and save it to ``config.out``.
 
@@ -361,6 +320,10 @@ def train_policy(config: TrainConfig, *, venv: VecEnv | None = None) -> TrainRes
 
     Returns:
         Where the policy went and how fast training ran.
+
+    Raises:
+        ClusterLostError: The Ray cluster lost a node and cannot host an env's actor again; a
+            checkpoint was written first (its path is in the message and ``.checkpoint``).
     """
     spec = load_spec(config.spec) if not isinstance(config.spec, EnvSpec) else config.spec
     seed = spec.seed if config.seed is None else config.seed
@@ -393,12 +356,15 @@ def train_policy(config: TrainConfig, *, venv: VecEnv | None = None) -> TrainRes
             callbacks.append(CheckpointEvery(config.checkpoint_every, run_dir / "checkpoints", norm, config))
         remaining = config.timesteps - done
         if remaining > 0:
-            model.learn(
-                total_timesteps=remaining,
-                callback=CallbackList(callbacks),
-                reset_num_timesteps=not config.resume,
-                tb_log_name=f"{spec.name}__{out.name}__{seed}",
-            )
+            try:
+                model.learn(
+                    total_timesteps=remaining,
+                    callback=CallbackList(callbacks),
+                    reset_num_timesteps=not config.resume,
+                    tb_log_name=f"{spec.name}__{out.name}__{seed}",
+                )
+            except ClusterLostError as exc:
+                raise _checkpoint_lost_run(exc, model, norm, config, run_dir, monitor) from exc
         if config.checkpoint_every:  # so that a finished or time-limited run can be continued
             save_checkpoint(run_dir / "checkpoints" / f"step-{model.num_timesteps:09d}", model, norm, config)
         wall = time.perf_counter() - start
