@@ -20,6 +20,12 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the ``cluster`` tests last: each shuts the session's local Ray down (a process can
+    drive one Ray at a time) to connect to its own multi-node cluster."""
+    items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)  # stable: order kept
+
+
 @pytest.fixture(scope="session")
 def tiny_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real PPO policy trained for 64 steps on the tiny spec (one env in this process: a worker
