@@ -50,7 +50,10 @@ def connect_ray(ray: Any, address: str | None) -> bool:
         return False
     try:
         if address is None and not os.environ.get("RAY_ADDRESS"):
-            ray.init(num_cpus=visible_cpu_count(), include_dashboard=False)
+            # "local": a new Ray of our own, even when `ray start` (or another run's
+            # ray.cluster_utils cluster) left its address in /tmp/ray/ray_current_cluster,
+            # which a plain ray.init() would connect to (and then refuse num_cpus).
+            ray.init(address="local", num_cpus=visible_cpu_count(), include_dashboard=False)
         else:
             ray.init(address=address)
     except (ConnectionError, RuntimeError, ValueError) as exc:
