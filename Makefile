@@ -1,12 +1,12 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   install, train a small tuning policy, benchmark it on the held-out workloads
-#   make test   install, run the test suite
+#   make test   install, run the test suite (the quick part; CI also runs `make test-cluster`)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-all demo lint clean
+.PHONY: install test test-cluster test-all demo lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,11 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow and not cluster" -q
+
+# Two-node Ray clusters (ray.cluster_utils) that lose a node mid-run: a few minutes.
+test-cluster: $(STAMP)
+	$(BIN)/python -m pytest -m cluster -q
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q

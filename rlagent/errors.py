@@ -29,6 +29,45 @@ class PolicyFileError(RLAgentError, ValueError):
     """A policy directory is missing, malformed, tampered with or does not fit."""
 
 
+class ClusterLostError(RLAgentError):
+    """The Ray cluster lost a node and can no longer host one of the run's actors.
+
+    Raised by :class:`rlagent.pool.ray.RayEnvPool` when an actor whose node died cannot be
+    placed anywhere else for ``unschedulable_timeout`` seconds; ``rlagent train`` then writes a
+    checkpoint and re-raises it with the checkpoint's path and the ``--resume`` hint.
+
+    Attributes:
+        index: Index of the env whose actor was lost.
+        node: The lost node, e.g. ``"10.0.0.5 (id 3f2a91c0)"``, or None if unknown.
+        resources: What the actor asks Ray for, e.g. ``{"num_cpus": 1, "num_gpus": 0}``.
+        checkpoint: The checkpoint written after the loss, once there is one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        index: int,
+        node: str | None,
+        resources: dict[str, float],
+        checkpoint: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.index = index
+        self.node = node
+        self.resources = dict(resources)
+        self.checkpoint = checkpoint
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_cluster_lost, (str(self), self.index, self.node, self.resources, self.checkpoint))
+
+
+def _rebuild_cluster_lost(
+    message: str, index: int, node: str | None, resources: dict[str, float], checkpoint: str | None
+) -> ClusterLostError:
+    return ClusterLostError(message, index=index, node=node, resources=resources, checkpoint=checkpoint)
+
+
 class EnvWorkerError(RuntimeError):
     """An env worker failed: its env raised, or it died more often than ``max_restarts``.
 

@@ -20,6 +20,12 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the ``cluster`` tests last: each shuts the session's local Ray down (a process can
+    drive one Ray at a time) to connect to its own multi-node cluster."""
+    items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)  # stable: order kept
+
+
 @pytest.fixture(scope="session")
 def tiny_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real PPO policy trained for 64 steps on the tiny spec (one env in this process: a worker
@@ -45,7 +51,7 @@ def ray_cluster() -> Iterator[Any]:
 
     started = not ray.is_initialized()
     if started:
-        # A Ray of our own, even if another one runs on this machine.
+        # "local": our own Ray, not a cluster another process left in /tmp/ray/ray_current_cluster
         ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     yield ray
     if started:

@@ -2,7 +2,9 @@
 
 Both are ``concurrent.futures`` executors of :func:`run_job`, so the runner schedules, resumes
 and collects results the same way whatever the backend. A task's exception comes back as a
-:class:`TrialError` carrying the worker's traceback.
+:class:`TrialError` carrying the worker's traceback. A Ray task whose worker or node is lost
+runs again elsewhere (Ray's retries for system failures); a retry whose trial file was already
+written returns that file's results instead of training again.
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import dataclasses
+import json
 import logging
 import multiprocessing as mp
+import os
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -28,12 +32,16 @@ from rlagent.errors import RLAgentError
 from rlagent.pool.devices import WorkerSlot, plan_workers
 from rlagent.pool.ray import actor_slot, connect_ray, import_ray, plan_ray_slots
 
-__all__ = ["Job", "RayTaskExecutor", "Task", "TrialError", "make_executor", "run_job"]
+__all__ = ["Job", "RayTaskExecutor", "Task", "TrialError", "make_executor", "read_trial", "run_job"]
 
 logger = logging.getLogger(__name__)
 
 TRIAL_FORMAT = 1
 """Version of the trial files :func:`run_job` writes."""
+
+TASK_RETRIES = 3
+"""Times Ray runs a benchmark task again after its worker process or node was lost (never
+after the task itself raised)."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,25 @@ class TrialError(RuntimeError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (TrialError, (self.task, self.device, self.remote_traceback))
+
+
+def read_trial(path: Path, fingerprint: str) -> list[dict[str, Any]] | None:
+    """The results in a finished trial file made with the same settings, else None.
+
+    A file that is missing gives None silently; an unreadable one or one made with other
+    settings (``fingerprint``, format) gives None with a warning: the task runs again.
+    """
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        logger.warning("unreadable trial file %s: running the task again", path)
+        return None
+    if record.get("format") != TRIAL_FORMAT or record.get("fingerprint") != fingerprint:
+        logger.warning("trial file %s was made with other settings: running the task again", path)
+        return None
+    return list(record["results"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,7 +160,23 @@ def run_job(job: Job) -> list[dict[str, Any]]:
 
 
 def _run_in_slot(job: Job, slot: WorkerSlot, cuda: bool) -> list[dict[str, Any]]:
-    """Body of a benchmark Ray task: use the slot as a local worker process would, run the job."""
+    """Body of a benchmark Ray task: use the slot as a local worker process would, run the job.
+
+    Each attempt is logged to ``WORKDIR/attempts.jsonl`` (node id, pid, time). Ray runs a task
+    again when its node or worker was lost, possibly after the trial file was written (the
+    node died before the result came back): then the file's results are returned, and the
+    finished trial is not trained again.
+    """
+    import ray
+
+    job.workdir.mkdir(parents=True, exist_ok=True)
+    attempt = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "time": time.time()}
+    with (job.workdir / "attempts.jsonl").open("a") as f:
+        f.write(json.dumps(attempt) + "\n")
+    finished = read_trial(job.trial_file, job.fingerprint)
+    if finished is not None:
+        logger.info("task %s was run again but its trial file is finished: returning it", job.task.name)
+        return finished
     use_slot(slot, cuda=cuda)
     return run_job(job)
 
@@ -165,7 +208,9 @@ class RayTaskExecutor(cf.Executor):
     it only drives Ray Tune, whose trials reserve the slot's resources each (a reserving driver
     could wait forever for its own trials). Futures are ``concurrent.futures`` ones (from
     ``ObjectRef.future()``); a failed task's future raises the worker's :class:`TrialError` (with
-    its traceback), a lost worker or node a ``TrialError`` naming Ray's error.
+    its traceback). A task whose worker or node is lost is run again by Ray, on any node that
+    has room, up to ``TASK_RETRIES`` times (then its future raises a ``TrialError`` naming Ray's
+    error); a task that raised is never retried.
 
     Args:
         slots: The shapes (device, threads) of the tasks, used round-robin.
@@ -180,8 +225,8 @@ class RayTaskExecutor(cf.Executor):
             raise RLAgentError("RayTaskExecutor needs a running Ray: call ray.init() first, or use make_executor()")
         self.slots = tuple(slots)
         self.shutdown_ray = shutdown_ray
-        # max_retries=0: a task whose worker dies is reported as failed, not run again.
-        self._remote = self._ray.remote(max_retries=0)(_run_in_slot)
+        # Retried only for system failures (a lost worker or node), never for the task's own error.
+        self._remote = self._ray.remote(max_retries=TASK_RETRIES, retry_exceptions=False)(_run_in_slot)
         self._submitted = 0
         self._refs: dict[Any, cf.Future[Any]] = {}
         self._closed = False

@@ -42,7 +42,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from rlagent._io import json_default, write_json_atomic
-from rlagent.bench.executors import TRIAL_FORMAT, Job, Task, TrialError, make_executor, run_job
+from rlagent.bench.executors import Job, Task, TrialError, make_executor, read_trial, run_job
 from rlagent.bench.methods import METHOD_NEEDS, METHODS, RAY_METHODS, MethodResult
 from rlagent.bench.plots import write_plots
 
@@ -233,17 +233,8 @@ def _fingerprint(job_fields: Mapping[str, Any]) -> str:
 
 
 def _load_trial(path: Path, fingerprint: str) -> list[MethodResult] | None:
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        logger.warning("unreadable trial file %s: running the task again", path)
-        return None
-    if record.get("format") != TRIAL_FORMAT or record.get("fingerprint") != fingerprint:
-        logger.warning("trial file %s was made with other settings: running the task again", path)
-        return None
-    return [MethodResult(**r) for r in record["results"]]
+    rows = read_trial(path, fingerprint)
+    return None if rows is None else [MethodResult(**r) for r in rows]
 
 
 def _extra_for(

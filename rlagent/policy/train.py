@@ -25,7 +25,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from tqdm.auto import tqdm
 
 from rlagent._io import optional_import
-from rlagent.errors import SpecError
+from rlagent.errors import ClusterLostError, SpecError
 from rlagent.policy._checks import _ACTIVATIONS, _MAX_LAYERS, _MAX_WIDTH
 from rlagent.policy.checkpoints import (
     CHECKPOINT_FORMAT,
@@ -189,6 +189,8 @@ class TrainingMonitor(BaseCallback):
         self._mark = 0.0
         self._bar: Any = None
         self._start_steps = 0
+        self.updated_steps = 0
+        """Env steps as of the last PPO update: the steps a checkpoint written mid-rollout keeps."""
         self._chosen: list[tuple[float, float]] = []
 
     def _on_training_start(self) -> None:
@@ -202,6 +204,7 @@ class TrainingMonitor(BaseCallback):
             self.log_path.write_text("timesteps,workload,return,final_val_acc,best_val_acc,epochs,diverged,restarted\n")
 
     def _on_rollout_start(self) -> None:
+        self.updated_steps = self.num_timesteps
         now = time.perf_counter()
         if self.num_timesteps > self._start_steps:
             self.update_seconds += now - self._mark
@@ -317,6 +320,28 @@ def build_ppo(venv: VecEnv, settings: PPOSettings, seed: int, tensorboard: str |
     )
 
 
+def _checkpoint_lost_run(
+    exc: ClusterLostError, model: PPO, norm: VecNormalize | None, config: TrainConfig, run_dir: Path,
+    monitor: TrainingMonitor, spec_record: dict[str, Any],
+) -> ClusterLostError:  # fmt: skip
+    """Checkpoint a run whose Ray cluster cannot host its envs any more; the error to raise.
+
+    The checkpoint keeps the policy of the last PPO update and its step count: the steps of the
+    unfinished rollout are lost and run again on resume.
+    """
+    model.num_timesteps = monitor.updated_steps
+    path = save_checkpoint(run_dir / "checkpoints" / f"step-{model.num_timesteps:09d}", model, norm, config, spec_record)
+    logger.warning("the Ray cluster lost a node; checkpoint at %d steps: %s", model.num_timesteps, path)
+    return ClusterLostError(
+        f"{exc}; wrote checkpoint {path}: once the cluster has a node with those resources, "
+        f"rerun the same command with --resume {path}",
+        index=exc.index,
+        node=exc.node,
+        resources=exc.resources,
+        checkpoint=str(path),
+    )
+
+
 def train_policy(config: TrainConfig, *, venv: VecEnv | None = None) -> TrainResult:
     """Train a tuning policy with PPO and save it to ``config.out``.
 
@@ -327,6 +352,10 @@ def train_policy(config: TrainConfig, *, venv: VecEnv | None = None) -> TrainRes
 
     Returns:
         Where the policy went and how fast training ran.
+
+    Raises:
+        ClusterLostError: The Ray cluster lost a node and cannot host an env's actor again; a
+            checkpoint was written first (its path is in the message and ``.checkpoint``).
     """
     if config.tensorboard:
         optional_import("tensorboard", extra="tensorboard", purpose="--tensorboard")
@@ -368,12 +397,15 @@ def train_policy(config: TrainConfig, *, venv: VecEnv | None = None) -> TrainRes
             )
         remaining = config.timesteps - done
         if remaining > 0:
-            model.learn(
-                total_timesteps=remaining,
-                callback=CallbackList(callbacks),
-                reset_num_timesteps=not config.resume,
-                tb_log_name=f"{spec.name}__{out.name}__{seed}",
-            )
+            try:
+                model.learn(
+                    total_timesteps=remaining,
+                    callback=CallbackList(callbacks),
+                    reset_num_timesteps=not config.resume,
+                    tb_log_name=f"{spec.name}__{out.name}__{seed}",
+                )
+            except ClusterLostError as exc:
+                raise _checkpoint_lost_run(exc, model, norm, config, run_dir, monitor, spec_record) from exc
         if config.checkpoint_every:  # so that a finished or time-limited run can be continued
             ckpt_dir = run_dir / "checkpoints" / f"step-{model.num_timesteps:09d}"
             save_checkpoint(ckpt_dir, model, norm, config, spec_record)

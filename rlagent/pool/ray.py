@@ -25,116 +25,42 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import time
 from collections.abc import Sequence
 from typing import Any
 
-import gymnasium as gym
-
-from rlagent._io import optional_import
 from rlagent.config import EnvSpec
-from rlagent.errors import RLAgentError
+from rlagent.errors import ClusterLostError, RLAgentError
 
-# The worker-side command handling and everything but the transport (the VecEnv API, restarts
-# and their reports) are the local pool's own, so that both backends answer every call the same
-# way.
+# Everything but the transport (the VecEnv API, restarts and their reports) is the local pool's
+# own, so that both backends answer every call the same way.
 from rlagent.pool._base import _WorkerPool
+from rlagent.pool._ray_actor import _actor_class, _death_reason, actor_slot
 from rlagent.pool._supervisor import EnvFn, _Dead
-from rlagent.pool._worker import _error_details, _handle, _MissingAttr
-from rlagent.pool.devices import WorkerSlot, plan_workers, visible_cpu_count
+from rlagent.pool.devices import WorkerSlot
 from rlagent.pool.factory import EnvFactory, training_workloads
+from rlagent.pool.ray_cluster import (  # RAY_MISSING, connect_ray, import_ray and plan_ray_slots: re-exported
+    RAY_MISSING,
+    cluster_capacity,
+    connect_ray,
+    describe_node,
+    import_ray,
+    node_alive,
+    plan_ray_slots,
+    ray_demand,
+)
 
 __all__ = ["RAY_MISSING", "RayEnvPool", "actor_slot", "connect_ray", "import_ray", "make_ray_pool", "plan_ray_slots"]
 
 logger = logging.getLogger(__name__)
 
-RAY_MISSING = "--backend ray needs ray: pip install 'rlagent[ray]'"
-"""Message of the ``RLAgentError`` raised when Ray is not installed."""
-
-
-def import_ray() -> Any:
-    """The ``ray`` module, or an :class:`RLAgentError` naming the extra that installs it."""
-    return optional_import("ray", extra="ray", purpose="--backend ray")
-
-
-# --------------------------------------------------------------------------------------------
-# Actor side
-# --------------------------------------------------------------------------------------------
-
-
-class _EnvActor:
-    """Body of one env actor (made a Ray actor class by ``_actor_class``).
-
-    Replies are ``(status, payload)`` as in the local pool's workers: ``"ok"``,
-    ``"attr_error"`` or ``"error"`` (payload: traceback, device, workload). A failure while
-    building the env is kept and reported by ``ready()``, so the actor stays alive to say why.
-    """
-
-    def __init__(self, env_fn: EnvFn, slot: WorkerSlot) -> None:
-        self._slot = slot
-        self._env: gym.Env | None = None
-        self._build_error: dict[str, Any] | None = None
-        env = None
-        try:
-            slot.apply()
-            env = env_fn(slot)
-            if not isinstance(env, gym.Env):
-                raise TypeError(f"env factory returned {type(env).__name__}, not a gymnasium.Env")
-            self._env = env
-        except Exception:  # noqa: BLE001 - reported by ready()
-            self._build_error = _error_details("build", slot, env)
-
-    def ready(self) -> tuple[str, Any]:
-        """``("ok", where this actor runs)`` once the env is built, else the build error."""
-        if self._build_error is not None:
-            return "error", self._build_error
-        import ray
-
-        gpus = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
-        where = f"node {ray.util.get_node_ip_address()}, pid {os.getpid()}"
-        return "ok", where + (f", GPU {','.join(map(str, gpus))}" if gpus else "")
-
-    def call(self, cmd: str, data: Any) -> tuple[str, Any]:
-        """Run one pool command (``rlagent.pool._worker._handle``) on the env."""
-        try:
-            return "ok", _handle(self._env, cmd, data)
-        except _MissingAttr as exc:
-            return "attr_error", str(exc)
-        except Exception:  # noqa: BLE001 - reported to the driver
-            return "error", _error_details(cmd, self._slot, self._env)
-
-    def close(self) -> None:
-        if self._env is not None:
-            self._env.close()
-            self._env = None
-
-
-_ACTOR_CLASS: Any = None
-
-
-def _actor_class() -> Any:
-    """The Ray actor class, created on first use (so that importing this module needs no Ray)."""
-    global _ACTOR_CLASS
-    if _ACTOR_CLASS is None:
-        _ACTOR_CLASS = import_ray().remote(_EnvActor)
-    return _ACTOR_CLASS
+_POLL_SECONDS = 1.0
+"""How often a wait for a recreated actor asks Ray whether the cluster can still host it."""
 
 
 # --------------------------------------------------------------------------------------------
 # Driver side
 # --------------------------------------------------------------------------------------------
-
-
-def _death_reason(exc: BaseException) -> str:
-    """One line from a Ray death error, e.g. "died (ActorDiedError: ... killed by `ray.kill`.)"."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip() and not line.startswith("\t")]
-    return f"died ({type(exc).__name__}: {' '.join(lines)})"
-
-
-def actor_slot(slot: WorkerSlot) -> WorkerSlot:
-    """The slot as seen inside a Ray actor: a GPU actor sees only its own GPU, as ``cuda:0``."""
-    return WorkerSlot("cuda:0", slot.num_threads) if slot.cuda_index is not None else slot
 
 
 class RayEnvPool(_WorkerPool):
@@ -147,11 +73,15 @@ class RayEnvPool(_WorkerPool):
     :func:`make_ray_pool` does that.
 
     When an actor dies or exceeds ``step_timeout``, it is killed and a fresh actor with the same
-    factory and slot is reset with a seed derived from the env's seed and the restart count. The
+    factory and slot (on any node Ray picks) is reset with a seed derived from the env's seed and the restart count. The
     lost step is reported as ``done`` with ``infos[i]`` holding ``"worker_restarted": True``,
     ``"TimeLimit.truncated": True`` and ``"terminal_observation"`` (the env's last observation);
     ``obs[i]`` is the fresh env's reset observation and the reward is 0. After ``max_restarts``
-    restarts of one env the next death raises ``EnvWorkerError``.
+    restarts of one env the next death raises ``EnvWorkerError``. A fresh actor that the cluster
+    cannot host (its node was lost and the alive nodes lack the pool's resources, see
+    :func:`rlagent.pool.ray_cluster.cluster_capacity`) for ``unschedulable_timeout`` seconds
+    raises ``ClusterLostError`` naming the lost node and the resources, instead of waiting out
+    ``start_timeout``.
 
     Args:
         env_fns: One picklable env factory per env; it receives the slot as seen in the actor.
@@ -163,19 +93,23 @@ class RayEnvPool(_WorkerPool):
         start_timeout: Seconds a new actor may take to be scheduled, start and build its env.
         close_timeout: Seconds ``close()`` lets envs close before the actors are killed.
         max_restarts: Restarts allowed per env over the pool's life.
+        unschedulable_timeout: Seconds a recreated actor may stay unplaceable (time for a
+            replacement node to join) before ``ClusterLostError``; None: wait ``start_timeout``.
         shutdown_ray: Call ``ray.shutdown()`` in ``close()`` (set by ``make_ray_pool`` when it
             started or connected Ray itself).
 
     Attributes:
         slots: The slots as seen inside the actors (``cuda:0`` for every GPU actor).
         restarts: Number of times each env's actor has been recreated.
-        placements: Where each actor runs (node address, pid, Ray's GPU ids).
+        placements: Where each actor runs (node address and id, pid, Ray's GPU ids).
+        node_ids: Ray's id of the node each actor runs on.
 
     Raises:
         ValueError: If the arguments do not fit together.
         RLAgentError: If Ray is not installed or not initialised.
         EnvWorkerError: If a factory raises, or an actor dies or cannot be scheduled in time
             while the pool starts.
+        ClusterLostError: (From a step or reset) if a lost node's actor cannot be placed again.
     """
 
     _kind = "actor"
@@ -192,6 +126,7 @@ class RayEnvPool(_WorkerPool):
         start_timeout: float = 300.0,
         close_timeout: float = 10.0,
         max_restarts: int = 3,
+        unschedulable_timeout: float | None = 30.0,
         shutdown_ray: bool = False,
     ) -> None:
         super().__init__(
@@ -204,6 +139,8 @@ class RayEnvPool(_WorkerPool):
         )
         if not gpus_per_env > 0:
             raise ValueError(f"gpus_per_env must be > 0, got {gpus_per_env!r}")
+        if unschedulable_timeout is not None and not unschedulable_timeout > 0:
+            raise ValueError(f"unschedulable_timeout must be > 0 or None, got {unschedulable_timeout!r}")
         ray = import_ray()
         if not ray.is_initialized():
             raise RLAgentError("RayEnvPool needs a running Ray: call ray.init() first, or use make_ray_pool()")
@@ -215,6 +152,11 @@ class RayEnvPool(_WorkerPool):
         self.slots = tuple(actor_slot(s) for s in slots)
         self.gpus_per_env = float(gpus_per_env)
         self.placements: list[str | None] = [None] * n_envs
+        self.node_ids: list[str | None] = [None] * n_envs
+        self._node_addresses: list[str | None] = [None] * n_envs
+        self.unschedulable_timeout = unschedulable_timeout
+        # When each recreated actor was first seen unplaceable (see _check_placeable).
+        self._unplaceable_since: dict[int, float] = {}
         self.shutdown_ray = shutdown_ray
         self._actors: list[Any] = [None] * n_envs
         # The reference of each actor's reply to its last command, and that command.
@@ -240,7 +182,8 @@ class RayEnvPool(_WorkerPool):
         self._replies[i] = (self._actors[i].ready.remote(), "build")
 
     def _built(self, i: int, payload: Any) -> None:
-        self.placements[i] = payload
+        self._node_addresses[i], self.node_ids[i], self.placements[i] = payload
+        self._unplaceable_since.pop(i, None)
 
     def _build_hint(self, i: int, *, restart: bool) -> str:
         return (
@@ -298,12 +241,25 @@ class RayEnvPool(_WorkerPool):
         """Wait for each actor's reply until ``deadline``: ``(status, payload)`` or a ``_Dead``.
 
         An actor's death arrives as its reply (``RayActorError`` and the like); a Ray-level
-        task error (e.g. a reply that cannot be pickled) becomes an ``"error"`` reply.
+        task error (e.g. a reply that cannot be pickled) becomes an ``"error"`` reply. While a
+        recreated actor is being placed, the cluster's capacity is checked every
+        ``_POLL_SECONDS`` (``_check_placeable``).
+
+        Raises:
+            ClusterLostError: If a recreated actor stayed unplaceable for ``unschedulable_timeout``.
         """
         ray = self._ray
         refs = {i: self._replies[i][0] for i in indices}
-        remaining = max(0.0, deadline - time.monotonic())
-        done = set(ray.wait(list(refs.values()), num_returns=len(refs), timeout=remaining)[0])
+        watch = [i for i in indices if self._replies[i][1] == "build" and self._watched(i)]
+        done: set[Any] = set()
+        while len(done) < len(refs):
+            remaining = max(0.0, deadline - time.monotonic())
+            pending = [ref for ref in refs.values() if ref not in done]
+            timeout = min(remaining, _POLL_SECONDS) if watch else remaining
+            done.update(ray.wait(pending, num_returns=len(pending), timeout=timeout)[0])
+            if not watch or time.monotonic() >= deadline:
+                break
+            self._check_placeable([i for i in watch if refs[i] not in done])
         replies: dict[int, tuple[str, Any] | _Dead] = {}
         for i, ref in refs.items():
             if ref not in done:
@@ -324,60 +280,39 @@ class RayEnvPool(_WorkerPool):
                 replies[i] = _Dead(_death_reason(exc))
         return replies
 
+    def _watched(self, i: int) -> bool:
+        """Whether actor ``i`` is a replacement whose placement is checked (it ran before)."""
+        return self.unschedulable_timeout is not None and self.node_ids[i] is not None
+
+    def _check_placeable(self, waiting: list[int]) -> None:
+        """Raise ``ClusterLostError`` for an actor unplaceable for ``unschedulable_timeout``."""
+        now = time.monotonic()
+        pool = {"CPU": sum(s.num_threads for s in self.slots), "GPU": sum(map(self._gpus, range(len(self.slots))))}
+        for i in waiting:
+            why = cluster_capacity(self._ray, ray_demand(self.slots[i].num_threads, self._gpus(i)), pool)
+            if why is None:
+                self._unplaceable_since.pop(i, None)
+                continue
+            since = self._unplaceable_since.setdefault(i, now)
+            if now - since >= self.unschedulable_timeout:
+                raise self._lost_error(i, why, now - since)
+
+    def _lost_error(self, i: int, why: str, waited: float) -> ClusterLostError:
+        node_id = self.node_ids[i]
+        node = describe_node(self._node_addresses[i], node_id)
+        lost = node_id is not None and not node_alive(self._ray, node_id)
+        resources = {"num_cpus": self.slots[i].num_threads, "num_gpus": self._gpus(i)}
+        asks = ", ".join(f"{key}={value:g}" for key, value in resources.items())
+        return ClusterLostError(
+            f"env actor {i} (workload={self._workloads[i]}) {'lost its node' if lost else 'died on node'} {node} "
+            f"and no alive node can host it again: it needs {asks}, and {why} (for {waited:.0f} s)",
+            index=i,
+            node=node,
+            resources=resources,
+        )
+
 
 # --------------------------------------------------------------------------------------------
-
-
-def connect_ray(ray: Any, address: str | None) -> bool:
-    """Initialise Ray unless it already is; returns whether this call did.
-
-    ``address=None`` starts a local cluster sized to this machine (unless ``RAY_ADDRESS`` names
-    one), even if another Ray runs on it; ``"auto"`` or ``"HOST:PORT"`` connects to a running
-    cluster.
-    """
-    if ray.is_initialized():
-        if address is not None:
-            logger.info("Ray is already initialised; address=%r is not used", address)
-        return False
-    try:
-        if address is None and not os.environ.get("RAY_ADDRESS"):
-            # address="local": without it, ray.init joins any Ray already running on this machine.
-            ray.init(address="local", num_cpus=visible_cpu_count(), include_dashboard=False)
-        else:
-            ray.init(address=address)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        target = address or os.environ.get("RAY_ADDRESS")
-        raise RLAgentError(f"cannot connect to the Ray cluster at {target!r}: {first}") from exc
-    return True
-
-
-def plan_ray_slots(
-    ray: Any, n: int | None, devices: str | Sequence[str], *, n_tasks: int | None = None
-) -> tuple[list[WorkerSlot], int, int]:
-    """Plan slots on a running Ray cluster: ``plan_workers`` with the cluster's CPU and GPU totals.
-
-    Each slot's threads are capped at one node's CPUs, since an actor or task must fit on one
-    node. Used by :func:`make_ray_pool` and :func:`rlagent.bench.methods.ray_tune.make_ray_executor`.
-
-    Args:
-        ray: The initialised ``ray`` module.
-        n: Number of slots; None: one per cluster GPU, else one per cluster CPU.
-        devices: ``auto`` or a device list, as for ``plan_workers``.
-        n_tasks: With ``n=None``, at most this many slots (their threads shared out over the
-            CPUs), when the number of jobs is known.
-
-    Returns:
-        The slots, and the cluster's CPU and GPU counts.
-    """
-    resources = ray.cluster_resources()
-    cpus, gpus = int(resources.get("CPU", 0)), int(resources.get("GPU", 0))
-    slots = plan_workers(n, devices, cpu_count=max(1, cpus), cuda_count=gpus)
-    if n is None and n_tasks is not None and len(slots) > n_tasks:
-        slots = plan_workers(n_tasks, devices, cpu_count=max(1, cpus), cuda_count=gpus)
-    node_cpus = [int(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node.get("Alive")]
-    most = max(1, max(node_cpus, default=cpus))
-    return [WorkerSlot(s.device, min(s.num_threads, most)) for s in slots], cpus, gpus
 
 
 def make_ray_pool(
@@ -389,6 +324,7 @@ def make_ray_pool(
     workloads: Sequence[str] | None = None,
     step_timeout: float = 600.0,
     max_restarts: int = 3,
+    unschedulable_timeout: float | None = 30.0,
 ) -> RayEnvPool:
     """A pool of HyperTune envs, one Ray actor per env, planned on the Ray cluster's resources.
 
@@ -407,6 +343,8 @@ def make_ray_pool(
         workloads: Workload names; None: the spec's training workloads.
         step_timeout: Seconds an env step may take before its actor is recreated.
         max_restarts: Restarts allowed per env.
+        unschedulable_timeout: Seconds an actor of a lost node may wait for the cluster to
+            have room for it again before ``ClusterLostError`` (see ``RayEnvPool``).
 
     Returns:
         The pool; its ``close()`` shuts Ray down again if this call initialised it.
@@ -436,6 +374,7 @@ def make_ray_pool(
             gpus_per_env=gpus_per_env,
             step_timeout=step_timeout,
             max_restarts=max_restarts,
+            unschedulable_timeout=unschedulable_timeout,
             shutdown_ray=started,
         )
     except BaseException:

@@ -15,12 +15,15 @@ from typing import Any
 
 import pytest
 
+from rlagent._io import write_json_atomic
+from rlagent.bench.executors import TRIAL_FORMAT, Job, RayTaskExecutor, Task, run_job
 from rlagent.bench.methods.base import TrialContext
 from rlagent.bench.methods.ray_tune import ASHA_BUDGET_RUNS, RAY_METHODS, ray_pbt
 from rlagent.bench.runner import BenchConfig, BenchReport, TrialError, run_benchmark
 from rlagent.cli import main
 from rlagent.config import load_spec
 from rlagent.errors import SpecError
+from rlagent.pool.devices import WorkerSlot
 from tests._markers import requires_ray
 from tests._user_workload import write_broken_spec
 
@@ -146,3 +149,24 @@ def test_ray_pbt_exploits_through_checkpoints(ray_cluster: Any, tmp_path: Path) 
     lo, hi = workload.lr_range
     assert all(lo <= lr <= hi for lr, _ in details["final"])
     assert list(Path(details["experiment"]).glob("*/checkpoint_*/state.pt"))
+
+
+@requires_ray
+def test_a_ray_task_whose_trial_file_is_finished_returns_it_instead_of_training(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
+    # What a retry after a lost node finds when the first attempt wrote its file but its result
+    # never came back: the file's results, not a second training run (the workload does not
+    # even exist, so training would fail).
+    stored = [{"method": "constant", "test_acc": 0.5}]
+    job = Job(
+        Task("constant", "no-such-workload", 0), load_spec("tiny"), None, {}, "f1", tmp_path / "t.json", tmp_path / "w"
+    )
+    write_json_atomic(job.trial_file, {"format": TRIAL_FORMAT, "fingerprint": "f1", "results": stored})
+    other = dataclasses.replace(job, fingerprint="f2")  # made with other settings: runs, and fails
+    with RayTaskExecutor([WorkerSlot("cpu", 1)]) as executor:
+        assert executor.submit(run_job, job).result(timeout=300) == stored
+        with pytest.raises(TrialError, match="no-such-workload"):
+            executor.submit(run_job, other).result(timeout=300)
+    attempts = [json.loads(line) for line in (tmp_path / "w" / "attempts.jsonl").read_text().splitlines()]
+    assert len(attempts) == 2 and attempts[0]["node_id"] == ray_cluster.get_runtime_context().get_node_id()
