@@ -405,7 +405,7 @@ def train_policy(config: TrainConfig, *, venv: VecEnv | None = None) -> TrainRes
         metadata = {
             "spec_name": spec.name,
             "spec": spec.to_dict(),
-            "trained_on": list(spec.workloads.train),
+            "trained_on": list(spec.workloads.train_names),
             "held_out": list(spec.workloads.heldout),
             "timesteps": int(model.num_timesteps),
             "seed": seed,
