@@ -8,6 +8,7 @@ from rlagent.config import EnvSpec, EpisodeSpec, RewardSpec, WorkloadSet, load_s
 from rlagent.env import HyperTuneEnv
 from rlagent.errors import RLAgentError, SpecError
 from rlagent.features import FEATURE_NAMES
+from rlagent.procedural import ProceduralSpec, Task, sample_task
 from rlagent.workloads import BUILTIN_WORKLOADS, WorkloadSpec
 
 # Registered before the imports below, which pull in stable-baselines3.
@@ -51,10 +52,12 @@ __all__ = [
     "HyperTuneEnv",
     "PPOSettings",
     "PolicyFileError",
+    "ProceduralSpec",
     "RLAgentError",
     "RewardSpec",
     "SavedPolicy",
     "SpecError",
+    "Task",
     "TrainConfig",
     "TrainResult",
     "TuneResult",
@@ -66,6 +69,7 @@ __all__ = [
     "make_pool",
     "run_benchmark",
     "run_policy",
+    "sample_task",
     "save_policy",
     "train_policy",
     "train_with_policy",
