@@ -8,6 +8,7 @@ from rlagent.config import EnvSpec, EpisodeSpec, RewardSpec, WorkloadSet, load_s
 from rlagent.env import HyperTuneEnv
 from rlagent.errors import RLAgentError, SpecError
 from rlagent.features import FEATURE_NAMES
+from rlagent.procedural import ProceduralSpec, Task, sample_task
 from rlagent.workloads import BUILTIN_WORKLOADS, WorkloadSpec
 
 # Registered before the imports below, which pull in stable-baselines3.
@@ -52,10 +53,12 @@ __all__ = [
     "PPOSettings",
     "PolicyFileError",
     "PopulationVecEnv",
+    "ProceduralSpec",
     "RLAgentError",
     "RewardSpec",
     "SavedPolicy",
     "SpecError",
+    "Task",
     "TrainConfig",
     "TrainResult",
     "TuneResult",
@@ -67,6 +70,7 @@ __all__ = [
     "make_pool",
     "run_benchmark",
     "run_policy",
+    "sample_task",
     "save_policy",
     "train_policy",
     "train_with_policy",

@@ -27,25 +27,66 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 
 def _cmd_workloads(args: argparse.Namespace) -> None:
     spec = load_spec(args.spec)
-    names = list(dict.fromkeys([*spec.workloads.train, *spec.workloads.heldout, *args.extra]))
+    if args.sample is not None:
+        _print_draws(spec, args)
+        return
+    names = list(dict.fromkeys([*spec.workloads.train_names, *spec.workloads.heldout, *args.extra]))
     rows = []
     for name in names:
         wl = spec.workload(name)
         row = describe(wl, load_source(wl))
-        row["role"] = "train" if name in spec.workloads.train else "held-out" if name in spec.workloads.heldout else "-"
+        train = name in spec.workloads.train_names
+        row["role"] = "train" if train else "held-out" if name in spec.workloads.heldout else "-"
         rows.append(row)
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table(title=f"workloads of spec '{spec.name}'")
-    for col in ("name", "role", "train", "val", "test", "input", "classes", "params", "opt", "epochs", "description"):
+    title = f"workloads of spec '{spec.name}'"
+    if spec.workloads.sampler is not None:
+        title += " (training workloads are drawn: see --sample N)"
+    table = Table(title=title)
+    cols = ("name", "role", "family", "train", "val", "test", "input", "classes", "params", "opt", "epochs")
+    for col in (*cols, "description"):
         table.add_column(
             col, justify="right" if col in ("train", "val", "test", "classes", "params", "epochs") else "left"
         )
     for r in rows:
         table.add_row(
-            r["name"], r["role"], str(r["train"]), str(r["val"]), str(r["test"]), "x".join(map(str, r["input_shape"])),
-            str(r["classes"]), f"{r['params']:,}", r["optimizer"], str(r["epochs"]), r["description"],
+            r["name"], r["role"], r["family"], str(r["train"]), str(r["val"]), str(r["test"]),
+            "x".join(map(str, r["input_shape"])), str(r["classes"]), f"{r['params']:,}", r["optimizer"],
+            str(r["epochs"]), r["description"],
+        )  # fmt: skip
+    console.print(table)
+
+
+def _print_draws(spec, args: argparse.Namespace) -> None:
+    import torch
+
+    from rlagent.costs import draw_rows
+    from rlagent.errors import SpecError
+
+    if args.sample < 1:
+        raise SpecError("--sample", args.sample, "an integer >= 1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the epoch cost is quoted for one core
+    try:
+        rows = draw_rows(spec, args.sample, args.seed)
+    finally:
+        torch.set_num_threads(threads)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(
+        title=f"{args.sample} draws of spec '{spec.name}' from seed {args.seed} (epoch seconds: 1 core, batch 32)"
+    )
+    cols = ("name", "family", "train", "input", "classes", "params", "epochs", "init lr", "init bs", "est s", "epoch s")
+    for col in (*cols, "description"):
+        table.add_column(col, justify="left" if col in ("name", "family", "input", "description") else "right")
+    for r in rows:
+        table.add_row(
+            r["name"], r["family"], str(r["train"]), "x".join(map(str, r["input_shape"])), str(r["classes"]),
+            f"{r['params']:,}", str(r["epochs"]), f"{r['init_lr']:.2e}", str(r["init_batch_size"]),
+            f"{r['est_seconds']:.3f}", f"{r['seconds']:.3f}", r["description"],
         )  # fmt: skip
     console.print(table)
 
@@ -243,6 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", default="default", help="spec file or shipped spec name (default: default)")
     p.add_argument("--extra", nargs="*", default=[], help="more workload names to describe")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--sample", type=int, default=None, metavar="N",
+        help="instead, print N draws of the spec's procedural sampler with their measured epoch cost",
+    )  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of the first draw (with --sample)")
     p.set_defaults(func=_cmd_workloads)
 
     p = sub.add_parser("rollout", help="run one episode with random actions")

@@ -2,7 +2,9 @@
 
 A spec file maps one to one onto :class:`EnvSpec`; its tables ``[episode]``, ``[reward]`` and
 ``[workloads]`` onto :class:`EpisodeSpec`, :class:`RewardSpec` and :class:`WorkloadSet`, and each
-``[workloads.define.NAME]`` table onto a :class:`rlagent.workloads.WorkloadSpec`. Anything
+``[workloads.define.NAME]`` table onto a :class:`rlagent.workloads.WorkloadSpec`; a training
+set drawn by a sampler, ``train = { sampler = "procedural", exclude = {...} }``, onto a
+:class:`rlagent.procedural.ProceduralSpec`. Anything
 missing, mistyped, unknown or out of range is refused with a :class:`SpecError` naming the field
 and the value.
 """
@@ -20,7 +22,17 @@ from pathlib import Path
 from typing import Any
 
 from rlagent.errors import SpecError
-from rlagent.workloads import BUILTIN_WORKLOADS, DATASETS, MODELS, WorkloadSpec, check_range, import_factory
+from rlagent.procedural import ProceduralSpec, Task, sample_task
+from rlagent.workloads import (
+    BUILTIN_WORKLOADS,
+    DATASETS,
+    DEFAULT_BATCH_SIZE_RANGE,
+    DEFAULT_LR_RANGE,
+    MODELS,
+    WorkloadSpec,
+    check_range,
+    import_factory,
+)
 
 ACTIONS = ("discrete", "continuous")
 REWARDS = ("val_acc", "best_improvement", "final")
@@ -48,9 +60,11 @@ class EpisodeSpec:
     batch_size_range: tuple[int, int] | None = None
     """Batch-size range the agent moves within; None uses each workload's own."""
     init_lr: float | str = 1e-3
-    """Learning rate of the first epoch, or ``"sample"`` for log-uniform in the range."""
+    """Learning rate of the first epoch, or ``"sample"`` for log-uniform in the range (a
+    procedural draw brings its own)."""
     init_batch_size: int | str = 32
-    """Batch size of the first epoch, or ``"sample"`` for a power of two in the range."""
+    """Batch size of the first epoch, or ``"sample"`` for a power of two in the range (a
+    procedural draw brings its own)."""
 
     def __post_init__(self) -> None:
         if self.epochs is not None:
@@ -109,29 +123,44 @@ class RewardSpec:
 class WorkloadSet:
     """Which workloads the agent trains on and which it must never see."""
 
-    train: tuple[str, ...]
-    """Workloads episodes are drawn from during training."""
+    train: tuple[str, ...] | ProceduralSpec
+    """Workloads episodes are drawn from during training: a list of names, or a sampler that
+    draws a fresh workload per episode (``{ sampler = "procedural", exclude = {...} }``)."""
     heldout: tuple[str, ...] = ()
     """Workloads kept for evaluation only; never trained on."""
     define: Mapping[str, WorkloadSpec] = field(default_factory=dict)
     """Workloads defined in the spec itself (built-ins are always known)."""
 
     def __post_init__(self) -> None:
-        for name in ("train", "heldout"):
+        if isinstance(self.train, Mapping):
+            object.__setattr__(self, "train", _build(ProceduralSpec, self.train, "workloads.train"))
+        names = ("heldout",) if isinstance(self.train, ProceduralSpec) else ("train", "heldout")
+        for name in names:
             value = getattr(self, name)
             if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-                raise SpecError(f"workloads.{name}", value, "a list of workload names")
+                allowed = "a list of workload names" + (" or { sampler = 'procedural' }" if name == "train" else "")
+                raise SpecError(f"workloads.{name}", value, allowed)
             object.__setattr__(self, name, tuple(value))
         if not self.train:
             raise SpecError("workloads.train", list(self.train), "at least one workload")
         known = sorted(set(BUILTIN_WORKLOADS) | set(self.define))
-        for name in ("train", "heldout"):
+        for name in names:
             for w in getattr(self, name):
                 if w not in known:
                     raise SpecError(f"workloads.{name}", w, f"a known workload: {known}")
-        overlap = sorted(set(self.train) & set(self.heldout))
+        overlap = sorted(set(self.train_names) & set(self.heldout))
         if overlap:
             raise SpecError("workloads.heldout", overlap, "no workload that is also in workloads.train")
+
+    @property
+    def sampler(self) -> ProceduralSpec | None:
+        """The training set's sampler, or None when it is a list of names."""
+        return self.train if isinstance(self.train, ProceduralSpec) else None
+
+    @property
+    def train_names(self) -> tuple[str, ...]:
+        """The named training workloads (none when a sampler draws them)."""
+        return () if isinstance(self.train, ProceduralSpec) else self.train
 
     def get(self, name: str) -> WorkloadSpec:
         """Look a workload up among the spec's definitions, then the built-ins."""
@@ -166,7 +195,26 @@ class EnvSpec:
 
     def workload(self, name: str) -> WorkloadSpec:
         """The workload called ``name``, with this spec's episode overrides applied."""
-        spec = self.workloads.get(name)
+        return self._with_episode(self.workloads.get(name))
+
+    def draw(self, seed: int) -> Task:
+        """A workload drawn by the training set's sampler from ``seed``, episode overrides applied.
+
+        The draw's initial LR and batch size lie in the spec's ranges (``episode.lr_range`` /
+        ``batch_size_range`` when set). Raises :class:`SpecError` if the training set is a list.
+        """
+        sampler = self.workloads.sampler
+        if sampler is None:
+            raise SpecError("workloads.train", list(self.workloads.train), "a sampler (this spec names its workloads)")
+        task = sample_task(
+            seed,
+            sampler,
+            lr_range=self.episode.lr_range or DEFAULT_LR_RANGE,
+            batch_size_range=self.episode.batch_size_range or DEFAULT_BATCH_SIZE_RANGE,
+        )
+        return dataclasses.replace(task, workload=self._with_episode(task.workload))
+
+    def _with_episode(self, spec: WorkloadSpec) -> WorkloadSpec:
         changes: dict[str, Any] = {}
         if self.episode.epochs is not None:
             changes["epochs"] = self.episode.epochs

@@ -50,7 +50,9 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Description
     An episode is one training run of a workload (dataset + model + optimiser) drawn from the
-    spec's training workloads. Each step, the agent changes the learning rate and batch size; the
+    spec's training workloads — picked among its names, or, for a procedural training set
+    (:mod:`rlagent.procedural`), drawn afresh from the episode seed with its own epoch budget
+    and initial LR and batch size. Each step, the agent changes the learning rate and batch size; the
     env then trains the network for exactly one epoch with them and evaluates it on the whole
     validation split. Optimiser state (Adam moments, momentum) is kept across changes.
 
@@ -96,14 +98,16 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
     workloads=None)``. ``spec``: an :class:`EnvSpec`, a spec file path, the name of a shipped
     spec, or a dict in the file's layout. ``device``: torch device the run lives on.
     ``num_threads``: torch threads for this process (None leaves torch's setting).
-    ``workloads``: names to draw episodes from instead of the spec's training set.
+    ``workloads``: names to draw episodes from instead of the spec's training set (its names or
+    its sampler).
     ``sources``: a cache of loaded datasets to share with other envs in the process (a
     population), keyed by :func:`rlagent.workloads.source_key`.
     ``reset(options={"workload": name, "lr": x, "batch_size": b})`` picks a workload
     (held-out ones included, e.g. for evaluation) and initial values for one episode.
 
     ## Version History
-    * v0: Initial version.
+    * v0: Initial version; procedural training sets and more optimiser families added without
+      changing the observation, action or reward of named workloads.
     """
 
     metadata: dict[str, Any] = {"render_modes": []}
@@ -129,7 +133,10 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             if num_threads < 1:
                 raise SpecError("num_threads", num_threads, "an integer >= 1")
             torch.set_num_threads(num_threads)
-        self.workload_names = tuple(workloads) if workloads is not None else spec.workloads.train
+        self.workload_names = tuple(workloads) if workloads is not None else spec.workloads.train_names
+        """Named workloads episodes are drawn from; empty when the spec's sampler draws them."""
+        if not self.workload_names and spec.workloads.sampler is None:
+            raise SpecError("workloads", list(self.workload_names), "at least one workload name")
         for name in self.workload_names:
             spec.workload(name)  # raises on unknown names
         self.action_kind = spec.episode.action
@@ -165,18 +172,27 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         if unknown:
             raise SpecError("reset options", unknown, f"keys among {RESET_OPTIONS}")
         name = options.get("workload")
-        if name is None:
-            name = self.workload_names[int(self.np_random.integers(len(self.workload_names)))]
-        wl = self.env_spec.workload(name)
-        episode_seed = seed if seed is not None else int(self.np_random.integers(2**31 - 1))
-        run = make_run(wl, episode_seed, device=self.device, sources=self._sources)
+        if name is None and not self.workload_names:
+            # A procedural training set: a fresh workload drawn from the episode seed. Its data
+            # are not cached (each draw is new; regenerating takes at most a few seconds).
+            episode_seed = seed if seed is not None else int(self.np_random.integers(2**31 - 1))
+            task = self.env_spec.draw(episode_seed)
+            wl, name, sources = task.workload, task.workload.name, {}
+            options = {"lr": task.init_lr, "batch_size": task.init_batch_size, **options}
+        else:
+            if name is None:
+                name = self.workload_names[int(self.np_random.integers(len(self.workload_names)))]
+            wl, sources = self.env_spec.workload(name), self._sources
+            episode_seed = seed if seed is not None else int(self.np_random.integers(2**31 - 1))
+        run = make_run(wl, episode_seed, device=self.device, sources=sources)
         data = run.data
         hp = self._initial_values(wl, len(data.train), options)
         lr, bs = hp.lr, hp.batch_size
         self.hparams = hp
         self.trainer = Trainer(
-            run.model, data.train, optimizer=wl.optimizer, lr=lr, batch_size=bs, generator=run.generator
-        )
+            run.model, data.train, optimizer=wl.optimizer, optimizer_args=wl.optimizer_args,
+            lr=lr, batch_size=bs, generator=run.generator,
+        )  # fmt: skip
         self.workload, self.data = wl, data
         self.tracker = RunTracker(
             num_classes=data.num_classes, lr_range=wl.lr_range,

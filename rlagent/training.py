@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from rlagent.features import RunTracker
-from rlagent.workloads import Split
+from rlagent.workloads import OPTIMIZER_ARGS, Split
 
 NOISE_WINDOW = 4
 """Consecutive minibatches whose mean gradient stands in for one batch ``NOISE_WINDOW`` times larger."""
@@ -120,13 +120,26 @@ class EvalStats:
     acc: float
 
 
-def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
-    """``adam`` (torch defaults) or ``sgd`` with momentum 0.9."""
+def make_optimizer(name: str, params, lr: float, args: Mapping[str, Any] | None = None) -> torch.optim.Optimizer:
+    """An optimiser of family ``name`` at ``lr`` with keyword arguments ``args``.
+
+    ``adam``, ``adamw`` (torch's default weight decay 0.01 unless ``weight_decay`` is given) and
+    ``rmsprop`` with torch's defaults; ``sgd`` with momentum 0.9 (``nesterov`` optional). The
+    arguments each accepts are :data:`rlagent.workloads.OPTIMIZER_ARGS`.
+    """
+    args = dict(args or {})
+    if name not in OPTIMIZER_ARGS:
+        raise ValueError(f"optimizer: got {name!r}; expected one of {tuple(OPTIMIZER_ARGS)}")
+    unknown = sorted(set(args) - set(OPTIMIZER_ARGS[name]))
+    if unknown:
+        raise ValueError(f"optimizer {name}: got arguments {unknown}; expected among {OPTIMIZER_ARGS[name]}")
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
+        return torch.optim.Adam(params, lr=lr, **args)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, **args)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
-    raise ValueError(f"optimizer: got {name!r}; expected 'adam' or 'sgd'")
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, **args)
+    return torch.optim.RMSprop(params, lr=lr, **args)
 
 
 def _count_correct(logits: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
@@ -143,6 +156,7 @@ class Trainer:
         model: The network, already on ``device``.
         train: Training split, already on ``device``.
         optimizer: An optimiser over ``model``'s parameters, or the name of a family.
+        optimizer_args: Keyword arguments of a named family (see :func:`make_optimizer`).
         lr: Initial learning rate.
         batch_size: Initial batch size.
         generator: CPU generator that owns all shuffling randomness.
@@ -156,6 +170,7 @@ class Trainer:
         train: Split,
         *,
         optimizer: str | torch.optim.Optimizer = "adam",
+        optimizer_args: Mapping[str, Any] | None = None,
         lr: float,
         batch_size: int,
         generator: torch.Generator,
@@ -164,7 +179,10 @@ class Trainer:
     ) -> None:
         self.model = model
         self.train_split = train
-        self.optimizer = make_optimizer(optimizer, model.parameters(), lr) if isinstance(optimizer, str) else optimizer
+        if isinstance(optimizer, str):
+            self.optimizer = make_optimizer(optimizer, model.parameters(), lr, optimizer_args)
+        else:
+            self.optimizer = optimizer
         self.loss_fn = loss_fn if loss_fn is not None else nn.functional.cross_entropy
         self.generator = generator
         self.measure_noise = measure_noise

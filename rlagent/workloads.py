@@ -1,9 +1,8 @@
-"""Workloads: a dataset, a model factory and the ranges a tuner may move within.
+"""Workloads: a dataset, a model factory, an optimiser and the ranges a tuner may move within.
 
-Everything here is offline: sklearn's digits ship with scikit-learn, MNIST-1D is generated
-procedurally (``mnist1d.data.make_dataset``; the downloading ``get_dataset`` is never used) and
-the synthetic tabular task comes from ``sklearn.datasets.make_classification``. A user's own
-workload names ``package.module:factory`` for its dataset and/or model.
+The built-in datasets (:mod:`rlagent.datasets`) and models (:mod:`rlagent.models`) are all
+offline; :mod:`rlagent.procedural` draws whole workloads from them. A user's own workload names
+``package.module:factory`` for its dataset and/or model.
 
 A run of a workload has three splits. ``train`` is what the optimiser sees, ``val`` feeds the
 reward and every selection, ``test`` is only ever reported.
@@ -12,8 +11,6 @@ reward and every selection, ``test`` is only ever reported.
 from __future__ import annotations
 
 import importlib
-import math
-import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,9 +19,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from rlagent.datasets import DATASETS, Split
 from rlagent.errors import SpecError
+from rlagent.models import MODELS
 
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZER_ARGS: dict[str, tuple[str, ...]] = {
+    "adam": ("weight_decay",),
+    "adamw": ("weight_decay",),
+    "sgd": ("nesterov", "weight_decay"),
+    "rmsprop": ("weight_decay",),
+}
+"""Optimiser families and the keyword arguments each accepts (see :func:`rlagent.training.make_optimizer`)."""
+OPTIMIZERS = tuple(OPTIMIZER_ARGS)
 DEFAULT_LR_RANGE = (1e-4, 0.3)
 """Learning-rate range of a workload that names none (and of a policy whose record has none)."""
 DEFAULT_BATCH_SIZE_RANGE = (16, 512)
@@ -46,7 +52,9 @@ class WorkloadSpec:
     model_args: Mapping[str, Any] = field(default_factory=dict)
     """Keyword arguments for the model factory."""
     optimizer: str = "adam"
-    """Optimiser family: ``adam`` or ``sgd`` (momentum 0.9)."""
+    """Optimiser family: ``adam``, ``adamw``, ``sgd`` (momentum 0.9) or ``rmsprop``."""
+    optimizer_args: Mapping[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the optimiser, see :data:`OPTIMIZER_ARGS` (e.g. ``{"weight_decay": 0.01}``)."""
     epochs: int = 15
     """Epoch budget of one training run."""
     lr_range: tuple[float, float] = DEFAULT_LR_RANGE
@@ -57,11 +65,29 @@ class WorkloadSpec:
     """Share of the non-test data held out for validation."""
     description: str = ""
     """One line for ``rlagent workloads``."""
+    family: str = ""
+    """Label the benchmark aggregates by (e.g. ``recurrent``); a procedural draw carries
+    ``model/norm/dataset/optimizer``."""
 
     def __post_init__(self) -> None:
         where = f"workload {self.name!r}"
         if self.optimizer not in OPTIMIZERS:
             raise SpecError(f"{where}.optimizer", self.optimizer, f"one of {OPTIMIZERS}")
+        if not isinstance(self.optimizer_args, Mapping):
+            raise SpecError(f"{where}.optimizer_args", self.optimizer_args, "a table of keyword arguments")
+        allowed_args = OPTIMIZER_ARGS[self.optimizer]
+        for key, value in self.optimizer_args.items():
+            if key not in allowed_args:
+                raise SpecError(
+                    f"{where}.optimizer_args.{key}", value, f"a key among {allowed_args} for {self.optimizer}"
+                )
+        wd = self.optimizer_args.get("weight_decay", 0.0)
+        if isinstance(wd, bool) or not isinstance(wd, (int, float)) or not 0.0 <= wd < 1.0:
+            raise SpecError(f"{where}.optimizer_args.weight_decay", wd, "a number in [0, 1)")
+        if not isinstance(self.optimizer_args.get("nesterov", False), bool):
+            raise SpecError(f"{where}.optimizer_args.nesterov", self.optimizer_args["nesterov"], "true or false")
+        if not isinstance(self.family, str):
+            raise SpecError(f"{where}.family", self.family, "a string")
         if not (isinstance(self.epochs, int) and self.epochs >= 1):
             raise SpecError(f"{where}.epochs", self.epochs, "an integer >= 1")
         check_range(f"{where}.lr_range", self.lr_range, positive=True)
@@ -94,20 +120,6 @@ def check_range(name: str, value: Any, *, positive: bool = False, integer: bool 
 
 
 @dataclass
-class Split:
-    """Inputs and integer labels of one split, as tensors."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def to(self, device: torch.device | str) -> Split:
-        return Split(self.x.to(device), self.y.to(device))
-
-
-@dataclass
 class Data:
     """The three splits of one run plus what models need to know about them."""
 
@@ -124,160 +136,21 @@ class Data:
         return Data(self.train.to(device), self.val.to(device), self.test.to(device), self.num_classes)
 
 
-# ---------------------------------------------------------------------------------------------
-# Datasets: each returns (pool, test); the pool is split into train/val per run seed.
-# Each imports its library when called: sklearn and mnist1d (which pulls in matplotlib) add
-# over a second to every `import rlagent`, and a run needs at most one of them.
-
-
-def _digits() -> tuple[Split, Split]:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    x, y = load_digits(return_X_y=True)
-    x_pool, x_test, y_pool, y_test = train_test_split(x / 16.0, y, test_size=0.2, random_state=0, stratify=y)
-    return _split(x_pool, y_pool), _split(x_test, y_test)
-
-
-def _mnist1d(num_samples: int = 5000, data_seed: int = 42) -> tuple[Split, Split]:
-    from mnist1d.data import get_dataset_args, make_dataset
-
-    args = get_dataset_args()
-    args.num_samples = num_samples
-    args.seed = data_seed
-    # make_dataset seeds Python's and NumPy's global RNGs; put them back as they were.
-    py_state, np_state = random.getstate(), np.random.get_state()  # noqa: NPY002
-    try:
-        data = make_dataset(args)
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)  # noqa: NPY002
-    return _split(data["x"], data["y"]), _split(data["x_test"], data["y_test"])
-
-
-def _synthetic(
-    n_samples: int = 4000,
-    n_features: int = 20,
-    n_informative: int = 10,
-    n_classes: int = 4,
-    class_sep: float = 1.0,
-    flip_y: float = 0.05,
-    data_seed: int = 0,
-) -> tuple[Split, Split]:
-    from sklearn.datasets import make_classification
-
-    x, y = make_classification(
-        n_samples=n_samples,
-        n_features=n_features,
-        n_informative=n_informative,
-        n_redundant=0,
-        n_classes=n_classes,
-        class_sep=class_sep,
-        flip_y=flip_y,
-        random_state=data_seed,
-    )
-    n_test = n_samples // 5
-    return _split(x[n_test:], y[n_test:]), _split(x[:n_test], y[:n_test])
-
-
-def _split(x: np.ndarray, y: np.ndarray) -> Split:
-    return Split(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long))
-
-
-DATASETS: dict[str, Callable[..., tuple[Split, Split]]] = {
-    "digits": _digits,
-    "mnist1d": _mnist1d,
-    "synthetic": _synthetic,
-}
-
-# ---------------------------------------------------------------------------------------------
-# Models: factory(input_shape, num_classes, **args) -> nn.Module.
-
-
-def _mlp(input_shape: tuple[int, ...], num_classes: int, hidden: list[int] = (64,)) -> nn.Module:
-    layers: list[nn.Module] = [nn.Flatten()]
-    width = math.prod(input_shape)
-    for h in hidden:
-        layers += [nn.Linear(width, h), nn.ReLU()]
-        width = h
-    layers.append(nn.Linear(width, num_classes))
-    return nn.Sequential(*layers)
-
-
-def _cnn2d(
-    input_shape: tuple[int, ...],
-    num_classes: int,
-    image_shape: list[int] = (1, 8, 8),
-    channels: list[int] = (16, 32),
-) -> nn.Module:
-    c_in, h, w = image_shape
-    if math.prod(input_shape) != c_in * h * w:
-        raise ValueError(f"cnn2d: input of shape {input_shape} does not fit image_shape {image_shape}")
-    layers: list[nn.Module] = [nn.Unflatten(1, (c_in, h, w))]
-    for c in channels:
-        layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.ReLU()]
-        c_in = c
-    layers += [nn.MaxPool2d(2), nn.Flatten(), nn.Linear(c_in * (h // 2) * (w // 2), num_classes)]
-    return nn.Sequential(*layers)
-
-
-def _cnn1d(input_shape: tuple[int, ...], num_classes: int, channels: int = 25) -> nn.Module:
-    # The MNIST-1D paper's ConvBase: three strided convolutions, then a linear read-out.
-    length = input_shape[-1]
-    for k in (5, 3, 3):
-        length = (length + 2 - k) // 2 + 1
-    return nn.Sequential(
-        nn.Unflatten(1, (1, input_shape[-1])),
-        nn.Conv1d(1, channels, 5, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Conv1d(channels, channels, 3, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Conv1d(channels, channels, 3, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(channels * length, num_classes),
-    )
-
-
-class _GRUClassifier(nn.Module):
-    """Reads a 1-D signal step by step and classifies from the last hidden state."""
-
-    def __init__(self, num_classes: int, hidden: int) -> None:
-        super().__init__()
-        self.gru = nn.GRU(1, hidden, batch_first=True)
-        self.head = nn.Linear(hidden, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, h = self.gru(x.unsqueeze(-1))
-        return self.head(h[-1])
-
-
-def _gru(input_shape: tuple[int, ...], num_classes: int, hidden: int = 32) -> nn.Module:
-    return _GRUClassifier(num_classes, hidden)
-
-
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "mlp": _mlp,
-    "cnn2d": _cnn2d,
-    "cnn1d": _cnn1d,
-    "gru": _gru,
-}
-
 BUILTIN_WORKLOADS: dict[str, WorkloadSpec] = {
     w.name: w
     for w in (
         WorkloadSpec("digits-mlp", "digits", "mlp", model_args={"hidden": [64]},
-                     description="sklearn digits 8x8, MLP 64-64-10"),
+                     description="sklearn digits 8x8, MLP 64-64-10", family="mlp"),
         WorkloadSpec("digits-cnn", "digits", "cnn2d",
-                     description="sklearn digits 8x8, 2-layer CNN (16, 32 ch)"),
+                     description="sklearn digits 8x8, 2-layer CNN (16, 32 ch)", family="cnn"),
         WorkloadSpec("mnist1d-mlp", "mnist1d", "mlp", model_args={"hidden": [100, 100]},
-                     description="MNIST-1D, MLP 40-100-100-10"),
+                     description="MNIST-1D, MLP 40-100-100-10", family="mlp"),
         WorkloadSpec("mnist1d-cnn", "mnist1d", "cnn1d",
-                     description="MNIST-1D, 3-layer strided 1-D CNN (25 ch)"),
+                     description="MNIST-1D, 3-layer strided 1-D CNN (25 ch)", family="cnn"),
         WorkloadSpec("mnist1d-gru", "mnist1d", "gru",
-                     description="MNIST-1D, GRU (32 hidden) read-out of the last state"),
+                     description="MNIST-1D, GRU (32 hidden) read-out of the last state", family="recurrent"),
         WorkloadSpec("synthetic-mlp", "synthetic", "mlp", model_args={"hidden": [64, 64]},
-                     description="make_classification 20 features / 4 classes, MLP 64-64"),
+                     description="make_classification 20 features / 4 classes, MLP 64-64", family="mlp"),
     )
 }  # fmt: skip
 
@@ -442,5 +315,6 @@ def describe(spec: WorkloadSpec, source: Source) -> dict[str, Any]:
         "params": sum(p.numel() for p in model.parameters()),
         "optimizer": spec.optimizer,
         "epochs": spec.epochs,
+        "family": spec.family,
         "description": spec.description,
     }

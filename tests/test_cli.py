@@ -30,6 +30,20 @@ def test_workloads_unknown_extra_is_one_line(capsys: pytest.CaptureFixture[str])
     assert err.count("\n") == 1 and "'nope'" in err and "Traceback" not in err
 
 
+def test_workloads_sample_prints_draws_with_cost(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["workloads", "--spec", "tiny-procedural", "--sample", "2", "--seed", "4", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == ["procedural-4", "procedural-5"]
+    for r in rows:
+        assert r["family"].count("/") == 3 and r["params"] > 0 and r["seconds"] > 0 and r["est_seconds"] > 0
+
+
+def test_workloads_sample_of_a_named_spec_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["workloads", "--spec", "tiny", "--sample", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "workloads.train" in err and "sampler" in err
+
+
 def test_rollout_runs_an_episode(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["rollout", "--spec", "tiny", "--seed", "1", "--workload", "tiny-wide"]) == 0
     out = capsys.readouterr().out

@@ -12,6 +12,7 @@ import pytest
 
 from rlagent import BUILTIN_WORKLOADS, EnvSpec, SpecError, load_spec
 from rlagent.config import data_dir, resolve_spec_path, spec_from_dict
+from rlagent.procedural import family_of
 
 SHIPPED = sorted(p.stem for p in data_dir("envs").glob("*.toml"))
 
@@ -62,13 +63,23 @@ def test_shipped_specs_load() -> None:
     for name in SHIPPED:
         spec = load_spec(name)
         assert spec.name == name
-        for w in (*spec.workloads.train, *spec.workloads.heldout):
+        for w in (*spec.workloads.train_names, *spec.workloads.heldout):
             spec.workload(w)
 
 
-def test_default_spec_covers_the_builtins() -> None:
+def test_default_spec_holds_out_whole_families() -> None:
     spec = load_spec("default")
-    assert set(spec.workloads.train) | set(spec.workloads.heldout) == set(BUILTIN_WORKLOADS)
+    sampler = spec.workloads.sampler
+    assert sampler is not None
+    assert {"gru", "lstm"} <= set(sampler.exclude["model"]) and "batchnorm" in sampler.exclude["norm"]
+    assert sampler.exclude["dataset"] and sampler.exclude["optimizer"]
+    suite = spec.workloads.heldout
+    assert len(suite) >= 8 and {"mnist1d-cnn", "mnist1d-gru"} <= set(suite)
+    for name in suite:
+        wl = spec.workload(name)
+        assert wl.family, name
+        # Every suite member but the in-distribution reference comes from a held-out family.
+        assert sampler.allows(family_of(wl)) == (name == "mnist1d-cnn"), name
 
 
 def test_load_spec_from_file(tmp_path: Path) -> None:
@@ -212,7 +223,7 @@ def test_spec_error_is_a_value_error() -> None:
 @pytest.mark.parametrize(
     ("table", "text"),
     [
-        ({"model": "mlp", "model_args": {"hiden": [8]}}, "workloads.define.w.model_args.hiden: got [8]; expected an argument of model 'mlp': one of ['hidden']"),
+        ({"model": "mlp", "model_args": {"hiden": [8]}}, "workloads.define.w.model_args.hiden: got [8]; expected an argument of model 'mlp': one of ['hidden', 'activation', 'norm', 'dropout', 'residual']"),
         ({"model": "cnn1d", "dataset_args": {"num_sample": 10}}, "dataset_args.num_sample: got 10; expected an argument of dataset 'synthetic'"),
         ({"model": "tests._user_workload:make_model", "model_args": {"bogus": 1}}, "model_args.bogus"),
     ],

@@ -25,7 +25,9 @@ __all__ = [
     "SCORE_DEFINITION",
     "AggregateRow",
     "BenchRow",
+    "FamilyRow",
     "aggregate",
+    "aggregate_by_family",
     "ci95",
     "markdown_table",
     "policy_schedule",
@@ -84,6 +86,18 @@ class AggregateRow:
     mean_epochs: float
     trained_on: tuple[str, ...]
     """Workloads among them that the policy behind this method was trained on."""
+
+
+@dataclass
+class FamilyRow:
+    """One method on one family of workloads (e.g. the recurrent ones)."""
+
+    family: str
+    method: str
+    workloads: int
+    """Workloads of the family it ran on."""
+    mean_score: float
+    mean_rank: float
 
 
 def ci95(values: Sequence[float]) -> tuple[float, float]:
@@ -184,6 +198,54 @@ def aggregate(rows: Sequence[BenchRow]) -> list[AggregateRow]:
     return out
 
 
+def aggregate_by_family(rows: Sequence[BenchRow], families: Mapping[str, str]) -> list[FamilyRow]:
+    """Each method's mean score and mean rank within each family of workloads.
+
+    Args:
+        rows: Output of :func:`summarize`.
+        families: Family label of each workload (``WorkloadSpec.family``); missing or empty: ``-``.
+
+    Returns:
+        Rows ordered by family (first appearance) and method (:data:`METHOD_ORDER`).
+    """
+
+    def label(w: str) -> str:
+        return families.get(w) or "-"
+
+    out = []
+    for family in dict.fromkeys(label(r.workload) for r in rows):
+        for method in sorted({r.method for r in rows if label(r.workload) == family}, key=method_key):
+            mine = [r for r in rows if r.method == method and label(r.workload) == family]
+            scores = [r.score for r in mine if not math.isnan(r.score)]
+            out.append(
+                FamilyRow(
+                    family=family,
+                    method=method,
+                    workloads=len(mine),
+                    mean_score=float(np.mean(scores)) if scores else math.nan,
+                    mean_rank=float(np.mean([r.rank for r in mine])),
+                )
+            )
+    return out
+
+
+def _family_table(rows: Sequence[BenchRow], families: Mapping[str, str]) -> list[str]:
+    """Markdown lines: one row per method, one column per family, cells "mean score / mean rank"."""
+    by_family = aggregate_by_family(rows, families)
+    names = list(dict.fromkeys(f.family for f in by_family))
+    counts = {n: len({r.workload for r in rows if (families.get(r.workload) or "-") == n}) for n in names}
+    cell = {(f.family, f.method): f"{_num(f.mean_score, '.2f')} / {f.mean_rank:.1f}" for f in by_family}
+    lines = [
+        "By family (mean score / mean rank over the family's workloads):",
+        "",
+        "| method | " + " | ".join(f"{n} ({counts[n]})" for n in names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for method in sorted({r.method for r in rows}, key=method_key):
+        lines.append(f"| {method} | " + " | ".join(cell.get((n, method), "") for n in names) + " |")
+    return lines
+
+
 def _num(x: float, fmt: str = ".3f") -> str:
     return "n/a" if math.isnan(x) else format(x, fmt)
 
@@ -196,12 +258,16 @@ def _epochs(x: float) -> str:
     return f"{x:.0f}" if float(x).is_integer() else f"{x:.1f}"
 
 
-def markdown_table(rows: Sequence[BenchRow], *, title: str | None = None) -> str:
-    """The benchmark as markdown: per-workload rows, the aggregate and the definitions used.
+def markdown_table(
+    rows: Sequence[BenchRow], *, title: str | None = None, families: Mapping[str, str] | None = None
+) -> str:
+    """The benchmark as markdown: per-workload rows, the aggregate (by family too) and the definitions used.
 
     Args:
         rows: Output of :func:`summarize`.
         title: Optional heading line (e.g. spec, policy and seeds).
+        families: Family label of each workload; with two or more families, a per-family table follows the
+            aggregate.
     """
     lines: list[str] = []
     if title:
@@ -237,6 +303,8 @@ def markdown_table(rows: Sequence[BenchRow], *, title: str | None = None) -> str
         lines.append(
             f"| {method} | {a.workloads} | {_num(a.mean_score)} | {a.mean_rank:.2f} | {_epochs(round(a.mean_epochs, 1))} |"
         )
+    if families and len({families.get(r.workload) or "-" for r in rows}) > 1:
+        lines += ["", *_family_table(rows, families)]
     lines += [
         "",
         "- Every method selects its run by validation accuracy only; test accuracy is only reported.",

@@ -54,6 +54,7 @@ from rlagent.bench.report import (
     AggregateRow,
     BenchRow,
     aggregate,
+    aggregate_by_family,
     ci95,  # noqa: F401 - re-exported
     markdown_table,
     policy_schedule,
@@ -400,7 +401,8 @@ def _write_outputs(
         f"Benchmark of spec '{spec.name}', policy '{config.policy}': test accuracy over {len(seeds)} "
         f"seed{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds))})"
     )
-    table = markdown_table(rows, title=title)
+    families = {w: spec.workload(w).family for w in workloads}
+    table = markdown_table(rows, title=title, families=families)
     paths = {
         "table": results_dir / "table.md",
         "csv": results_dir / "results.csv",
@@ -426,6 +428,7 @@ def _write_outputs(
             "config": config_json,
             "rows": [dataclasses.asdict(r) for r in rows],
             "aggregate": [dataclasses.asdict(a) for a in aggregate(rows)],
+            "by_family": [dataclasses.asdict(f) for f in aggregate_by_family(rows, families)],
             "results": [dataclasses.asdict(r) for r in results],
         },
     )

@@ -413,7 +413,7 @@ def train_policy(config: TrainConfig, *, venv: VecEnv | None = None) -> TrainRes
         metadata = {
             "spec_name": spec.name,
             "spec": spec_record,
-            "trained_on": list(spec.workloads.train),
+            "trained_on": list(spec.workloads.train_names),
             "held_out": list(spec.workloads.heldout),
             "timesteps": int(model.num_timesteps),
             "seed": seed,

@@ -30,7 +30,7 @@ class EnvFactory:
 
 def training_workloads(spec: EnvSpec, workloads: Sequence[str] | None) -> tuple[str, ...]:
     """``workloads`` (default: the spec's training set), refusing held-out ones: pools are for training."""
-    names = tuple(workloads) if workloads is not None else spec.workloads.train
+    names = tuple(workloads) if workloads is not None else spec.workloads.train_names
     leaked = sorted(set(names) & set(spec.workloads.heldout))
     if leaked:
         raise SpecError("workloads", leaked, "training workloads only (these are held out)")

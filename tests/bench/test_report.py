@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from rlagent.bench.methods.base import MethodResult
-from rlagent.bench.report import aggregate, ci95, markdown_table, policy_schedule, summarize
+from rlagent.bench.report import aggregate, aggregate_by_family, ci95, markdown_table, policy_schedule, summarize
 
 
 def _result(method: str, workload: str, seed: int, test: float, **kw) -> MethodResult:
@@ -129,3 +129,21 @@ def test_ci95_and_aggregate_without_scores() -> None:
     agg = aggregate(rows)
     assert all(math.isnan(a.mean_score) and a.mean_rank == 1.5 and a.mean_epochs == 10 for a in agg)
     assert "| constant | 1 | n/a | 1.50 | 10 |" in markdown_table(rows)
+
+
+def test_aggregate_by_family_in_the_table() -> None:
+    results = [
+        _result(m, w, 0, acc)
+        for w, accs in (("a", (0.9, 0.6)), ("b", (0.8, 0.4)), ("c", (0.5, 0.7)))
+        for m, acc in zip(("constant", "cosine"), accs)
+    ]
+    rows = summarize(results)
+    families = {"a": "recurrent", "b": "recurrent", "c": "rmsprop"}
+    by = {(f.family, f.method): f for f in aggregate_by_family(rows, families)}
+    assert by[("recurrent", "constant")].workloads == 2 and by[("recurrent", "constant")].mean_rank == 1.0
+    assert by[("recurrent", "cosine")].mean_score == pytest.approx((0.6 / 0.9 + 0.4 / 0.8) / 2)
+    assert by[("rmsprop", "cosine")].mean_rank == 1.0 and by[("rmsprop", "constant")].mean_rank == 2.0
+    table = markdown_table(rows, families=families)
+    assert "| method | recurrent (2) | rmsprop (1) |" in table
+    assert "| constant | 1.00 / 1.0 | 0.71 / 2.0 |" in table
+    assert "By family" not in markdown_table(rows)  # no labels, no family table

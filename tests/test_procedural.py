@@ -1,0 +1,172 @@
+"""Tests for rlagent.procedural: draws are seeded, fit their caps, honour exclusions, and every family learns."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rlagent import HyperTuneEnv, SpecError
+from rlagent.config import load_spec, spec_from_dict
+from rlagent.procedural import FAMILY_VALUES, MAX_EPOCH_SECONDS, ProceduralSpec, family_of, sample_task
+from rlagent.training import Trainer
+from rlagent.workloads import Source, WorkloadSpec, make_run
+
+TINY = "tiny-procedural"
+
+
+def test_draw_is_deterministic_under_a_seed() -> None:
+    for seed in (0, 1, 12345):
+        assert sample_task(seed) == sample_task(seed)
+    assert len({sample_task(s).workload.family + sample_task(s).workload.description for s in range(20)}) > 10
+
+
+def test_draws_are_whole_runs_inside_their_ranges() -> None:
+    for seed in range(60):
+        task = sample_task(seed, lr_range=(1e-4, 0.3), batch_size_range=(16, 512))
+        wl = task.workload
+        assert wl.name == f"procedural-{seed}"
+        assert 8 <= wl.epochs <= 40
+        assert 1e-4 <= task.init_lr <= 0.3
+        assert task.init_batch_size in (16, 32, 64, 128, 256, 512)
+        assert task.est_seconds <= MAX_EPOCH_SECONDS
+        assert wl.family == "/".join(family_of(wl).values())
+        n = wl.dataset_args.get("num_samples", wl.dataset_args.get("n_samples", 1797))
+        assert wl.dataset == "digits" or 2000 <= n <= 10000
+        if wl.optimizer == "adamw":
+            assert 1e-4 <= wl.optimizer_args["weight_decay"] <= 0.1
+
+
+_EXCLUDE = st.fixed_dictionaries(
+    {},
+    optional={key: st.lists(st.sampled_from(values), max_size=len(values) - 1, unique=True)
+              for key, values in FAMILY_VALUES.items()},
+)  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None)
+@given(exclude=_EXCLUDE, seed=st.integers(0, 2**40))
+def test_excluded_families_are_never_drawn(exclude: dict[str, list[str]], seed: int) -> None:
+    try:
+        sampler = ProceduralSpec(exclude=exclude)
+    except SpecError:  # exclusions that leave no dataset/model/norm are refused up front
+        return
+    family = family_of(sample_task(seed, sampler).workload)
+    for key, values in exclude.items():
+        assert family[key] not in values
+    assert sampler.allows(family)
+
+
+def test_default_spec_draws_only_training_families() -> None:
+    spec = load_spec("default")
+    for seed in range(100):
+        family = family_of(spec.draw(seed).workload)
+        assert family["model"] not in ("gru", "lstm") and family["norm"] != "batchnorm"
+        assert family["dataset"] != "sequence" and family["optimizer"] != "rmsprop"
+
+
+@pytest.mark.parametrize(
+    ("train", "field", "shown"),
+    [
+        ({"sampler": "bayesian"}, "workloads.train.sampler", "'bayesian'"),
+        ({"exclude": {"colour": ["red"]}}, "workloads.train.exclude.colour", "['red']"),
+        ({"exclude": {"model": ["transformer"]}}, "workloads.train.exclude.model", "'transformer'"),
+        ({"exclude": {"model": "gru"}}, "workloads.train.exclude.model", "'gru'"),
+        ({"exclude": {"dataset": list(FAMILY_VALUES["dataset"])}}, "workloads.train.exclude", "dataset"),
+        ({"exclude": {"optimizer": list(FAMILY_VALUES["optimizer"])}}, "workloads.train.exclude.optimizer", "adam"),
+        ({"sample_range": [10, 5]}, "workloads.train.sample_range", "(10, 5)"),
+        ({"max_epoch_seconds": 0}, "workloads.train.max_epoch_seconds", "0"),
+        ({"size": 3}, "workloads.train.size", "3"),
+    ],
+)
+def test_sampler_spec_errors_name_field_value_and_allowed(train: dict[str, Any], field: str, shown: str) -> None:
+    with pytest.raises(SpecError) as info:
+        spec_from_dict({"workloads": {"train": train}})
+    assert info.value.field == field and shown in str(info.value)
+    assert "expected" in str(info.value)
+
+
+def test_plain_lists_and_named_heldout_still_work() -> None:
+    spec = spec_from_dict({"workloads": {"train": ["digits-mlp"], "heldout": ["mnist1d-gru"]}})
+    assert spec.workloads.sampler is None and spec.workloads.train_names == ("digits-mlp",)
+    with pytest.raises(SpecError, match="workloads.train"):
+        spec.draw(0)
+    proc = load_spec(TINY)
+    assert proc.workloads.train_names == () and proc.workloads.sampler is not None
+    assert spec_from_dict(proc.to_dict()) == proc
+
+
+def test_env_on_a_procedural_spec_passes_check_env() -> None:
+    env = HyperTuneEnv(TINY)
+    check_env(env, skip_render_check=True)
+    _, info = env.reset(seed=5)
+    task = env.env_spec.draw(5)
+    assert info["workload"] == "procedural-5" and env.workload == task.workload
+    assert env.workload.epochs == 2  # the spec's episode.epochs overrides the draw's budget
+    assert info["lr"] == pytest.approx(task.init_lr) and not info["heldout"]
+    _, info = env.reset(seed=1, options={"workload": "tiny-wide", "lr": 1e-2})
+    assert info["workload"] == "tiny-wide" and info["heldout"] and info["lr"] == 1e-2
+    names = {env.reset(seed=s)[1]["workload"] for s in range(3)}
+    assert names == {"procedural-0", "procedural-1", "procedural-2"}
+
+
+# Every family trains above chance in a few epochs: one small workload per value of each dimension.
+_SEQ = {"n_samples": 1500, "length": 24, "n_classes": 3, "motif_length": 5, "amplitude": 3.0}
+_FAMILY_CASES = {
+    "dataset=mnist1d": ("mnist1d", {"num_samples": 2000}, "cnn1d", {}, "adam", {}),
+    "dataset=synthetic": ("synthetic", {"n_samples": 1000, "standardize": True}, "mlp", {"hidden": [64]}, "adam", {}),
+    "dataset=digits": ("digits", {"standardize": True}, "mlp", {"hidden": [64]}, "adam", {}),
+    "dataset=sequence": ("sequence", _SEQ, "cnn1d", {"channels": 16, "depth": 2, "pooling": "max"}, "adam", {}),
+    "model=mlp+layernorm+residual": (
+        "digits", {}, "mlp", {"hidden": [64, 64], "norm": "layernorm", "residual": True, "activation": "gelu"},
+        "adam", {},
+    ),
+    "model=mlp+batchnorm+dropout": (
+        "digits", {}, "mlp", {"hidden": [64], "norm": "batchnorm", "dropout": 0.2, "activation": "tanh"}, "adam", {},
+    ),
+    "model=cnn1d+batchnorm": ("sequence", _SEQ, "cnn1d", {"channels": 16, "norm": "batchnorm"}, "adam", {}),
+    "model=cnn2d+batchnorm": ("digits", {}, "cnn2d", {"channels": [8], "norm": "batchnorm"}, "adam", {}),
+    "model=gru": ("sequence", _SEQ, "gru", {"hidden": 24}, "adam", {}),
+    "model=lstm": ("sequence", _SEQ, "lstm", {"hidden": 24}, "adam", {}),
+    "optimizer=adamw": ("digits", {}, "mlp", {"hidden": [64], "activation": "elu"}, "adamw", {"weight_decay": 0.01}),
+    "optimizer=sgd-nesterov": ("digits", {}, "mlp", {"hidden": [64], "activation": "silu"}, "sgd", {"nesterov": True}),
+    "optimizer=rmsprop": ("digits", {}, "mlp", {"hidden": [64]}, "rmsprop", {}),
+}  # fmt: skip
+_LR = {"adam": 1e-2, "adamw": 1e-2, "rmsprop": 3e-3, "sgd": 5e-2}
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(c, marks=pytest.mark.slow) if "gru" in c or "lstm" in c or "mnist1d" in c else c
+        for c in _FAMILY_CASES
+    ],
+)
+def test_every_family_trains_above_chance(case: str) -> None:
+    dataset, dargs, model, margs, optimizer, oargs = _FAMILY_CASES[case]
+    wl = WorkloadSpec(case, dataset, model, dargs, margs, optimizer=optimizer, optimizer_args=oargs)
+    run = make_run(wl, 0, sources={})
+    trainer = Trainer(
+        run.model, run.data.train, optimizer=optimizer, optimizer_args=oargs, lr=_LR[optimizer],
+        batch_size=32, generator=run.generator,
+    )  # fmt: skip
+    for _ in range(4):
+        assert not trainer.train_epoch().diverged
+    acc, chance = trainer.evaluate(run.data.val).acc, 1.0 / run.data.num_classes
+    assert acc > chance + 0.15, f"{case}: val acc {acc:.3f} after 4 epochs; chance {chance:.3f}"
+
+
+def test_drawn_workloads_build_and_step() -> None:
+    sources: dict[str, Source] = {}
+    spec = load_spec(TINY)
+    for seed in range(6):
+        wl = spec.draw(seed).workload
+        run = make_run(wl, seed, sources=sources)
+        out = run.model(run.data.val.x[:4])
+        assert out.shape == (4, run.data.num_classes) and torch.isfinite(out).all()
+        assert math.isclose(float(run.data.train.x.mean()), 0.0, abs_tol=0.5)  # inputs standardised
