@@ -191,7 +191,7 @@ def _lr_finder(ctx: TrialContext, rules: tuple[str, ...], method: str) -> list[M
     out.seconds = sum(o.seconds for o in outcomes)
     details = {
         "rule": rules[i], "lr": rt.chosen[rules[i]], "batch_size": bs, "schedule": "OneCycleLR (torch defaults)",
-        "range_test": {**asdict(rt), "iterations": len(rt.lrs), "start_lr": ctx.workload.lr_range[0],
+        "range_test": {**{k: v for k, v in asdict(rt).items() if k != "seconds"}, "iterations": len(rt.lrs), "start_lr": ctx.workload.lr_range[0],
                        "end_lr": RANGE_TEST_END_LR},
         "runs": [{"rule": r, "lr": rt.chosen[r], "val_acc": o.val_acc, "test_acc": o.test_acc,
                   "diverged": o.diverged} for r, o in zip(rules, outcomes)],
