@@ -120,8 +120,8 @@ def _trainable(
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             _load_state(run, Path(folder), ctx.device)
-    if "log10_lr" in config:  # PB2's continuous search space
-        lr, batch_size = 10.0 ** config["log10_lr"], 2.0 ** config["log2_batch_size"]
+    if "log10_lr" in config:  # PB2's continuous search space; batch sizes stay powers of two
+        lr, batch_size = 10.0 ** config["log10_lr"], 2 ** round(config["log2_batch_size"])
     else:
         lr, batch_size = config["lr"], config["batch_size"]
     lr, batch_size = clip_hparams(ctx, lr, batch_size, len(run.data.train))
@@ -364,7 +364,7 @@ def ray_pb2(ctx: TrialContext, *, population: int = PBT_POPULATION, interval: in
     As ``ray-pbt`` (the same initial configurations, ``synch=True``, bottom 25% take a top-25%
     trial's checkpoint every ``interval`` epochs), but the exploited trial's new hyperparameters
     are chosen by PB2's GP-UCB bandit over log10(LR) and log2(batch size) within the ranges
-    (the batch size is rounded to an integer and clipped in the trial). Needs scikit-learn.
+    (the trial rounds the exponent, so batch sizes stay powers of two). Needs scikit-learn.
     Reported as ``ray-pb2-{population}``.
     """
     from ray.tune.schedulers.pb2 import PB2
