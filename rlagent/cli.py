@@ -237,12 +237,18 @@ def _add_run_policy(sub: argparse._SubParsersAction, name: str = "run-policy", d
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
-    seeds = args.seeds[0] if len(args.seeds) == 1 else args.seeds
-    config = BenchConfig(
-        spec=args.spec, policy=args.policy, workloads=args.workloads, seeds=seeds, methods=args.methods,
-        epochs=args.epochs, results_dir=args.results, n_workers=args.n_workers, devices=args.devices,
-        progress=not args.no_progress, backend=args.backend, address=args.address,
+    seeds = None if args.seeds is None else args.seeds[0] if len(args.seeds) == 1 else args.seeds
+    common = dict(
+        spec=args.spec, policy=args.policy, workloads=args.workloads, methods=args.methods, epochs=args.epochs,
+        results_dir=args.results, n_workers=args.n_workers, devices=args.devices, progress=not args.no_progress,
+        backend=args.backend, address=args.address,
     )  # fmt: skip
+    if args.quick:
+        from rlagent.bench.quick import quick_config
+
+        config = quick_config(seeds=seeds, **common)
+    else:
+        config = BenchConfig(seeds=5 if seeds is None else seeds, **common)
     report = run_benchmark(config)
     print(report.table)
     print(
@@ -259,8 +265,14 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policy", default=c.policy, help="policy directory or shipped policy name")
     p.add_argument("--workloads", nargs="+", default=None, help="workloads (default: the spec's held-out ones)")
     p.add_argument(
-        "--seeds", type=int, nargs="+", default=[c.seeds], help="one number N: seeds 0..N-1; several: those seeds"
-    )
+        "--seeds", type=int, nargs="+", default=None,
+        help="one number N: seeds 0..N-1; several: those seeds (default 5; 2 with --quick)",
+    )  # fmt: skip
+    p.add_argument(
+        "--quick", action="store_true",
+        help="a representative subset in minutes: 2 held-out workloads, 2 seeds, the key methods "
+        "(any of --workloads/--seeds/--methods/--results given replaces its default)",
+    )  # fmt: skip
     p.add_argument("--methods", nargs="+", default=None, help="method tasks (default: all of the backend)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per training run (default: the spec's)")
     p.add_argument("--results", default=None, help="results folder (default results/bench__SPEC__POLICY)")

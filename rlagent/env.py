@@ -21,7 +21,7 @@ LR_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 """Discrete action 0: the learning rate is multiplied by one of these."""
 BS_FACTORS = (0.5, 1.0, 2.0)
 """Discrete action 1: the batch size is multiplied by one of these."""
-RESET_OPTIONS = ("workload", "lr", "batch_size")
+RESET_OPTIONS = ("workload", "lr", "batch_size", "replica")
 
 
 def action_space(kind: str) -> spaces.Space:
@@ -103,7 +103,9 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
     ``sources``: a cache of loaded datasets to share with other envs in the process (a
     population), keyed by :func:`rlagent.workloads.source_key`.
     ``reset(options={"workload": name, "lr": x, "batch_size": b})`` picks a workload
-    (held-out ones included, e.g. for evaluation) and initial values for one episode.
+    (held-out ones included, e.g. for evaluation) and initial values for one episode;
+    ``"replica": r`` (r >= 1) keeps the seed's data split but draws other initial weights and
+    shuffling (:func:`rlagent.workloads.run_seeds`), e.g. for best-of-k runs on one task.
 
     ## Version History
     * v0: Initial version; procedural training sets and more optimiser families added without
@@ -184,7 +186,7 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
                 name = self.workload_names[int(self.np_random.integers(len(self.workload_names)))]
             wl, sources = self.env_spec.workload(name), self._sources
             episode_seed = seed if seed is not None else int(self.np_random.integers(2**31 - 1))
-        run = make_run(wl, episode_seed, device=self.device, sources=sources)
+        run = make_run(wl, episode_seed, device=self.device, sources=sources, replica=options.get("replica", 0))
         data = run.data
         hp = self._initial_values(wl, len(data.train), options)
         lr, bs = hp.lr, hp.batch_size

@@ -162,6 +162,11 @@ class Trainer:
         generator: CPU generator that owns all shuffling randomness.
         loss_fn: Loss on (logits, labels); cross-entropy by default.
         measure_noise: Measure the gradient noise scale on a few minibatches per epoch.
+        on_step: Called after every optimiser step, e.g. a per-batch LR scheduler's ``step``
+            (one-cycle, warm-up + cosine); None: nothing runs. Also settable as an attribute
+            between epochs. An LR it sets holds until the next epoch's :func:`run_epoch` sets
+            the epoch's LR, so a caller with a per-step schedule passes ``trainer.lr`` as the
+            epoch's LR.
     """
 
     def __init__(
@@ -176,6 +181,7 @@ class Trainer:
         generator: torch.Generator,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         measure_noise: bool = True,
+        on_step: Callable[[], None] | None = None,
     ) -> None:
         self.model = model
         self.train_split = train
@@ -186,6 +192,7 @@ class Trainer:
         self.loss_fn = loss_fn if loss_fn is not None else nn.functional.cross_entropy
         self.generator = generator
         self.measure_noise = measure_noise
+        self.on_step = on_step
         self.batch_size = batch_size
         self.lr = lr
 
@@ -223,6 +230,7 @@ class Trainer:
         correct: list[torch.Tensor] = []
         counted = 0  # steps whose predictions are in `correct`
         diverged = False
+        on_step = self.on_step
         for step in range(n_steps):
             idx = perm[step * bs : (step + 1) * bs]
             xb, yb = x[idx], y[idx]
@@ -238,6 +246,8 @@ class Trainer:
                 else:
                     torch._foreach_add_(grad_sum, grads)
             self.optimizer.step()
+            if on_step is not None:
+                on_step()
             losses.append(loss.detach())
             logits.append(out.detach())
             if step % _DIVERGENCE_CHECK_EVERY == _DIVERGENCE_CHECK_EVERY - 1:

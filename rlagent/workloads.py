@@ -281,11 +281,17 @@ def source_key(spec: WorkloadSpec) -> str:
 
 
 def make_run(
-    spec: WorkloadSpec, seed: int, *, device: str | torch.device = "cpu", sources: dict[str, Source] | None = None
+    spec: WorkloadSpec,
+    seed: int,
+    *,
+    device: str | torch.device = "cpu",
+    sources: dict[str, Source] | None = None,
+    replica: int = 0,
 ) -> Run:
     """The run of ``spec`` for ``seed``: every method given the same seed gets the same split,
-    initial weights and shuffling order. ``sources`` caches loaded data across calls."""
-    split_seed, init_seed, shuffle_seed = run_seeds(seed)
+    initial weights and shuffling order. ``sources`` caches loaded data across calls.
+    ``replica`` > 0 keeps the split and draws other initial weights and shuffling (:func:`run_seeds`)."""
+    split_seed, init_seed, shuffle_seed = run_seeds(seed, replica)
     sources = {} if sources is None else sources
     key = source_key(spec)
     if key not in sources:
@@ -295,9 +301,17 @@ def make_run(
     return Run(data, model, torch.Generator().manual_seed(shuffle_seed))
 
 
-def run_seeds(seed: int) -> tuple[int, int, int]:
-    """Independent seeds for (data split, weight init, shuffling) of one run."""
+def run_seeds(seed: int, replica: int = 0) -> tuple[int, int, int]:
+    """Independent seeds for (data split, weight init, shuffling) of one run.
+
+    ``replica`` r > 0 gives the same split seed with init and shuffling seeds of their own (from
+    ``SeedSequence(seed, spawn_key=(r,))``): another run on the same task, e.g. for best-of-k.
+    """
+    if isinstance(replica, bool) or not isinstance(replica, int) or replica < 0:
+        raise SpecError("replica", replica, "an integer >= 0")
     split, init, shuffle = np.random.SeedSequence(seed).generate_state(3)
+    if replica:
+        init, shuffle = np.random.SeedSequence(seed, spawn_key=(replica,)).generate_state(2)
     return int(split), int(init), int(shuffle)
 
 

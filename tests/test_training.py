@@ -189,3 +189,23 @@ def test_hparams_batch_sizes_are_powers_of_two_in_range() -> None:
     assert {hp.sample_batch_size(rng) for _ in range(200)} == set(hp.batch_sizes())
     lrs = [hp.sample_lr(rng) for _ in range(200)]
     assert min(lrs) >= 1e-4 and max(lrs) <= 0.1 and np.median(lrs) < 1e-2  # log-uniform, not uniform
+
+
+def test_on_step_runs_after_every_optimiser_step_and_changes_nothing_else() -> None:
+    split = _split(100)
+    plain, hooked = _trainer(split, batch_size=32), _trainer(split, batch_size=32)
+    lrs: list[float] = []
+
+    def on_step() -> None:  # a per-minibatch schedule: record the LR just used, then halve it
+        lrs.append(hooked.lr)
+        hooked.lr = hooked.lr / 2
+
+    hooked.on_step = on_step
+    stats = hooked.train_epoch()
+    assert len(lrs) == stats.steps == 4
+    assert lrs == [1e-2 / 2**i for i in range(4)]
+    plain.lr = 1e-2
+    plain.on_step = None
+    plain_stats = plain.train_epoch()
+    assert plain_stats.steps == 4 and plain.lr == 1e-2  # unused, the hook changes nothing
+    assert not all(torch.equal(a, b) for a, b in zip(plain.model.parameters(), hooked.model.parameters()))

@@ -306,11 +306,13 @@ def run_policy(
     device: str = "cpu",
     num_threads: int | None = None,
     deterministic: bool = True,
+    replica: int = 0,
 ) -> dict[str, Any]:
     """One training run of ``workload`` with the policy choosing LR and batch size each epoch.
 
     Runs inside ``HyperTuneEnv``, so the run (data split, init, shuffling) is the one every other
-    method gets for the same ``seed``.
+    method gets for the same ``seed``. ``replica`` r >= 1 keeps that data split but draws other
+    initial weights and shuffling (the env's ``reset`` option of that name).
 
     Returns:
         ``{"workload", "seed", "history": [per-epoch info], "final_val_acc", "test_acc", "diverged",
@@ -323,7 +325,10 @@ def run_policy(
         episode = dataclasses.replace(episode, epochs=epochs)
     env_spec = dataclasses.replace(env_spec, episode=episode)
     env = HyperTuneEnv(env_spec, device=device, num_threads=num_threads, workloads=[workload])
-    obs, info = env.reset(seed=seed, options={"workload": workload})
+    options: dict[str, Any] = {"workload": workload}
+    if replica:
+        options["replica"] = replica
+    obs, info = env.reset(seed=seed, options=options)
     history, done = [], False
     while not done:
         obs, _, terminated, truncated, info = env.step(saved.predict(obs, deterministic=deterministic))
@@ -334,6 +339,7 @@ def run_policy(
     return {
         "workload": workload,
         "seed": seed,
+        "replica": replica,
         "epochs": len(history),
         "heldout": info["heldout"],
         "trained_on": workload in saved.metadata.get("training", {}).get("trained_on", []),

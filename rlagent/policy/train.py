@@ -330,7 +330,9 @@ def _checkpoint_lost_run(
     unfinished rollout are lost and run again on resume.
     """
     model.num_timesteps = monitor.updated_steps
-    path = save_checkpoint(run_dir / "checkpoints" / f"step-{model.num_timesteps:09d}", model, norm, config, spec_record)
+    path = save_checkpoint(
+        run_dir / "checkpoints" / f"step-{model.num_timesteps:09d}", model, norm, config, spec_record
+    )
     logger.warning("the Ray cluster lost a node; checkpoint at %d steps: %s", model.num_timesteps, path)
     return ClusterLostError(
         f"{exc}; wrote checkpoint {path}: once the cluster has a node with those resources, "

@@ -16,10 +16,11 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from rlagent.bench import methods
-from rlagent.bench.methods import METHOD_NEEDS, METHODS, MethodResult, TrialContext, base, pbt, search
+from rlagent.bench.methods import METHOD_NEEDS, METHODS, MethodResult, TrialContext, base, pbt, schedules, search
 from rlagent.config import load_spec
-from rlagent.errors import RLAgentError
+from rlagent.errors import RLAgentError, SpecError
 from rlagent.training import DIVERGED_LOSS, HParams
+from rlagent.workloads import make_run, run_seeds
 
 SPEC = load_spec("tiny")
 WORKLOAD = dataclasses.replace(SPEC.workload("tiny-mlp"), epochs=2)
@@ -49,7 +50,9 @@ def random_results(tmp_path_factory: pytest.TempPathFactory) -> list[MethodResul
 
 def test_registry() -> None:
     assert set(METHODS) == {"random", "tpe", "hyperband", "pbt", "constant", "cosine", "plateau",
-                            "schedulefree", "prodigy", "open-loop", "policy"}  # fmt: skip
+                            "warmup-cosine", "lr-finder-steep", "lr-finder-min10", "lr-finder-best",
+                            "schedulefree", "prodigy", "open-loop", "policy", "policy-best-4"}  # fmt: skip
+    assert set(methods.QUICK_METHODS) <= set(METHODS)
     assert METHOD_NEEDS == {"cosine": "random", "open-loop": "policy"}
 
 
@@ -230,3 +233,51 @@ def test_policy_method_runs_the_saved_policy(tiny_policy: Path, tmp_path: Path) 
     assert r.val_acc == r.details["history"][-1]["val_acc"]
     with pytest.raises(RLAgentError, match="ctx.policy"):
         METHODS["policy"](_ctx(tmp_path))
+
+
+def test_warmup_cosine_warms_up_then_decays_per_minibatch_at_the_default_lr(tmp_path: Path) -> None:
+    (r,) = METHODS["warmup-cosine"](_ctx(tmp_path))
+    d = r.details
+    steps = math.ceil(len(make_run(WORKLOAD, 0, sources=SOURCES).data.train) / 32)
+    assert r.method == "warmup-cosine" and r.epochs == E and d["batch_size"] == 32
+    assert d["lr"] == 1e-3 and d["total_steps"] == E * steps and d["warmup_steps"] == max(1, round(0.05 * E * steps))
+    factor = [schedules.warmup_cosine_factor(t, d["warmup_steps"], d["total_steps"]) for t in range(E * steps)]
+    assert [h["lr"] for h in d["history"]] == pytest.approx([1e-3 * factor[e * steps] for e in range(E)])
+    assert factor[d["warmup_steps"] - 1] == 1.0 and 0 < factor[-1] < 0.05 and min(factor) > 0
+    assert factor == sorted(factor[: d["warmup_steps"]]) + sorted(factor[d["warmup_steps"] :], reverse=True)
+    assert _comparable(METHODS["warmup-cosine"](_ctx(tmp_path))) == _comparable([r])
+
+
+def test_default_lrs_follow_torch_except_sgds_convention() -> None:
+    param = [torch.zeros(1, requires_grad=True)]
+    got = {c.__name__: schedules.default_lr(c(param)) for c in (torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop, torch.optim.SGD)}  # fmt: skip
+    assert got == {"Adam": 1e-3, "AdamW": 1e-3, "RMSprop": 1e-2, "SGD": 0.01}
+
+
+def test_replicas_keep_the_split_and_redraw_init_and_shuffling() -> None:
+    assert run_seeds(3, 0) == run_seeds(3)
+    split, init, shuffle = run_seeds(3, 1)
+    assert split == run_seeds(3)[0] and init != run_seeds(3)[1] and shuffle != run_seeds(3)[2]
+    assert len({run_seeds(3, r)[1] for r in range(4)}) == 4
+    a, b = make_run(WORKLOAD, 3, sources=SOURCES), make_run(WORKLOAD, 3, sources=SOURCES, replica=1)
+    assert torch.equal(a.data.train.x, b.data.train.x) and torch.equal(a.data.val.y, b.data.val.y)
+    assert not torch.equal(next(a.model.parameters()), next(b.model.parameters()))
+    with pytest.raises(SpecError, match="replica"):
+        run_seeds(3, -1)
+
+
+def test_policy_best_4_keeps_the_best_of_four_by_validation(tiny_policy: Path, tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path, policy=str(tiny_policy))
+    (r,) = METHODS["policy-best-4"](ctx)
+    reps = r.details["replicas"]
+    assert r.method == "policy-best-4" and r.epochs == 4 * E
+    assert [x["replica"] for x in reps] == [0, 1, 2, 3]
+    vals = [x["val_acc"] for x in reps]
+    assert r.val_acc == max(vals) and r.details["selected"] == vals.index(max(vals))
+    assert r.test_acc == reps[r.details["selected"]]["test_acc"]
+    assert r.details["history"][-1]["val_acc"] == r.val_acc
+    (single,) = METHODS["policy"](ctx)  # run 0 is the `policy` method's own run
+    assert (reps[0]["val_acc"], reps[0]["test_acc"]) == (single.val_acc, single.test_acc)
+    assert len({(x["val_acc"], x["test_acc"]) for x in reps}) > 1  # the runs differ
+    (again,) = METHODS["policy-best-4"](ctx)
+    assert again.details["replicas"] == reps and again.details["schedule"] == r.details["schedule"]

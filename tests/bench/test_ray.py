@@ -1,4 +1,4 @@
-"""Tests for rlagent.bench.methods.ray_tune: the benchmark as Ray tasks and Ray Tune's PBT and ASHA, on a real local Ray.
+"""Tests for rlagent.bench.methods.ray_tune: the benchmark as Ray tasks and Ray Tune's PBT, PB2 and ASHA, on a real local Ray.
 
 One small Ray cluster (2 CPUs, no dashboard) is shared by the module and shut down at its end.
 The benchmark runs on the tiny spec (2 epochs, 1 seed, workload tiny-wide). Without Ray the tests
@@ -17,8 +17,9 @@ import pytest
 
 from rlagent._io import write_json_atomic
 from rlagent.bench.executors import TRIAL_FORMAT, Job, RayTaskExecutor, Task, run_job
+from rlagent.bench.methods import base
 from rlagent.bench.methods.base import TrialContext
-from rlagent.bench.methods.ray_tune import ASHA_BUDGET_RUNS, RAY_METHODS, ray_pbt
+from rlagent.bench.methods.ray_tune import ASHA_BUDGET_RUNS, RAY_METHODS, ray_pb2, ray_pbt
 from rlagent.bench.runner import BenchConfig, BenchReport, TrialError, run_benchmark
 from rlagent.cli import main
 from rlagent.config import load_spec
@@ -170,3 +171,22 @@ def test_a_ray_task_whose_trial_file_is_finished_returns_it_instead_of_training(
             executor.submit(run_job, other).result(timeout=300)
     attempts = [json.loads(line) for line in (tmp_path / "w" / "attempts.jsonl").read_text().splitlines()]
     assert len(attempts) == 2 and attempts[0]["node_id"] == ray_cluster.get_runtime_context().get_node_id()
+
+
+@requires_ray
+@pytest.mark.slow
+def test_ray_pb2_explores_with_its_gp_within_the_bounds(ray_cluster: Any, tmp_path: Path) -> None:
+    spec = load_spec("tiny")
+    workload = dataclasses.replace(spec.workload("tiny-wide"), epochs=3)
+    ctx = TrialContext(spec=spec, workload=workload, seed=0, workdir=tmp_path)
+    (result,) = ray_pb2(ctx, population=4, interval=1)
+    details = result.details
+    assert result.method == "ray-pb2-4" and result.epochs == 4 * 3  # population x E, as ray-pbt
+    assert details["n_complete"] == 4 and len(details["history"]) == 3
+    assert result.val_acc == max(details["final_val_accs"]) and 0.0 <= result.test_acc <= 1.0
+    assert details["initial"] == [list(c) for c in base.sample_configs(ctx, 4, base.workload_hparams(ctx))]
+    # the GP's picks: the bottom trials moved to other configurations, inside the ranges
+    assert details["final"] != details["initial"]
+    lo, hi = workload.lr_range
+    assert all(lo <= lr <= hi and bs in (8, 16, 32, 64, 128) for lr, bs in details["final"])
+    assert "PB2" in details["scheduler"]

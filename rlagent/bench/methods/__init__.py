@@ -4,10 +4,13 @@
 * ``tpe`` — an Optuna TPE study of 16 static configurations (``tpe-16``).
 * ``hyperband`` — Optuna TPE + Hyperband pruning, trials added until 16 runs' worth of epochs.
 * ``pbt`` — Population Based Training with Ray Tune's default exploit/explore rules (``pbt-8``).
-* ``constant``, ``cosine``, ``plateau`` — hand schedules; ``schedulefree``, ``prodigy`` —
-  learning-rate-free optimisers; ``open-loop`` — a fixed per-epoch schedule replayed;
-  ``policy`` — a saved tuning policy, through ``HyperTuneEnv``.
-* ``ray-pbt``, ``ray-asha`` — Ray Tune's own PBT and ASHA (with the Ray backend only).
+* ``constant``, ``cosine``, ``plateau``, ``warmup-cosine`` — hand schedules; ``schedulefree``,
+  ``prodigy`` — learning-rate-free optimisers; ``open-loop`` — a fixed per-epoch schedule replayed.
+* ``lr-finder-steep``, ``lr-finder-min10``, ``lr-finder-best`` — an LR range test
+  (torch-lr-finder), then one-cycle at the suggested LR.
+* ``policy`` — a saved tuning policy, through ``HyperTuneEnv``; ``policy-best-4`` — the best of
+  four of its runs by validation accuracy.
+* ``ray-pbt``, ``ray-pb2``, ``ray-asha`` — Ray Tune's own PBT, PB2 and ASHA (with the Ray backend only).
 
 A method is a function ``(ctx: TrialContext) -> list[MethodResult]`` registered in
 :data:`METHODS` (or :data:`RAY_METHODS`); see :mod:`rlagent.bench.methods.base` for what they share.
@@ -18,9 +21,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from rlagent.bench.methods.base import METHOD_NEEDS, MethodResult, TrialContext
+from rlagent.bench.methods.lr_finder import lr_finder_best, lr_finder_min10, lr_finder_steep
 from rlagent.bench.methods.pbt import pbt as pbt_method
 from rlagent.bench.methods.policy import policy as policy_method
-from rlagent.bench.methods.ray_tune import RAY_METHODS, ray_asha, ray_pbt
+from rlagent.bench.methods.policy import policy_best_4
+from rlagent.bench.methods.ray_tune import RAY_METHODS, ray_asha, ray_pb2, ray_pbt
 from rlagent.bench.methods.schedules import (
     constant,
     cosine,
@@ -29,6 +34,7 @@ from rlagent.bench.methods.schedules import (
     plateau,
     prodigy,
     schedulefree,
+    warmup_cosine,
 )
 from rlagent.bench.methods.search import hyperband, random_search, tpe
 
@@ -40,33 +46,51 @@ METHODS: dict[str, Callable[[TrialContext], list[MethodResult]]] = {
     "constant": constant,
     "cosine": cosine,
     "plateau": plateau,
+    "warmup-cosine": warmup_cosine,
+    "lr-finder-steep": lr_finder_steep,
+    "lr-finder-min10": lr_finder_min10,
+    "lr-finder-best": lr_finder_best,
     "schedulefree": schedulefree,
     "prodigy": prodigy,
     "open-loop": open_loop,
     "policy": policy_method,
+    "policy-best-4": policy_best_4,
 }
 """Every local method by name; each returns one or more reported results (``random`` returns three)."""
 
 ALL_METHODS: dict[str, Callable[[TrialContext], list[MethodResult]]] = {**METHODS, **RAY_METHODS}
 """Local and Ray Tune methods by name."""
 
+QUICK_METHODS = (
+    "policy", "policy-best-4", "random", "pbt", "lr-finder-best", "warmup-cosine", "constant",
+)  # fmt: skip
+"""Method tasks of ``rlagent bench --quick``: the policy, its best-of-4 and the baselines a reader
+compares it with first (random search, PBT, the LR range test, warm-up + cosine, Adam's default)."""
+
 __all__ = [
     "ALL_METHODS",
     "METHODS",
     "METHOD_NEEDS",
+    "QUICK_METHODS",
     "RAY_METHODS",
     "MethodResult",
     "TrialContext",
     "constant",
     "cosine",
     "hyperband",
+    "lr_finder_best",
+    "lr_finder_min10",
+    "lr_finder_steep",
     "mean_schedule",
     "open_loop",
     "plateau",
+    "policy_best_4",
     "prodigy",
     "random_search",
     "ray_asha",
+    "ray_pb2",
     "ray_pbt",
     "schedulefree",
     "tpe",
+    "warmup_cosine",
 ]

@@ -72,8 +72,9 @@ class MethodResult:
     """Final validation accuracy of the run the method selected (selection uses validation only)."""
     test_acc: float
     """Test accuracy of that run (reported, never used to select)."""
-    epochs: int
-    """Epochs trained by the method in total: its compute cost."""
+    epochs: float
+    """Epochs trained by the method in total: its compute cost. Fractional when part of it is
+    counted in minibatches (an LR range test: iterations × batch size / training-set size)."""
     seconds: float
     """Wall time of the method."""
     details: dict[str, Any] = field(default_factory=dict)
@@ -172,7 +173,7 @@ class Outcome:
     val_acc: float
     test_acc: float
     diverged: bool
-    epochs: int
+    epochs: float
     seconds: float
 
 
@@ -182,15 +183,21 @@ def train_run(
     *,
     optimizer: Callable[[Iterable[torch.nn.Parameter]], Any] | None = None,
     after_epoch: Callable[[dict[str, Any]], None] | None = None,
+    prepare: Callable[[Run], None] | None = None,
 ) -> Outcome:
     """Train the run for ``ctx.workload.epochs`` epochs, ``decide`` picking (lr, batch size) before each.
 
-    ``after_epoch`` sees each epoch's record and may raise to stop the run (Hyperband pruning).
+    ``prepare`` gets the fresh run before its first epoch (an LR range test that resets the model
+    afterwards; a per-step schedule attached as ``run.trainer.on_step``); its time counts in the
+    outcome's seconds. ``after_epoch`` sees each epoch's record and may raise to stop the run
+    (Hyperband pruning).
     A diverged run stops at once but is charged the full budget E: a static configuration
     commits to E epochs, and charging less would make divergent search spaces look cheap.
     """
     start = time.perf_counter()
     run = Run(ctx, optimizer)
+    if prepare is not None:
+        prepare(run)
     for epoch in range(ctx.workload.epochs):
         lr, batch_size = decide(epoch, run.history, run.trainer)
         record = run.step(lr, batch_size)

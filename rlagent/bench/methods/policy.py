@@ -1,32 +1,48 @@
-"""The saved tuning policy as a benchmark method: one run through ``HyperTuneEnv``."""
+"""The saved tuning policy as a benchmark method: runs through ``HyperTuneEnv``.
+
+* ``policy`` — one run at the task's seed.
+* ``policy-best-4`` — four runs, the best by validation accuracy (4·E epochs), against random
+  best-of-4 and PBT-8 at comparable compute. The runs share the task's data split and differ in
+  their initial weights and shuffling order: run 0 is ``policy``'s own run, run r >= 1 the env's
+  ``replica`` r of the seed (:func:`rlagent.workloads.run_seeds`). The policy acts
+  deterministically, so nothing else differs.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
-from rlagent.bench.methods.base import MethodResult, TrialContext
+from rlagent.bench.methods.base import MethodResult, TrialContext, best_index
 from rlagent.errors import RLAgentError
 from rlagent.policy.reuse import run_policy
 
 logger = logging.getLogger(__name__)
 
+POLICY_BEST_K = 4
+"""Runs of ``policy-best-4``."""
 
-def policy(ctx: TrialContext) -> list[MethodResult]:
-    """One run of the saved policy ``ctx.policy`` through ``HyperTuneEnv`` (:func:`run_policy`).
 
-    Charged E epochs even if the run diverges early, like every other single run.
-    """
+def _runs(ctx: TrialContext, method: str, k: int) -> list[dict[str, Any]]:
+    """``k`` runs of the saved policy on ``ctx``'s task: replicas 0..k-1 of its seed."""
     if ctx.policy is None:
-        raise RLAgentError("the 'policy' baseline needs ctx.policy (a policy directory or shipped name)")
+        raise RLAgentError(f"the {method!r} baseline needs ctx.policy (a policy directory or shipped name)")
     name = ctx.workload.name
     in_spec = ctx.spec.workload(name)
     if (in_spec.lr_range, in_spec.batch_size_range) != (ctx.workload.lr_range, ctx.workload.batch_size_range):
-        logger.warning("policy: %s runs with the spec's ranges, not ctx.workload's", name)
-    start = time.perf_counter()
-    run = run_policy(ctx.policy, name, spec=ctx.spec, seed=ctx.seed, epochs=ctx.workload.epochs, device=ctx.device)
+        logger.warning("%s: %s runs with the spec's ranges, not ctx.workload's", method, name)
+    return [
+        run_policy(
+            ctx.policy, name, spec=ctx.spec, seed=ctx.seed, epochs=ctx.workload.epochs, device=ctx.device, replica=r
+        )
+        for r in range(k)
+    ]
+
+
+def _details(ctx: TrialContext, run: dict[str, Any]) -> dict[str, Any]:
     history = run["history"]
-    details = {
+    return {
         "policy": str(ctx.policy),
         "trained_on": run["trained_on"],
         "heldout": run["heldout"],
@@ -34,10 +50,55 @@ def policy(ctx: TrialContext) -> list[MethodResult]:
         "schedule": [[h["lr"], h["batch_size"]] for h in history],
         "history": history,
     }
+
+
+def policy(ctx: TrialContext) -> list[MethodResult]:
+    """One run of the saved policy ``ctx.policy`` through ``HyperTuneEnv`` (:func:`run_policy`).
+
+    Charged E epochs even if the run diverges early, like every other single run.
+    """
+    start = time.perf_counter()
+    (run,) = _runs(ctx, "policy", 1)
     return [
         MethodResult(
-            method="policy", workload=name, seed=ctx.seed, val_acc=float(run["final_val_acc"]),
+            method="policy", workload=ctx.workload.name, seed=ctx.seed, val_acc=float(run["final_val_acc"]),
             test_acc=float(run["test_acc"]), epochs=ctx.workload.epochs, seconds=time.perf_counter() - start,
+            details=_details(ctx, run),
+        )
+    ]  # fmt: skip
+
+
+def policy_best(ctx: TrialContext, *, k: int = POLICY_BEST_K) -> list[MethodResult]:
+    """``k`` runs of the saved policy (other init and shuffling, same split); the best final
+    validation accuracy is selected (the earliest on ties). Charged k·E epochs."""
+    if k < 1:
+        raise RLAgentError(f"policy-best: got k={k}; expected an integer >= 1")
+    method = f"policy-best-{k}"
+    start = time.perf_counter()
+    runs = _runs(ctx, method, k)
+    i = best_index([float(r["final_val_acc"]) for r in runs])
+    details = {
+        **_details(ctx, runs[i]),
+        "selected": i,
+        "replicas": [
+            {
+                "replica": r["replica"],
+                "val_acc": float(r["final_val_acc"]),
+                "test_acc": float(r["test_acc"]),
+                "diverged": r["diverged"],
+            }
+            for r in runs
+        ],  # fmt: skip
+    }
+    return [
+        MethodResult(
+            method=method, workload=ctx.workload.name, seed=ctx.seed, val_acc=float(runs[i]["final_val_acc"]),
+            test_acc=float(runs[i]["test_acc"]), epochs=k * ctx.workload.epochs, seconds=time.perf_counter() - start,
             details=details,
         )
     ]  # fmt: skip
+
+
+def policy_best_4(ctx: TrialContext) -> list[MethodResult]:
+    """:func:`policy_best` with k = 4, reported as ``policy-best-4``."""
+    return policy_best(ctx, k=POLICY_BEST_K)

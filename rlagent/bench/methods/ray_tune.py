@@ -1,6 +1,6 @@
-"""Ray Tune's PBT and ASHA as baselines (``ray-pbt``, ``ray-asha``; with ``rlagent bench --backend ray``).
+"""Ray Tune's PBT, PB2 and ASHA as baselines (``ray-pbt``, ``ray-pb2``, ``ray-asha``; with ``--backend ray``).
 
-Both are real ``ray.tune.Tuner`` runs whose trials train through the same
+All are real ``ray.tune.Tuner`` runs whose trials train through the same
 :class:`~rlagent.bench.methods.base.Run` (one :func:`~rlagent.training.run_epoch` per report) as
 every other method, on the same seeded data split, initial weights and shuffling order:
 
@@ -8,10 +8,14 @@ every other method, on the same seeded data split, initial weights and shuffling
   weights and optimiser state, LR resampled with p = 0.25 or ×0.8 / ×1.2, batch size to a
   neighbouring power of two) every 3 epochs over a population of 8, reported as ``ray-pbt-8``;
   population·E epochs, like the in-process ``pbt``.
+* ``ray-pb2`` — ``PB2`` (Parker-Holder et al. 2020): PBT whose explore step picks the new
+  hyperparameters with a GP bandit (scikit-learn's GP) instead of random perturbation, over
+  log10(LR) and log2(batch size) within the ranges; same population, interval and budget as
+  ``ray-pbt``, reported as ``ray-pb2-8``.
 * ``ray-asha`` — ``ASHAScheduler(max_t=E, grace_period=1, reduction_factor=3)``; trials start
   until the epochs trained reach 16·E (Optuna ``hyperband``'s budget), then all stop.
 
-Both start from random search's configurations (the first ones are ``random``'s), select the
+All start from random search's configurations (the first ones are ``random``'s), select the
 trial with the best final validation accuracy among those that trained all E epochs, and report
 its test accuracy, which the trainable measures after its last epoch and which never takes part in
 selection. Ray Tune's schedulers draw from the global ``random`` and NumPy generators; these
@@ -30,6 +34,7 @@ import functools
 import io
 import json
 import logging
+import math
 import random
 import shutil
 import tempfile
@@ -58,7 +63,7 @@ from rlagent.bench.methods.base import (
 from rlagent.errors import RLAgentError
 from rlagent.training import HParams
 
-__all__ = ["RAY_METHODS", "ray_asha", "ray_pbt"]
+__all__ = ["RAY_METHODS", "ray_asha", "ray_pb2", "ray_pbt"]
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +119,11 @@ def _trainable(
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             _load_state(run, Path(folder), ctx.device)
-    hp = run.hparams.with_values(config["lr"], config["batch_size"])
+    if "log10_lr" in config:  # PB2's continuous search space; batch sizes stay powers of two
+        lr, batch_size = 10.0 ** config["log10_lr"], 2 ** round(config["log2_batch_size"])
+    else:
+        lr, batch_size = config["lr"], config["batch_size"]
+    hp = run.hparams.with_values(lr, batch_size)
     lr, batch_size = hp.lr, hp.batch_size
     epochs = ctx.workload.epochs
     while len(run.history) < epochs:
@@ -216,8 +225,12 @@ def _fit(
     stop: Any,
     checkpoint_every: int,
     stop_diverged: bool,
+    log_space: bool = False,
 ) -> tuple[list[_Trial], float, Path]:
     """Run a Tuner of ``len(configs)`` trials starting at ``configs``; their last reports, seconds, folder.
+
+    ``log_space``: the trials' configs hold ``log10_lr`` and ``log2_batch_size`` (continuous, for
+    PB2's GP) instead of ``lr`` and ``batch_size``.
 
     The experiment lives in ``ctx.workdir / name`` and starts afresh (an interrupted one is
     removed: a restored PBT run is not the experiment it would have been).
@@ -232,10 +245,15 @@ def _fit(
         _trainable, ctx=ctx, threads=threads, checkpoint_every=checkpoint_every, stop_diverged=stop_diverged
     )  # ctx carries the loaded dataset (ctx.sources): trials do not load it again
     resources = {"cpu": threads, "gpu": int(ctx.device.startswith("cuda"))}
-    points = [{"lr": lr, "batch_size": bs} for lr, bs in configs]  # every trial starts at one of these
+    if log_space:
+        points = [{"log10_lr": math.log10(lr), "log2_batch_size": math.log2(bs)} for lr, bs in configs]
+        space = {k: tune.uniform(*v) for k, v in _log_bounds(ctx, sizes).items()}
+    else:
+        points = [{"lr": lr, "batch_size": bs} for lr, bs in configs]
+        space = {"lr": tune.loguniform(*ctx.workload.lr_range), "batch_size": tune.choice(list(sizes))}
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
-        param_space={"lr": tune.loguniform(*ctx.workload.lr_range), "batch_size": tune.choice(list(sizes))},
+        param_space=space,  # every trial starts at one of `points`
         tune_config=tune.TuneConfig(
             metric="val_acc", mode="max", num_samples=len(points), scheduler=scheduler, reuse_actors=True,
             search_alg=BasicVariantGenerator(points_to_evaluate=points),
@@ -333,6 +351,48 @@ def ray_pbt(ctx: TrialContext, *, population: int = PBT_POPULATION, interval: in
     return [_select(ctx, method, trials, seconds, details)]
 
 
+def _log_bounds(ctx: TrialContext, sizes: Sequence[int]) -> dict[str, list[float]]:
+    low, high = ctx.workload.lr_range
+    return {
+        "log10_lr": [math.log10(low), math.log10(high)],
+        "log2_batch_size": [math.log2(sizes[0]), math.log2(sizes[-1])],
+    }
+
+
+def ray_pb2(ctx: TrialContext, *, population: int = PBT_POPULATION, interval: int = PBT_INTERVAL) -> list[MethodResult]:
+    """Ray Tune's ``PB2`` of ``population`` trials, population·E epochs: ``ray-pbt`` with a GP-bandit explore.
+
+    As ``ray-pbt`` (the same initial configurations, ``synch=True``, bottom 25% take a top-25%
+    trial's checkpoint every ``interval`` epochs), but the exploited trial's new hyperparameters
+    are chosen by PB2's GP-UCB bandit over log10(LR) and log2(batch size) within the ranges
+    (the trial rounds the exponent, so batch sizes stay powers of two). Needs scikit-learn.
+    Reported as ``ray-pb2-{population}``.
+    """
+    from ray.tune.schedulers.pb2 import PB2
+
+    if population < 2 or interval < 1:
+        raise ValueError(f"ray_pb2: got population={population}, interval={interval}; expected >= 2 and >= 1")
+    epochs = ctx.workload.epochs
+    hparams = workload_hparams(ctx)
+    sizes = hparams.batch_sizes()
+    configs = sample_configs(ctx, population, hparams)
+    bounds = _log_bounds(ctx, sizes)
+    scheduler = PB2(
+        time_attr="training_iteration", perturbation_interval=interval, synch=True, hyperparam_bounds=bounds
+    )
+    method = f"ray-pb2-{population}"
+    trials, seconds, folder = _fit(
+        ctx, method, configs, sizes, scheduler=scheduler, stop={"training_iteration": epochs},
+        checkpoint_every=interval, stop_diverged=False, log_space=True,
+    )  # fmt: skip
+    details = {
+        "population": population, "interval": interval, "initial": [list(c) for c in configs], "bounds": bounds,
+        "final": [[t.lr, t.batch_size] for t in trials], "final_val_accs": [t.val_acc for t in trials],
+        "scheduler": f"PB2(perturbation_interval={interval}, synch=True)", "experiment": str(folder),
+    }  # fmt: skip
+    return [_select(ctx, method, trials, seconds, details)]
+
+
 def ray_asha(ctx: TrialContext, *, budget_runs: int = ASHA_BUDGET_RUNS) -> list[MethodResult]:
     """Ray Tune's ``ASHAScheduler(max_t=E, grace_period=1, reduction_factor=3)`` on a budget of ``budget_runs``·E epochs.
 
@@ -362,6 +422,9 @@ def ray_asha(ctx: TrialContext, *, budget_runs: int = ASHA_BUDGET_RUNS) -> list[
     return [_select(ctx, "ray-asha", trials, seconds, details)]
 
 
-RAY_METHODS: dict[str, Callable[[TrialContext], list[MethodResult]]] = {"ray-pbt": ray_pbt, "ray-asha": ray_asha}
+RAY_METHODS: dict[str, Callable[[TrialContext], list[MethodResult]]] = {
+    "ray-pbt": ray_pbt, "ray-pb2": ray_pb2, "ray-asha": ray_asha,
+}  # fmt: skip
 """Ray Tune baselines by task name, available with the benchmark's ray backend only (their
-tasks must run where Ray is initialised). ``ray-pbt`` reports ``ray-pbt-8`` (its population)."""
+tasks must run where Ray is initialised). ``ray-pbt`` / ``ray-pb2`` report ``ray-pbt-8`` /
+``ray-pb2-8`` (their population)."""

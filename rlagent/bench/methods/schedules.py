@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -11,6 +12,7 @@ import torch
 
 from rlagent.bench.methods.base import (
     MethodResult,
+    Run,
     TrialContext,
     constant_schedule,
     extra_inputs,
@@ -46,6 +48,59 @@ def cosine(ctx: TrialContext) -> list[MethodResult]:
 
     out = train_run(ctx, decide)
     return [make_result(ctx, "cosine", out, {"lr": lr0, "batch_size": bs, "uses": "random-16 best LR"})]
+
+
+WARMUP_SHARE = 0.05
+"""Share of ``warmup-cosine``'s optimiser steps spent warming up (at least one step)."""
+
+CONVENTIONAL_LRS = {torch.optim.SGD: 0.01}
+"""LRs used where torch's default is no practitioner's: SGD with momentum 0.9 is run at 0.01 (Keras'
+default and the usual recipe; torch's 1e-3 is a recent placeholder, the argument was required)."""
+
+
+def default_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The optimiser's default LR: :data:`CONVENTIONAL_LRS`, else torch's (Adam, AdamW 1e-3; RMSprop 1e-2)."""
+    cls = type(optimizer)
+    if cls in CONVENTIONAL_LRS:
+        return CONVENTIONAL_LRS[cls]
+    default = inspect.signature(cls).parameters.get("lr")
+    if default is None or not isinstance(default.default, (int, float)):
+        raise RLAgentError(f"warmup-cosine: optimizer {cls.__name__} has no default learning rate")
+    return float(default.default)
+
+
+def warmup_cosine_factor(step: int, warmup: int, total: int) -> float:
+    """Multiplier of the peak LR at optimiser step ``step`` (0-based): linear up over the first
+    ``warmup`` steps (1/warmup, 2/warmup, ..., 1), then half a cosine to 0 at ``total``. Every
+    step that trains has an LR > 0 (``transformers.get_cosine_schedule_with_warmup`` starts at 0)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
+
+
+def warmup_cosine(ctx: TrialContext) -> list[MethodResult]:
+    """Linear warm-up over the first 5% of steps, then cosine to 0, per minibatch, at the
+    optimiser's default LR (:func:`default_lr`) and batch size 32 (clipped). No search: E epochs.
+
+    The peak is not clipped to the workload's LR range (the optimiser's default is the point).
+    Each epoch's record shows the LR of its first minibatch.
+    """
+    bs = workload_hparams(ctx).batch_size
+    used: dict[str, Any] = {}
+
+    def prepare(run: Run) -> None:
+        total = ctx.workload.epochs * math.ceil(len(run.data.train) / bs)
+        warmup = max(1, round(WARMUP_SHARE * total))
+        peak = default_lr(run.trainer.optimizer)
+        run.trainer.lr = peak
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            run.trainer.optimizer, lambda step: warmup_cosine_factor(step, warmup, total)
+        )
+        run.trainer.on_step = scheduler.step
+        used.update(lr=peak, warmup_steps=warmup, total_steps=total)
+
+    out = train_run(ctx, lambda epoch, history, trainer: (trainer.lr, bs), prepare=prepare)
+    return [make_result(ctx, "warmup-cosine", out, {**used, "batch_size": bs})]
 
 
 def plateau(ctx: TrialContext) -> list[MethodResult]:
