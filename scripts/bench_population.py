@@ -36,6 +36,7 @@ from rlagent.config import load_spec
 from rlagent.pool import make_pool
 from rlagent.pool.devices import visible_cpu_count
 from rlagent.pool.population import PopulationVecEnv
+from rlagent.workloads import BUILTIN_WORKLOADS
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--spec", default="default", help="spec file or shipped spec name")
@@ -51,11 +52,17 @@ parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--json", default=None, help="also write the results to this JSON file")
 
 
-def family_workloads(spec: Any, family: str) -> tuple[str, ...]:
-    """The spec's training workloads of one family (by model), or all of them."""
-    names = spec.workloads.train
+def family_workloads(spec: Any, family: str) -> tuple[str, ...] | None:
+    """Training workloads of one model family, or None for the spec's whole training distribution.
+
+    With a procedural training set, a family's workloads are the named (built-in or defined) ones
+    that are not held out.
+    """
     if family == "distribution":
-        return names
+        return None
+    names = spec.workloads.train_names or tuple(
+        n for n in (*BUILTIN_WORKLOADS, *spec.workloads.define) if n not in spec.workloads.heldout
+    )
     picked = tuple(n for n in names if spec.workload(n).model.startswith(family))
     if not picked:
         raise SystemExit(f"--families: the spec has no {family} training workload")
