@@ -21,13 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import threading
 import time
 from typing import Any
 
 import numpy as np
 import ray
+from bench_pool import measure  # the same timed windows as the local/Ray pool benchmark
 from ray.cluster_utils import Cluster
 
 from rlagent.config import load_spec
@@ -43,23 +43,10 @@ parser.add_argument("--warmup", type=int, default=3, help="untimed steps per env
 parser.add_argument("--windows", type=int, default=5, help="timed windows (the median counts)")
 parser.add_argument("--steps", type=int, default=10, help="steps per env in each window")
 parser.add_argument("--loss-after", type=int, default=2, help="steps into an episode before the node is lost")
+parser.add_argument("--seed", type=int, default=0, help="seed of the pools' envs")
 parser.add_argument("--json", default=None, help="also write the results to this JSON file")
 
 KEEP = np.array([[2, 1], [2, 1]])
-
-
-def rate(pool: Any, args: argparse.Namespace) -> dict[str, Any]:
-    pool.seed(0)
-    pool.reset()
-    for _ in range(args.warmup):
-        pool.step(KEEP)
-    rates = []
-    for _ in range(args.windows):
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            pool.step(KEEP)
-        rates.append(pool.num_envs * args.steps / (time.perf_counter() - start))
-    return {"median": round(statistics.median(rates), 2), "windows": [round(r, 2) for r in rates]}
 
 
 def lose_worker(cluster: Cluster, pool: RayEnvPool, args: argparse.Namespace, replace: bool) -> dict[str, Any]:
@@ -105,7 +92,7 @@ def main() -> None:
 
     pool = EnvPool([factory] * 2, [slot] * 2)
     try:
-        report["local_2_workers"] = rate(pool, args)
+        report["local_2_workers"] = measure(pool, args)
     finally:
         pool.close()
 
@@ -117,7 +104,7 @@ def main() -> None:
         pool = RayEnvPool([factory] * 2, [slot] * 2)
         try:
             assert len(set(pool.node_ids)) == 2, pool.placements
-            report["ray_2_nodes"] = rate(pool, args)
+            report["ray_2_nodes"] = measure(pool, args)
             report["loss_replaced"] = lose_worker(cluster, pool, args, replace=True)
             report["loss_not_replaced"] = lose_worker(cluster, pool, args, replace=False)
         finally:
