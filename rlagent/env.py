@@ -63,7 +63,7 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
     clipped to the spec's ranges (batch size also to the training-set size).
 
     ## Observation Space
-    ``Box(OBS_LOW, OBS_HIGH, (18,), float32)``: scale-free features of the run named in
+    ``Box(OBS_LOW, OBS_HIGH, (22,), float32)``: scale-free features of the run named in
     :data:`rlagent.features.FEATURE_NAMES` — progress, LR/batch-size position in their ranges,
     losses / log(classes), accuracies above chance, their changes, generalisation gap, minibatch
     loss noise, best validation accuracy and epochs since, gradient noise scale vs batch size,
@@ -240,7 +240,7 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         lr_f, bs_f = decode_action(action, self.action_kind)
         self.hparams = self.hparams.scaled(lr_f, bs_f)
         best_before = tracker.best_val_acc
-        epoch, obs = run_epoch(trainer, self.data.val, tracker, self.hparams, lr_factor=lr_f, bs_factor=bs_f)
+        epoch, obs = run_epoch(trainer, self.data.val, tracker, self.hparams)
         self._samples += epoch.stats.samples
         self._steps += epoch.stats.steps
         diverged = epoch.diverged

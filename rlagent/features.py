@@ -10,6 +10,8 @@ records it and refuses to load against a different list.
 from __future__ import annotations
 
 import math
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,21 +20,25 @@ FEATURE_NAMES: tuple[str, ...] = (
     "progress",  # epochs done / episode epochs
     "lr_pos",  # log LR placed in [0, 1] inside the LR range
     "bs_pos",  # log2 batch size placed in [0, 1] inside the batch-size range
+    "lr_rel_start",  # log(LR / the run's initial LR) / log(LR range ratio), in [-1, 1]
     "train_loss",  # mean train loss of the last epoch / log(num_classes)
     "val_loss",  # validation loss / log(num_classes)
     "train_acc",  # train accuracy above chance: (acc - chance) / (1 - chance)
     "val_acc",  # validation accuracy above chance
+    "loss_rel_start",  # train loss / the untrained model's validation loss (> 1: worse than at start)
     "d_train_loss",  # change of train_loss since the previous epoch
     "d_val_loss",  # change of val_loss since the previous epoch
     "d_val_acc",  # change of val_acc since the previous epoch
+    "train_loss_slope",  # least-squares slope of train_loss per epoch over the last SLOPE_WINDOW epochs
+    "val_acc_slope",  # least-squares slope of val_acc per epoch over the last SLOPE_WINDOW epochs
     "gen_gap",  # val_loss - train_loss
     "loss_noise",  # std / mean of the minibatch losses within the epoch
     "best_val_acc",  # best val_acc so far (above chance)
     "since_best",  # epochs since best_val_acc improved / episode epochs
     "log_noise_scale",  # log(B_simple / batch size), gradient noise scale (McCandlish et al.)
     "noise_scale_known",  # 1 once a gradient-noise-scale estimate exists, else 0
-    "last_lr_action",  # last LR change as log2 factor / 2, in [-1, 1]
-    "last_bs_action",  # last batch-size change as log2 factor, in [-1, 1]
+    "last_lr_action",  # LR change actually applied before the last epoch (after clipping), log2 / 2, in [-1, 1]
+    "last_bs_action",  # batch-size change actually applied (after clipping), log2, in [-1, 1]
 )
 """Names of the observation vector's entries, in order."""
 
@@ -40,13 +46,17 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "progress": (0.0, 1.0),
     "lr_pos": (0.0, 1.0),
     "bs_pos": (0.0, 1.0),
+    "lr_rel_start": (-1.0, 1.0),
     "train_loss": (0.0, 10.0),
     "val_loss": (0.0, 10.0),
     "train_acc": (-1.0, 1.0),
     "val_acc": (-1.0, 1.0),
+    "loss_rel_start": (0.0, 10.0),
     "d_train_loss": (-10.0, 10.0),
     "d_val_loss": (-10.0, 10.0),
     "d_val_acc": (-2.0, 2.0),
+    "train_loss_slope": (-10.0, 10.0),
+    "val_acc_slope": (-2.0, 2.0),
     "gen_gap": (-10.0, 10.0),
     "loss_noise": (0.0, 10.0),
     "best_val_acc": (-1.0, 1.0),
@@ -57,6 +67,9 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "last_bs_action": (-1.0, 1.0),
 }
 
+SLOPE_WINDOW = 4
+"""Epochs the loss and accuracy slopes are fitted over (fewer at the start of a run)."""
+
 OBS_LOW = np.array([_BOUNDS[n][0] for n in FEATURE_NAMES], dtype=np.float32)
 OBS_HIGH = np.array([_BOUNDS[n][1] for n in FEATURE_NAMES], dtype=np.float32)
 
@@ -66,6 +79,17 @@ def position(value: float, low: float, high: float) -> float:
     if high <= low:
         return 0.0
     return min(1.0, max(0.0, math.log(value / low) / math.log(high / low)))
+
+
+def slope(values: Sequence[float]) -> float:
+    """Least-squares slope of ``values`` per step (0 for fewer than two values)."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mean_x, mean_y = (n - 1) / 2.0, sum(values) / n
+    num = sum((i - mean_x) * (v - mean_y) for i, v in enumerate(values))
+    den = sum((i - mean_x) ** 2 for i in range(n))
+    return num / den
 
 
 def above_chance(acc: float, num_classes: int) -> float:
@@ -116,7 +140,9 @@ class RunTracker:
     """Turns the per-epoch metrics of one training run into observation vectors.
 
     Shared by the environment and by :class:`rlagent.policy.reuse.Controller`, so a policy sees exactly
-    the same features in a user's own training loop as it saw during its training.
+    the same features in a user's own training loop as it saw during its training. The last
+    action is derived from the LR and batch size actually trained with, so a change that the
+    ranges clipped away reads as no change.
 
     Args:
         num_classes: Number of classes (sets chance level and the loss scale ``log C``).
@@ -143,6 +169,8 @@ class RunTracker:
         self.best_epoch = 0
         self.noise_scale = NoiseScale()
         self._prev: dict[str, float] = {}
+        self._start: dict[str, float] = {}
+        self._recent: deque[tuple[float, float]] = deque(maxlen=SLOPE_WINDOW)
 
     def _vector(
         self,
@@ -154,34 +182,38 @@ class RunTracker:
         lr: float,
         batch_size: int,
         loss_noise: float,
-        lr_action: float,
-        bs_action: float,
     ) -> np.ndarray:
         tl, vl = train_loss / self.loss_scale, val_loss / self.loss_scale
         ta, va = above_chance(train_acc, self.num_classes), above_chance(val_acc, self.num_classes)
-        prev = self._prev or {"tl": tl, "vl": vl, "va": va}
+        prev = self._prev or {"tl": tl, "vl": vl, "va": va, "lr": lr, "bs": batch_size}
+        self._recent.append((tl, va))
         b_simple = self.noise_scale.b_simple()
+        lo, hi = self.lr_range
         values = {
             "progress": self.epoch / self.epochs,
-            "lr_pos": position(lr, *self.lr_range),
+            "lr_pos": position(lr, lo, hi),
             "bs_pos": position(batch_size, *self.batch_size_range),
+            "lr_rel_start": math.log(lr / self._start["lr"]) / math.log(hi / lo) if hi > lo else 0.0,
             "train_loss": tl,
             "val_loss": vl,
             "train_acc": ta,
             "val_acc": va,
+            "loss_rel_start": tl / self._start["vl"] if self._start["vl"] > 0 else 1.0,
             "d_train_loss": tl - prev["tl"],
             "d_val_loss": vl - prev["vl"],
             "d_val_acc": va - prev["va"],
+            "train_loss_slope": slope([t for t, _ in self._recent]),
+            "val_acc_slope": slope([a for _, a in self._recent]),
             "gen_gap": vl - tl,
             "loss_noise": loss_noise,
             "best_val_acc": above_chance(max(self.best_val_acc, val_acc), self.num_classes),
             "since_best": (self.epoch - self.best_epoch) / self.epochs,
             "log_noise_scale": math.log(b_simple / batch_size) if b_simple else 0.0,
             "noise_scale_known": 1.0 if b_simple else 0.0,
-            "last_lr_action": lr_action,
-            "last_bs_action": bs_action,
+            "last_lr_action": math.log2(lr / prev["lr"]) / 2.0,
+            "last_bs_action": math.log2(batch_size / prev["bs"]),
         }
-        self._prev = {"tl": tl, "vl": vl, "va": va}
+        self._prev = {"tl": tl, "vl": vl, "va": va, "lr": lr, "bs": batch_size}
         return clip_features(values)
 
     def start(self, *, val_loss: float, val_acc: float, lr: float, batch_size: int) -> np.ndarray:
@@ -189,9 +221,11 @@ class RunTracker:
         self.epoch = 0
         self.best_val_acc, self.best_epoch = val_acc, 0
         self._prev = {}
+        self._recent.clear()
+        self._start = {"lr": lr, "vl": val_loss / self.loss_scale}
         return self._vector(
             train_loss=val_loss, train_acc=val_acc, val_loss=val_loss, val_acc=val_acc,
-            lr=lr, batch_size=batch_size, loss_noise=0.0, lr_action=0.0, bs_action=0.0,
+            lr=lr, batch_size=batch_size, loss_noise=0.0,
         )  # fmt: skip
 
     def update(
@@ -205,8 +239,6 @@ class RunTracker:
         batch_size: int,
         loss_noise: float = 0.0,
         noise: tuple[float, float, float, float] | None = None,
-        lr_factor: float = 1.0,
-        bs_factor: float = 1.0,
     ) -> np.ndarray:
         """Observation after one more epoch.
 
@@ -219,9 +251,12 @@ class RunTracker:
             batch_size: Batch size the epoch was trained with.
             loss_noise: Std / mean of the epoch's minibatch losses, if known.
             noise: Gradient-norm measurements for the noise scale, if any.
-            lr_factor: Factor by which the LR was changed before this epoch.
-            bs_factor: Factor by which the batch size was changed before this epoch.
+
+        Raises:
+            RuntimeError: ``start`` was not called first.
         """
+        if not self._start:
+            raise RuntimeError("RunTracker.update() before start(): the run's initial state is unknown")
         self.epoch += 1
         if noise is not None:
             self.noise_scale.update(*noise)
@@ -230,5 +265,4 @@ class RunTracker:
         return self._vector(
             train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
             lr=lr, batch_size=batch_size, loss_noise=loss_noise,
-            lr_action=math.log2(lr_factor) / 2.0, bs_action=math.log2(bs_factor),
         )  # fmt: skip

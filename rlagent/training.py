@@ -336,9 +336,6 @@ def run_epoch(
     val: Split,
     tracker: RunTracker,
     hparams: HParams,
-    *,
-    lr_factor: float = 1.0,
-    bs_factor: float = 1.0,
 ) -> tuple[EpochResult, np.ndarray]:
     """Train one epoch at ``hparams``, evaluate on ``val``, apply the divergence rule, update ``tracker``.
 
@@ -351,8 +348,6 @@ def run_epoch(
         val: Validation split.
         tracker: The run's tracker; it alone keeps the best validation accuracy.
         hparams: Learning rate and batch size of this epoch.
-        lr_factor: LR change that led to ``hparams`` (for the observation's last action).
-        bs_factor: Batch-size change that led to ``hparams``.
 
     Returns:
         The epoch's result and the observation after it.
@@ -372,7 +367,6 @@ def run_epoch(
     obs = tracker.update(
         train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
         lr=hparams.lr, batch_size=hparams.batch_size, loss_noise=stats.loss_noise, noise=stats.noise,
-        lr_factor=lr_factor, bs_factor=bs_factor,
     )  # fmt: skip
     result = EpochResult(
         epoch=tracker.epoch, lr=hparams.lr, batch_size=hparams.batch_size, train_loss=train_loss,

@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 
 from rlagent import FEATURE_NAMES
-from rlagent.features import OBS_HIGH, OBS_LOW, NoiseScale, RunTracker, above_chance, clip_features, position
+from rlagent.features import (
+    OBS_HIGH,
+    OBS_LOW,
+    NoiseScale,
+    RunTracker,
+    above_chance,
+    clip_features,
+    position,
+    slope,
+)
 
 
 def _tracker(**kw) -> RunTracker:
@@ -90,17 +99,19 @@ def test_tracker_start_and_updates() -> None:
     assert _feature(obs, "val_acc") == 0.0 and _feature(obs, "lr_pos") == 0.0 and _feature(obs, "bs_pos") == 0.0
     assert _feature(obs, "d_val_acc") == 0.0 and _feature(obs, "noise_scale_known") == 0.0
 
-    obs = _epoch(tracker, 0.7, lr_factor=4.0, bs_factor=0.5, noise=(2.0 + 64 / 16, 2.0 + 64 / 64, 16.0, 64.0))
+    # from 1e-4 / bs 16 to 4e-4 / bs 8 (x4, x1/2)
+    obs = _epoch(tracker, 0.7, lr=4e-4, batch_size=8, noise=(2.0 + 64 / 16, 2.0 + 64 / 64, 16.0, 64.0))
     assert _feature(obs, "progress") == 0.25
     assert _feature(obs, "val_acc") == pytest.approx(above_chance(0.7, 4))
     assert _feature(obs, "d_val_acc") == pytest.approx(above_chance(0.7, 4))
     assert _feature(obs, "last_lr_action") == 1.0 and _feature(obs, "last_bs_action") == -1.0
     assert _feature(obs, "since_best") == 0.0
     assert _feature(obs, "noise_scale_known") == 1.0
-    assert _feature(obs, "log_noise_scale") == pytest.approx(math.log(32 / 64), rel=1e-5)
+    assert _feature(obs, "log_noise_scale") == pytest.approx(math.log(32 / 8), rel=1e-5)
     assert _feature(obs, "gen_gap") == pytest.approx(0.1 / math.log(4), rel=1e-5)
+    assert _feature(obs, "lr_rel_start") == pytest.approx(math.log(4) / math.log(1000), rel=1e-5)
 
-    obs = _epoch(tracker, 0.6)
+    obs = _epoch(tracker, 0.6, lr=4e-4, batch_size=8)
     assert _feature(obs, "best_val_acc") == pytest.approx(above_chance(0.7, 4))
     assert _feature(obs, "since_best") == 0.25
     assert _feature(obs, "d_val_acc") == pytest.approx(above_chance(0.6, 4) - above_chance(0.7, 4))
@@ -121,3 +132,39 @@ def test_tracker_with_one_class_does_not_divide_by_zero() -> None:
     tracker = _tracker(num_classes=1)
     obs = tracker.start(val_loss=0.0, val_acc=1.0, lr=1e-3, batch_size=32)
     assert np.isfinite(obs).all()
+
+
+def test_last_action_is_what_was_applied_not_what_was_asked() -> None:
+    """At the top of the LR range a requested x4 is clipped to nothing: the observation says 0."""
+    tracker = _tracker()
+    tracker.start(val_loss=1.0, val_acc=0.25, lr=0.1, batch_size=256)
+    obs = _epoch(tracker, 0.5, lr=0.1, batch_size=256)  # asked for x4 / x2, both clipped
+    assert _feature(obs, "last_lr_action") == 0.0 and _feature(obs, "last_bs_action") == 0.0
+    obs = _epoch(tracker, 0.5, lr=0.05, batch_size=256)
+    assert _feature(obs, "last_lr_action") == pytest.approx(-0.5)
+    assert _feature(obs, "lr_rel_start") == pytest.approx(math.log(0.5) / math.log(1000), rel=1e-5)
+
+
+def test_loss_relative_to_start_flags_a_run_worse_than_untrained() -> None:
+    tracker = _tracker()
+    tracker.start(val_loss=math.log(4), val_acc=0.25, lr=1e-3, batch_size=32)
+    assert _feature(_epoch(tracker, 0.5, train_loss=0.5 * math.log(4)), "loss_rel_start") == pytest.approx(0.5)
+    assert _feature(_epoch(tracker, 0.25, train_loss=3 * math.log(4)), "loss_rel_start") == pytest.approx(3.0)
+
+
+def test_slopes_fit_the_last_epochs() -> None:
+    assert slope([]) == 0.0 and slope([5.0]) == 0.0
+    assert slope([1.0, 2.0, 3.0]) == pytest.approx(1.0)
+    assert slope([4.0, 2.0, 4.0, 2.0]) == pytest.approx(-0.4)
+    tracker = _tracker(epochs=10)
+    tracker.start(val_loss=math.log(4), val_acc=0.25, lr=1e-3, batch_size=32)
+    for i, loss in enumerate([0.9, 0.8, 0.7, 0.6, 0.5, 0.1]):
+        obs = _epoch(tracker, 0.3 + 0.1 * i, train_loss=loss * math.log(4))
+    # the window holds the last four epochs: 0.7, 0.6, 0.5, 0.1 -> slope -0.18 per epoch
+    assert _feature(obs, "train_loss_slope") == pytest.approx(slope([0.7, 0.6, 0.5, 0.1]), rel=1e-5)
+    assert _feature(obs, "val_acc_slope") == pytest.approx(above_chance(0.4, 4) - above_chance(0.3, 4), rel=1e-5)
+
+
+def test_update_before_start_is_an_error() -> None:
+    with pytest.raises(RuntimeError, match="before start"):
+        _epoch(_tracker(), 0.5)

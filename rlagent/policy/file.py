@@ -81,9 +81,17 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
-"""Version of the policy directory layout written by :func:`save_policy` (2: ``policy.json`` is
-covered by its own ``json_sha256``; version 1 files had no such check and are not read)."""
+FORMAT_VERSION = 3
+"""Version of the policy directory layout written by :func:`save_policy`. 3: the observation
+features of :data:`rlagent.features.FEATURE_NAMES` as of rlagent 0.3 (LR relative to the run's
+start, loss relative to the start, loss and accuracy slopes, clipping-aware last action);
+2: ``policy.json`` is covered by its own ``json_sha256``; 1: no such check. Older files are
+refused with a message saying why."""
+_OLD_FORMATS = {
+    1: "format 1 had no integrity check of policy.json and observed 18 older features",
+    2: "format 2 policies observe the 18 features of rlagent 0.2; this rlagent computes 22 "
+    "(see rlagent.features.FEATURE_NAMES): retrain the policy with `rlagent train`",
+}
 JSON_NAME = "policy.json"
 """Name of the description file inside a policy directory."""
 WEIGHTS_NAME = "policy.safetensors"
@@ -343,11 +351,7 @@ def _check_version(doc: dict[str, Any], json_path: Path) -> None:
     if type(found) is not int:
         raise PolicyFileError(f"{json_path}: format_version must be the integer {FORMAT_VERSION}, found {found!r:.50}")
     if found != FORMAT_VERSION:
-        hint = (
-            " (written by a newer rlagent?)"
-            if found > FORMAT_VERSION
-            else " (format 1 had no integrity check of policy.json: save the policy again with this rlagent)"
-        )
+        hint = " (written by a newer rlagent?)" if found > FORMAT_VERSION else f" ({_OLD_FORMATS.get(found, 'too old')})"
         raise PolicyFileError(
             f"{json_path}: unsupported format_version: expected {FORMAT_VERSION}, found {found}{hint}"
         )

@@ -126,8 +126,6 @@ class Controller:
             num_classes=num_classes, lr_range=lr_range, batch_size_range=batch_size_range, epochs=epochs
         )
         self.hparams = HParams(lr, batch_size, lr_range, batch_size_range, n_train or batch_size_range[1]).clipped()
-        self.factors = (1.0, 1.0)
-        """The (LR, batch size) change that led to the current values."""
         self.history: list[dict[str, float]] = []
 
     @property
@@ -153,7 +151,6 @@ class Controller:
         action = self.policy.predict(obs, deterministic=self.deterministic)
         lr_f, bs_f = decode_action(action, self.kind)
         self.hparams = self.hparams.scaled(lr_f, bs_f)
-        self.factors = (lr_f, bs_f)
         return self.lr, self.batch_size
 
     def start(self, *, val_loss: float, val_acc: float) -> tuple[float, int]:
@@ -180,11 +177,9 @@ class Controller:
             raise RLAgentError(
                 f"epoch {self.tracker.epoch + 1}: the loss is not finite (train {train_loss}, val {val_loss})"
             )
-        lr_f, bs_f = self.factors
         obs = self.tracker.update(
             train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
             lr=self.lr, batch_size=self.batch_size, loss_noise=loss_noise, noise=noise,
-            lr_factor=lr_f, bs_factor=bs_f,
         )  # fmt: skip
         return self.act(obs)
 
@@ -273,9 +268,7 @@ def train_with_policy(
     first = trainer.evaluate(val)
     ctl.start(val_loss=first.loss, val_acc=first.acc)
     for _ in range(epochs):
-        epoch, obs = run_epoch(
-            trainer, val, ctl.tracker, ctl.hparams, lr_factor=ctl.factors[0], bs_factor=ctl.factors[1]
-        )
+        epoch, obs = run_epoch(trainer, val, ctl.tracker, ctl.hparams)
         result.history.append({**epoch.record(), "seconds": epoch.stats.seconds})
         if epoch.diverged:
             result.diverged = True

@@ -149,7 +149,7 @@ def test_round_trip_gives_identical_actions(
 def test_policy_json_path_and_metadata(saved: Path) -> None:
     loaded = load_policy(saved / JSON_NAME)
     meta = loaded.metadata
-    assert meta["format_version"] == 2
+    assert meta["format_version"] == 3
     assert loaded.feature_names == FEATURE_NAMES
     assert meta["architecture"] == {
         "policy": "MlpPolicy",
@@ -313,7 +313,7 @@ def test_feature_mismatch_names_the_difference(saved: Path, expected: tuple[str,
 
 @pytest.mark.parametrize(
     ("version", "text"),
-    [(3, "expected 2, found 3"), ("2", "found '2'"), (1, "format 1 had no integrity check")],
+    [(4, "expected 3, found 4"), ("3", "found '3'"), (1, "format 1 had no integrity check"), (2, "retrain the policy")],
 )
 def test_wrong_format_version(saved: Path, version: object, text: str) -> None:
     _edit_json(saved, lambda doc: doc.__setitem__("format_version", version))
