@@ -1,0 +1,158 @@
+"""Score a policy on validation draws of its training distribution: the one basis for selection.
+
+Choices made while building a policy (reward, features, PPO settings, which checkpoint) are
+compared here, on fresh draws from the spec's procedural sampler — never on the held-out suite,
+whose workloads stay unseen until the final benchmark, and never on a test split. The draws'
+episode seeds come from their own stream (:func:`validation_seeds`), apart from the seeds PPO
+trains on. Each draw is run twice: once with the policy and once at its initial LR and batch
+size held constant, so a score says how much the policy adds on that draw.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import multiprocessing as mp
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlagent.config import EnvSpec, load_spec
+from rlagent.env import LR_FACTORS, BS_FACTORS, HyperTuneEnv
+from rlagent.errors import SpecError
+from rlagent.features import FEATURE_NAMES
+from rlagent.policy.file import SavedPolicy, load_policy
+
+logger = logging.getLogger(__name__)
+
+_VALIDATION_STREAM = 0x5A11D
+"""Mixed into the spec's seed to give validation draws a seed stream of their own."""
+
+
+def validation_seeds(spec: EnvSpec, n: int) -> list[int]:
+    """Episode seeds of ``n`` validation draws: fixed for a spec, apart from PPO's seed stream."""
+    if n < 1:
+        raise SpecError("n_draws", n, "an integer >= 1")
+    rng = np.random.default_rng([spec.seed, _VALIDATION_STREAM])
+    return [int(s) for s in rng.integers(2**31 - 1, size=n)]
+
+
+def hide_mask(hide: Sequence[str]) -> np.ndarray:
+    """Indices of the observation features named in ``hide`` (for ablations that blind a policy)."""
+    unknown = sorted(set(hide) - set(FEATURE_NAMES))
+    if unknown:
+        raise SpecError("hide", unknown, f"names among FEATURE_NAMES {list(FEATURE_NAMES)}")
+    return np.array([FEATURE_NAMES.index(n) for n in hide], dtype=np.int64)
+
+
+@dataclass
+class DrawResult:
+    """One validation draw run with the policy and with its start held constant."""
+
+    seed: int
+    workload: str
+    epochs: int
+    val_acc: float
+    """Final validation accuracy with the policy."""
+    constant_val_acc: float
+    """Final validation accuracy at the draw's initial LR and batch size, unchanged."""
+    diverged: bool
+
+
+@dataclass
+class ValidationReport:
+    """Scores of a policy over validation draws."""
+
+    draws: list[DrawResult] = field(default_factory=list)
+
+    @property
+    def mean_val_acc(self) -> float:
+        return statistics.fmean(d.val_acc for d in self.draws)
+
+    @property
+    def mean_gain(self) -> float:
+        """Mean over draws of (policy − constant start) final validation accuracy."""
+        return statistics.fmean(d.val_acc - d.constant_val_acc for d in self.draws)
+
+    @property
+    def win_rate(self) -> float:
+        """Share of draws where the policy ends above the constant start."""
+        return statistics.fmean(float(d.val_acc > d.constant_val_acc) for d in self.draws)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "draws": len(self.draws),
+            "mean_val_acc": round(self.mean_val_acc, 4),
+            "mean_gain_over_constant": round(self.mean_gain, 4),
+            "win_rate": round(self.win_rate, 3),
+            "diverged": sum(d.diverged for d in self.draws),
+        }
+
+
+def _episode(env: HyperTuneEnv, seed: int, act: Any) -> tuple[float, bool, str, int]:
+    obs, info = env.reset(seed=seed)
+    done = False
+    while not done:
+        obs, _, done, _, info = env.step(act(obs))
+    return float(info["val_acc"]), bool(info["diverged"]), str(info["workload"]), int(info["epoch"])
+
+
+def _run_draw(policy_dir: str, spec: EnvSpec, seed: int, hide: tuple[str, ...]) -> DrawResult:
+    torch.set_num_threads(1)
+    policy: SavedPolicy = load_policy(policy_dir)
+    mask = hide_mask(hide)
+    env = HyperTuneEnv(spec)
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        obs = obs.copy()
+        obs[mask] = 0.0
+        return policy.predict(obs, deterministic=True)
+
+    keep = np.array([LR_FACTORS.index(1.0), BS_FACTORS.index(1.0)])
+    if spec.episode.action != "discrete":
+        keep = np.zeros(2, dtype=np.float32)
+    val_acc, diverged, name, epochs = _episode(env, seed, act)
+    constant, _, _, _ = _episode(env, seed, lambda _obs: keep)
+    return DrawResult(seed, name, epochs, val_acc, constant, diverged)
+
+
+def validate_policy(
+    policy: str | Path,
+    spec: EnvSpec | str | Path = "default",
+    *,
+    n_draws: int = 24,
+    n_workers: int = 1,
+    hide: Sequence[str] = (),
+) -> ValidationReport:
+    """Run a saved policy on ``n_draws`` validation draws of the spec's procedural training set.
+
+    Args:
+        policy: Saved policy directory.
+        spec: The spec the policy was trained on; it must draw its training set from a sampler.
+        n_draws: Number of draws (episode seeds from :func:`validation_seeds`).
+        n_workers: Processes running draws side by side, one torch thread each.
+        hide: Feature names zeroed before the policy sees them (a policy trained blind to them).
+
+    Returns:
+        Per-draw results and their means.
+    """
+    spec = spec if isinstance(spec, EnvSpec) else load_spec(spec)
+    if spec.workloads.sampler is None:
+        raise SpecError("workloads.train", list(spec.workloads.train_names), "a procedural sampler to draw from")
+    hide_mask(hide)
+    seeds = validation_seeds(spec, n_draws)
+    args = [(str(policy), spec, s, tuple(hide)) for s in seeds]
+    if n_workers <= 1:
+        draws = [_run_draw(*a) for a in args]
+    else:
+        ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+        with cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
+            draws = list(pool.map(_run_draw, *zip(*args)))
+    for d in draws:
+        logger.info("draw %d %s: policy %.3f, constant %.3f", d.seed, d.workload, d.val_acc, d.constant_val_acc)
+    return ValidationReport(draws)
