@@ -8,12 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rlagent.bench.executors import Task
 from rlagent.bench.runner import (
     BenchConfig,
     TrialError,
+    longest_first,
     policy_schedule,
     run_benchmark,
 )
+from rlagent.config import load_spec
 from rlagent.cli import main
 from rlagent.errors import SpecError
 from tests._user_workload import write_broken_spec
@@ -47,6 +50,15 @@ def test_dependent_methods_bring_their_inputs() -> None:
     config = BenchConfig(spec="tiny", methods=["cosine", "open-loop", "constant"])
     assert config.task_methods() == ("random", "cosine", "policy", "open-loop", "constant")
     assert BenchConfig(seeds=3).seed_list == (0, 1, 2) and BenchConfig(seeds=[4, 7]).seed_list == (4, 7)
+
+
+def test_tasks_start_longest_first() -> None:
+    spec = load_spec("default")
+    tasks = [Task(m, w, s) for w in ("mnist1d-cnn", "mnist1d-gru") for m in ("constant", "pbt", "random") for s in (0, 1)]
+    order = longest_first(tasks, spec)
+    assert len(order) == len(tasks) and set(order) == set(tasks)
+    assert [t.method for t in order] == ["random"] * 4 + ["pbt"] * 4 + ["constant"] * 4
+    assert [t.workload for t in order[:4]] == ["mnist1d-cnn", "mnist1d-cnn", "mnist1d-gru", "mnist1d-gru"]  # stable
 
 
 def test_unknown_workload_is_refused_before_training(tmp_path: Path) -> None:

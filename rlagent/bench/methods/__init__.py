@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from rlagent.bench.methods.base import METHOD_NEEDS, MethodResult, TrialContext
+from rlagent.bench.methods.base import METHOD_NEEDS, PBT_POPULATION, SEARCH_TRIALS, MethodResult, TrialContext
 from rlagent.bench.methods.lr_finder import lr_finder_best, lr_finder_min10, lr_finder_steep
 from rlagent.bench.methods.pbt import pbt as pbt_method
 from rlagent.bench.methods.policy import policy as policy_method
@@ -61,6 +61,14 @@ METHODS: dict[str, Callable[[TrialContext], list[MethodResult]]] = {
 ALL_METHODS: dict[str, Callable[[TrialContext], list[MethodResult]]] = {**METHODS, **RAY_METHODS}
 """Local and Ray Tune methods by name."""
 
+METHOD_RUNS: dict[str, float] = {
+    "random": SEARCH_TRIALS, "tpe": SEARCH_TRIALS, "hyperband": SEARCH_TRIALS, "ray-asha": SEARCH_TRIALS,
+    "pbt": PBT_POPULATION, "ray-pbt": PBT_POPULATION, "ray-pb2": PBT_POPULATION,
+    "policy-best-4": 4, "lr-finder-best": 2.1, "lr-finder-steep": 1.05, "lr-finder-min10": 1.05,
+}  # fmt: skip
+"""Epochs a method's task spends, in runs of the workload's epoch budget (1 when not listed).
+The benchmark starts the longest tasks first, so that short ones fill the workers at the end."""
+
 QUICK_METHODS = (
     "policy", "policy-best-4", "random", "pbt", "lr-finder-best", "warmup-cosine", "constant",
 )  # fmt: skip
@@ -69,6 +77,7 @@ compares it with first (random search, PBT, the LR range test, warm-up + cosine,
 
 __all__ = [
     "ALL_METHODS",
+    "METHOD_RUNS",
     "METHODS",
     "METHOD_NEEDS",
     "QUICK_METHODS",
