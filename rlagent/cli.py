@@ -121,7 +121,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-envs", type=int, default=None, help="parallel envs (default: one per GPU, else per core)")
     p.add_argument(
         "--population", type=int, default=None,
-        help="K envs per worker, trained together in one process (batched where it pays); --n-envs workers",
+        help="K envs per worker (process or Ray actor), trained together (batched where it pays); --n-envs workers",
     )  # fmt: skip
     p.add_argument("--devices", default=c.devices, help="auto, or e.g. cuda:0,cuda:1 or cpu")
     p.add_argument("--seed", type=int, default=None, help="default: the spec's seed")

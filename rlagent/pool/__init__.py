@@ -19,7 +19,7 @@ from rlagent.pool.devices import WorkerSlot, plan_workers
 from rlagent.pool.factory import EnvFactory, training_workloads
 from rlagent.pool.local import EnvPool
 from rlagent.pool.population import PopulationVecEnv
-from rlagent.pool.population_pool import PopulationPool
+from rlagent.pool.population_pool import PopulationFactory, PopulationPool
 from rlagent.pool.ray import RayEnvPool, make_ray_pool
 
 __all__ = [
@@ -64,13 +64,14 @@ def make_pool(
         workloads: Workload names; None: the spec's training workloads. Held-out ones are refused.
         step_timeout: Seconds an env step may take before its worker is declared hung and restarted.
         address: Ray cluster address (``ray`` only); None starts a local Ray.
-        population: If set, each worker owns a :class:`PopulationVecEnv` of this many envs
-            (``n_envs`` workers × ``population`` envs in all); one worker runs in this process.
+        population: If set, each worker (process or Ray actor) owns a :class:`PopulationVecEnv`
+            of this many envs (``n_envs`` workers × ``population`` envs in all), supervised and
+            restarted like any worker (:class:`PopulationPool`); a single local worker runs in
+            this process.
         population_mode: ``auto``, ``batched`` or ``sequential`` (see ``rlagent.batched``).
 
     Raises:
-        SpecError: Unknown backend, held-out workloads, an address with the local backend, or a
-            population with the Ray backend (not implemented yet).
+        SpecError: Unknown backend, held-out workloads, or an address with the local backend.
         RLAgentError: Ray missing or unreachable (``ray`` backend).
     """
     if backend not in BACKENDS:
@@ -78,11 +79,10 @@ def make_pool(
     if population is not None and (isinstance(population, bool) or not isinstance(population, int) or population < 1):
         raise SpecError("population", population, "an integer >= 1, or None")
     if backend == "ray":
-        if population is not None:
-            raise SpecError("population", population, "None with backend 'ray' (Ray actors own one env each)")
         return make_ray_pool(
-            spec, n_envs=n_envs, devices=devices, address=address, workloads=workloads, step_timeout=step_timeout
-        )
+            spec, n_envs=n_envs, devices=devices, address=address, workloads=workloads, step_timeout=step_timeout,
+            population=population, population_mode=population_mode,
+        )  # fmt: skip
     if address is not None:
         raise SpecError("address", address, "None with backend 'local' (a Ray address needs backend 'ray')")
     names = training_workloads(spec, workloads)
@@ -98,5 +98,6 @@ def make_pool(
                 workloads=names,
                 mode=population_mode,
             )
-        return PopulationPool(spec, slots, population, workloads=names, mode=population_mode)
+        factory = PopulationFactory(spec, names, population, population_mode)
+        return PopulationPool(EnvPool([factory] * len(slots), slots, step_timeout=step_timeout), population)
     return EnvPool([EnvFactory(spec, names)] * len(slots), slots, step_timeout=step_timeout)

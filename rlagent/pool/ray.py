@@ -39,6 +39,7 @@ from rlagent.pool._ray_actor import _actor_class, _death_reason, actor_slot
 from rlagent.pool._supervisor import EnvFn, _Dead
 from rlagent.pool.devices import WorkerSlot
 from rlagent.pool.factory import EnvFactory, training_workloads
+from rlagent.pool.population_pool import PopulationFactory, PopulationPool
 from rlagent.pool.ray_cluster import (  # RAY_MISSING, connect_ray, import_ray and plan_ray_slots: re-exported
     RAY_MISSING,
     cluster_capacity,
@@ -325,7 +326,9 @@ def make_ray_pool(
     step_timeout: float = 600.0,
     max_restarts: int = 3,
     unschedulable_timeout: float | None = 30.0,
-) -> RayEnvPool:
+    population: int | None = None,
+    population_mode: str = "auto",
+) -> RayEnvPool | PopulationPool:
     """A pool of HyperTune envs, one Ray actor per env, planned on the Ray cluster's resources.
 
     Devices and threads are planned as for the local pool (``plan_workers``), with the cluster's
@@ -345,6 +348,9 @@ def make_ray_pool(
         max_restarts: Restarts allowed per env.
         unschedulable_timeout: Seconds an actor of a lost node may wait for the cluster to
             have room for it again before ``ClusterLostError`` (see ``RayEnvPool``).
+        population: If set, each actor owns a population of this many envs (``n_envs`` actors ×
+            ``population`` envs, as one :class:`~rlagent.pool.PopulationPool`).
+        population_mode: ``auto``, ``batched`` or ``sequential`` (see ``rlagent.batched``).
 
     Returns:
         The pool; its ``close()`` shuts Ray down again if this call initialised it.
@@ -360,15 +366,20 @@ def make_ray_pool(
         slots, cpus, gpus = plan_ray_slots(ray, n_envs, devices)
         gpu_envs = sum(s.cuda_index is not None for s in slots)
         gpus_per_env = 1.0 if gpu_envs <= gpus else 1.0 / math.ceil(gpu_envs / gpus)
-        factory = EnvFactory(spec, names)
+        factory = (
+            EnvFactory(spec, names)
+            if population is None
+            else PopulationFactory(spec, names, population, population_mode)
+        )
         logger.info(
-            "Ray cluster with %d CPUs, %d GPUs: %d env actors (%s)",
+            "Ray cluster with %d CPUs, %d GPUs: %d env actors (%s)%s",
             cpus,
             gpus,
             len(slots),
             ", ".join(f"{s.device}/{s.num_threads} threads" for s in slots),
+            "" if population is None else f", {population} envs each",
         )
-        return RayEnvPool(
+        pool = RayEnvPool(
             [factory] * len(slots),
             slots,
             gpus_per_env=gpus_per_env,
@@ -377,6 +388,7 @@ def make_ray_pool(
             unschedulable_timeout=unschedulable_timeout,
             shutdown_ray=started,
         )
+        return pool if population is None else PopulationPool(pool, population)
     except BaseException:
         if started:
             ray.shutdown()

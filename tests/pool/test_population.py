@@ -149,6 +149,7 @@ def test_tiny_ppo_learns_on_a_population() -> None:
 @pytest.mark.slow  # starts two worker processes (torch imports: ~10-40 s on a busy machine)
 def test_make_pool_with_population_one_worker_in_process_and_several_in_processes() -> None:
     from rlagent.config import load_spec
+    from rlagent.features import FEATURE_NAMES
     from rlagent.pool import PopulationPool, make_pool
 
     spec = load_spec("tiny")
@@ -157,14 +158,12 @@ def test_make_pool_with_population_one_worker_in_process_and_several_in_processe
     single.close()
     with pytest.raises(SpecError, match="population"):
         make_pool(spec, population=0)
-    with pytest.raises(SpecError, match="population"):
-        make_pool(spec, backend="ray", population=2)
     pool = make_pool(spec, n_envs=2, devices="cpu", population=2)
     try:
         assert isinstance(pool, PopulationPool) and pool.num_envs == 4
         pool.seed(5)
         obs = pool.reset()
-        assert obs.shape == (4, 18) and [i["episode_seed"] for i in pool.reset_infos] == [5, 6, 7, 8]
+        assert obs.shape == (4, len(FEATURE_NAMES)) and [i["episode_seed"] for i in pool.reset_infos] == [5, 6, 7, 8]
         ref = PopulationVecEnv(4, "tiny")
         ref.seed(5)
         np.testing.assert_allclose(ref.reset(), obs, atol=1e-6)
@@ -172,11 +171,40 @@ def test_make_pool_with_population_one_worker_in_process_and_several_in_processe
         obs, rew, done, infos = pool.step(keep)
         r_obs, r_rew, _, r_infos = ref.step(keep)
         np.testing.assert_allclose(obs, r_obs, atol=1e-4)
+        np.testing.assert_allclose(rew, r_rew, atol=1e-4)
         assert [i["val_acc"] for i in infos] == pytest.approx([i["val_acc"] for i in r_infos], abs=1e-4)
-        assert pool.get_attr("workload_name", indices=[1, 2]) == ["tiny-mlp", "tiny-mlp"]
-        with pytest.raises(EnvWorkerError, match="population worker 0"):
+        assert pool.get_attr("workload_name", indices=[2, 1]) == ["tiny-mlp", "tiny-mlp"]
+        assert [p["model_device"] for p in pool.env_method("placement", indices=[3, 0])] == ["cpu", "cpu"]
+        with pytest.raises(EnvWorkerError, match="worker 0 .*raised during step"):
             pool.step(np.tile([9, 9], (4, 1)))
-        assert pool.env_method("placement", indices=[3])[0]["model_device"] == "cpu"  # still in step
+    finally:
+        pool.close()
+
+
+@pytest.mark.slow  # starts and restarts worker processes
+def test_a_killed_population_worker_is_restarted_and_only_its_members_end() -> None:
+    import os
+    import signal
+
+    from rlagent.config import load_spec
+    from rlagent.pool import make_pool
+
+    spec = load_spec("tiny")
+    pool = make_pool(spec, n_envs=2, devices="cpu", population=2)
+    try:
+        pool.seed(0)
+        pool.reset()
+        keep = np.tile([2, 1], (4, 1))
+        last_obs, *_ = pool.step(keep)
+        os.kill(pool.workers.pids[1], signal.SIGKILL)
+        obs, rewards, dones, infos = pool.step(keep)
+        assert dones.tolist() == [False, False, True, True] and rewards[2:].tolist() == [0.0, 0.0]
+        for j in (2, 3):
+            assert infos[j]["worker_restarted"] is True and infos[j]["TimeLimit.truncated"] is True
+            np.testing.assert_array_equal(infos[j]["terminal_observation"], last_obs[j])
+            assert obs[j, 0] == 0.0  # progress: a fresh episode
+        assert pool.restarts == [0, 1] and infos[0]["epoch"] == 2
+        assert not pool.step(keep)[2][2:].any()  # the new members step on
     finally:
         pool.close()
 

@@ -248,6 +248,31 @@ def test_ppo_trains_on_ray_actors(ray_cluster: Any, tmp_path: Path) -> None:
 
 
 @requires_ray
+def test_each_ray_actor_owns_a_population_and_is_recreated_with_it(ray_cluster: Any) -> None:
+    from stable_baselines3 import PPO
+
+    pool = make_ray_pool(load_spec("tiny"), n_envs=2, devices="cpu", population=2)
+    try:
+        assert pool.num_envs == 4 and [s.device for s in pool.slots] == ["cpu", "cpu"]
+        pool.seed(1)
+        pool.reset()
+        assert [i["episode_seed"] for i in pool.reset_infos] == [1, 2, 3, 4]
+        keep = np.tile([2, 1], (4, 1))
+        last_obs, *_ = pool.step(keep)
+        _kill(ray_cluster, pool.workers.actors[1])
+        obs, rewards, dones, infos = pool.step(keep)
+        assert dones.tolist() == [False, False, True, True] and pool.restarts == [0, 1]
+        assert all(infos[j]["worker_restarted"] for j in (2, 3))
+        np.testing.assert_array_equal(infos[3]["terminal_observation"], last_obs[3])
+        model = PPO("MlpPolicy", pool, n_steps=8, batch_size=16, n_epochs=1, policy_kwargs={"net_arch": [8]}, seed=0)
+        model.learn(total_timesteps=32)
+        assert model.num_timesteps == 32
+    finally:
+        pool.close()
+    assert pool.closed
+
+
+@requires_ray
 def test_make_ray_pool_refuses_held_out_workloads() -> None:
     with pytest.raises(SpecError, match="held out"):
         make_ray_pool(load_spec("tiny"), workloads=["tiny-wide"])
