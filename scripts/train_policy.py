@@ -20,22 +20,27 @@ from pathlib import Path
 from rlagent.cli import add_train_arguments, run_training
 
 
-def plot_curve(log_csv: Path, png: Path, episodes: int = 25) -> None:
-    """Moving mean of the final validation accuracy per training workload vs env steps."""
+def plot_curve(log_csv: Path, png: Path, episodes: int = 25, max_lines: int = 6) -> None:
+    """Moving mean of the final validation accuracy vs env steps: one line per training workload,
+    or one line over all episodes when they come from a sampler (a fresh workload each)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    rows = list(csv.DictReader(log_csv.open()))
+    rows = [r for r in csv.DictReader(log_csv.open()) if r["workload"]]
+    names = sorted({r["workload"] for r in rows})
+    groups = {n: [r for r in rows if r["workload"] == n] for n in names} if len(names) <= max_lines else {}
+    if not groups:
+        episodes = max(episodes, 100)
+        groups = {f"all episodes ({len(names)} workloads drawn)": rows}
     fig, ax = plt.subplots(figsize=(7, 4))
-    for workload in sorted({r["workload"] for r in rows if r["workload"]}):
-        sel = [r for r in rows if r["workload"] == workload]
+    for label, sel in groups.items():
         steps = np.array([int(r["timesteps"]) for r in sel])
         acc = np.array([float(r["final_val_acc"]) for r in sel])
         w = max(1, min(episodes, len(acc)))
-        ax.plot(steps[w - 1 :], np.convolve(acc, np.ones(w) / w, mode="valid"), label=workload)
+        ax.plot(steps[w - 1 :], np.convolve(acc, np.ones(w) / w, mode="valid"), label=label)
     ax.set_xlabel("env steps (epochs trained)")
     ax.set_ylabel(f"final val accuracy (mean of {episodes} episodes)")
     ax.set_title("PPO training of the tuning policy (training workloads only)")
