@@ -300,12 +300,15 @@ def run_policy(
     num_threads: int | None = None,
     deterministic: bool = True,
     replica: int = 0,
+    lr: float | None = None,
+    batch_size: int | None = None,
 ) -> dict[str, Any]:
     """One training run of ``workload`` with the policy choosing LR and batch size each epoch.
 
     Runs inside ``HyperTuneEnv``, so the run (data split, init, shuffling) is the one every other
     method gets for the same ``seed``. ``replica`` r >= 1 keeps that data split but draws other
-    initial weights and shuffling (the env's ``reset`` option of that name).
+    initial weights and shuffling (the env's ``reset`` option of that name). ``lr`` and
+    ``batch_size`` replace the spec's initial values (e.g. to check robustness to a bad start).
 
     Returns:
         ``{"workload", "seed", "history": [per-epoch info], "final_val_acc", "test_acc", "diverged",
@@ -321,6 +324,10 @@ def run_policy(
     options: dict[str, Any] = {"workload": workload}
     if replica:
         options["replica"] = replica
+    if lr is not None:
+        options["lr"] = lr
+    if batch_size is not None:
+        options["batch_size"] = batch_size
     obs, info = env.reset(seed=seed, options=options)
     history, done = [], False
     while not done:

@@ -30,6 +30,14 @@ def test_run_policy_on_a_held_out_workload(tiny_policy: Path) -> None:
     assert run_policy(tiny_policy, "tiny-wide", spec="tiny", seed=3, epochs=2)["epochs"] == 2
 
 
+def test_run_policy_from_another_start(tiny_policy: Path) -> None:
+    from rlagent.env import BS_FACTORS, LR_FACTORS
+
+    first = run_policy(tiny_policy, "tiny-wide", spec="tiny", seed=3, lr=0.2, batch_size=64)["history"][0]
+    assert first["lr"] in [pytest.approx(min(0.3, 0.2 * f)) for f in LR_FACTORS]  # the policy's first move from 0.2
+    assert first["batch_size"] in [min(128, int(64 * f)) for f in BS_FACTORS]
+
+
 def test_controller_in_a_hand_written_loop_matches_the_env(tiny_policy: Path) -> None:
     """Same run, same policy: a user's loop with the Controller makes the env's decisions."""
     spec = load_spec("tiny")
