@@ -252,11 +252,11 @@ class RunTracker:
             loss_noise: Std / mean of the epoch's minibatch losses, if known.
             noise: Gradient-norm measurements for the noise scale, if any.
 
-        Raises:
-            RuntimeError: ``start`` was not called first.
+        Without a ``start`` first (a run that only needs the tracker's bookkeeping, e.g. a
+        benchmark baseline), this epoch's LR and validation loss stand for the run's start.
         """
         if not self._start:
-            raise RuntimeError("RunTracker.update() before start(): the run's initial state is unknown")
+            self._start = {"lr": lr, "vl": val_loss / self.loss_scale}
         self.epoch += 1
         if noise is not None:
             self.noise_scale.update(*noise)

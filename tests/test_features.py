@@ -165,6 +165,6 @@ def test_slopes_fit_the_last_epochs() -> None:
     assert _feature(obs, "val_acc_slope") == pytest.approx(above_chance(0.4, 4) - above_chance(0.3, 4), rel=1e-5)
 
 
-def test_update_before_start_is_an_error() -> None:
-    with pytest.raises(RuntimeError, match="before start"):
-        _epoch(_tracker(), 0.5)
+def test_without_start_the_first_epoch_stands_for_the_start() -> None:
+    obs = _epoch(_tracker(), 0.5, lr=1e-3, train_loss=1.1, val_loss=1.1)
+    assert _feature(obs, "lr_rel_start") == 0.0 and _feature(obs, "loss_rel_start") == pytest.approx(1.0)

@@ -70,10 +70,11 @@ METHOD_RUNS: dict[str, float] = {
 The benchmark starts the longest tasks first, so that short ones fill the workers at the end."""
 
 QUICK_METHODS = (
-    "policy", "policy-best-4", "random", "pbt", "lr-finder-best", "warmup-cosine", "constant",
+    "policy", "policy-best-4", "open-loop", "random", "pbt", "lr-finder-best", "warmup-cosine", "constant",
 )  # fmt: skip
-"""Method tasks of ``rlagent bench --quick``: the policy, its best-of-4 and the baselines a reader
-compares it with first (random search, PBT, the LR range test, warm-up + cosine, Adam's default)."""
+"""Method tasks of ``rlagent bench --quick``: the policy, its best-of-4, its open-loop replay (does
+it react to the run?) and the baselines a reader compares it with first (random search, PBT, the
+LR range test, warm-up + cosine, Adam's default)."""
 
 __all__ = [
     "ALL_METHODS",

@@ -1,0 +1,57 @@
+"""Tests for rlagent.policy.validate: scoring a policy on validation draws of its training distribution."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rlagent.config import load_spec
+from rlagent.env import HyperTuneEnv
+from rlagent.errors import SpecError
+from rlagent.policy.file import load_policy
+from rlagent.policy.validate import hide_mask, validate_policy, validation_seeds
+
+
+def test_validation_seeds_are_fixed_per_spec_and_distinct() -> None:
+    spec = load_spec("tiny-procedural")
+    seeds = validation_seeds(spec, 16)
+    assert seeds == validation_seeds(spec, 16) and len(set(seeds)) == 16
+    assert validation_seeds(spec, 4) == seeds[:4]
+    other = dataclasses.replace(spec, seed=1)
+    assert validation_seeds(other, 4) != seeds[:4]
+    with pytest.raises(SpecError, match="n_draws"):
+        validation_seeds(spec, 0)
+
+
+def test_hide_names_unknown_features() -> None:
+    assert hide_mask(("progress",)).tolist() == [0]
+    with pytest.raises(SpecError, match="hide") as info:
+        hide_mask(("progress", "colour"))
+    assert "colour" in str(info.value)
+
+
+def test_a_spec_without_a_sampler_is_refused(tiny_policy: Path) -> None:
+    with pytest.raises(SpecError, match="workloads.train"):
+        validate_policy(tiny_policy, "tiny", n_draws=1)
+
+
+def test_validation_replays_the_policy_and_the_constant_start(tiny_policy: Path) -> None:
+    spec = load_spec("tiny-procedural")
+    report = validate_policy(tiny_policy, spec, n_draws=3)
+    assert [d.seed for d in report.draws] == validation_seeds(spec, 3)
+    policy, env = load_policy(tiny_policy), HyperTuneEnv(spec)
+    for draw in report.draws:
+        for act, expected in ((lambda o: policy.predict(o), draw.val_acc), (lambda o: np.array([2, 1]), draw.constant_val_acc)):
+            obs, info = env.reset(seed=draw.seed)
+            done = False
+            while not done:
+                obs, _, done, _, info = env.step(act(obs))
+            assert info["val_acc"] == pytest.approx(expected) and info["workload"] == draw.workload
+    summary = report.summary()
+    assert summary["draws"] == 3
+    assert summary["mean_gain_over_constant"] == pytest.approx(
+        np.mean([d.val_acc - d.constant_val_acc for d in report.draws]), abs=1e-4
+    )
