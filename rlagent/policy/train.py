@@ -299,6 +299,18 @@ class CheckpointEvery(BaseCallback):
         return True
 
 
+def resume_seed(seed: int, steps_done: int) -> int:
+    """Seed of PPO and the envs for a run that resumes after ``steps_done`` steps (``seed`` at 0).
+
+    A resumed run seeded like a fresh one would replay the episodes (workload draws, data
+    splits, initial weights) and the action noise it started with; hashing the step count in
+    gives the continuation episodes of its own, and is the same on every resume at that step.
+    """
+    if steps_done == 0:
+        return seed
+    return int(np.random.SeedSequence([abs(int(seed)), int(steps_done)]).generate_state(1, dtype=np.uint32)[0])
+
+
 def build_ppo(venv: VecEnv, settings: PPOSettings, seed: int, tensorboard: str | Path | None) -> PPO:
     """PPO with rlagent's settings on ``venv`` (policy on CPU: it is tiny)."""
     return PPO(
@@ -380,16 +392,23 @@ def train_policy(config: TrainConfig, *, venv: VecEnv | None = None) -> TrainRes
         )  # fmt: skip
     )
     try:
-        pool.seed(seed)
+        steps_before = int(checked.checkpoint.state["num_timesteps"]) if checked.checkpoint is not None else 0
+        run_seed = resume_seed(seed, steps_before)
+        pool.seed(run_seed)
         norm = VecNormalize(pool, norm_obs=True, norm_reward=False) if config.ppo.normalize_obs else None
-        model = build_ppo(norm or pool, config.ppo, seed, config.tensorboard)
+        model = build_ppo(norm or pool, config.ppo, run_seed, config.tensorboard)
         done = 0
         resumed: dict[str, Any] = {}
         if checked.checkpoint is not None:
             ckpt = checked.checkpoint
             done = restore_checkpoint(ckpt, model, norm)
             logger.info("resumed from %s at %d steps", ckpt.path, done)
-            resumed = {"resumed_from": {"checkpoint": str(ckpt.path), "spec_name": ckpt.spec_name, "spec": ckpt.spec}}
+            resumed = {
+                "resumed_from": {
+                    "checkpoint": str(ckpt.path), "spec_name": ckpt.spec_name, "spec": ckpt.spec, "at_step": done,
+                    "seed": run_seed,
+                }
+            }  # fmt: skip
         max_seconds = 60.0 * config.max_minutes if config.max_minutes else None
         monitor = TrainingMonitor(config.timesteps, run_dir / "training_log.csv", config.progress, max_seconds)
         callbacks: list[BaseCallback] = [monitor]

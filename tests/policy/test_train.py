@@ -21,6 +21,7 @@ from rlagent.policy.train import (
     build_ppo,
     latest_checkpoint,
     load_checkpoint,
+    resume_seed,
     train_policy,
 )
 from rlagent.pool import EnvFactory, make_pool
@@ -99,7 +100,17 @@ def test_resume_continues_the_step_count(trained: tuple[Path, object], tmp_path:
         _config(tmp_path, timesteps=first.timesteps + 32, resume=tmp / "run" / "checkpoints", n_envs=1)
     )
     assert result.timesteps == first.timesteps + 32
-    assert load_policy(tmp_path / "pol").metadata["training"]["timesteps"] == first.timesteps + 32
+    record = load_policy(tmp_path / "pol").metadata["training"]
+    assert record["timesteps"] == first.timesteps + 32
+    # the continuation draws episodes of its own, not the ones the run started with
+    assert record["resumed_from"]["at_step"] == first.timesteps
+    assert record["resumed_from"]["seed"] == resume_seed(0, first.timesteps) != 0
+
+
+def test_resume_seed_is_fixed_per_step_and_differs_between_steps() -> None:
+    assert resume_seed(7, 0) == 7
+    assert resume_seed(7, 64) == resume_seed(7, 64)
+    assert len({resume_seed(7, n) for n in (64, 128, 192)} | {7}) == 4
 
 
 def test_resume_from_nothing_is_refused(tmp_path: Path) -> None:
