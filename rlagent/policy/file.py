@@ -351,7 +351,9 @@ def _check_version(doc: dict[str, Any], json_path: Path) -> None:
     if type(found) is not int:
         raise PolicyFileError(f"{json_path}: format_version must be the integer {FORMAT_VERSION}, found {found!r:.50}")
     if found != FORMAT_VERSION:
-        hint = " (written by a newer rlagent?)" if found > FORMAT_VERSION else f" ({_OLD_FORMATS.get(found, 'too old')})"
+        hint = (
+            " (written by a newer rlagent?)" if found > FORMAT_VERSION else f" ({_OLD_FORMATS.get(found, 'too old')})"
+        )
         raise PolicyFileError(
             f"{json_path}: unsupported format_version: expected {FORMAT_VERSION}, found {found}{hint}"
         )

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from rlagent.config import EnvSpec, load_spec
-from rlagent.env import LR_FACTORS, BS_FACTORS, HyperTuneEnv
+from rlagent.env import BS_FACTORS, LR_FACTORS, HyperTuneEnv
 from rlagent.errors import SpecError
 from rlagent.features import FEATURE_NAMES
 from rlagent.policy.file import SavedPolicy, load_policy

@@ -16,8 +16,8 @@ from rlagent.bench.runner import (
     policy_schedule,
     run_benchmark,
 )
-from rlagent.config import load_spec
 from rlagent.cli import main
+from rlagent.config import load_spec
 from rlagent.errors import SpecError
 from tests._user_workload import write_broken_spec
 
@@ -54,7 +54,9 @@ def test_dependent_methods_bring_their_inputs() -> None:
 
 def test_tasks_start_longest_first() -> None:
     spec = load_spec("default")
-    tasks = [Task(m, w, s) for w in ("mnist1d-cnn", "mnist1d-gru") for m in ("constant", "pbt", "random") for s in (0, 1)]
+    tasks = [
+        Task(m, w, s) for w in ("mnist1d-cnn", "mnist1d-gru") for m in ("constant", "pbt", "random") for s in (0, 1)
+    ]
     order = longest_first(tasks, spec)
     assert len(order) == len(tasks) and set(order) == set(tasks)
     assert [t.method for t in order] == ["random"] * 4 + ["pbt"] * 4 + ["constant"] * 4

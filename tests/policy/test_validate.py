@@ -44,7 +44,10 @@ def test_validation_replays_the_policy_and_the_constant_start(tiny_policy: Path)
     assert [d.seed for d in report.draws] == validation_seeds(spec, 3)
     policy, env = load_policy(tiny_policy), HyperTuneEnv(spec)
     for draw in report.draws:
-        for act, expected in ((lambda o: policy.predict(o), draw.val_acc), (lambda o: np.array([2, 1]), draw.constant_val_acc)):
+        for act, expected in (
+            (lambda o: policy.predict(o), draw.val_acc),
+            (lambda o: np.array([2, 1]), draw.constant_val_acc),
+        ):
             obs, info = env.reset(seed=draw.seed)
             done = False
             while not done:
