@@ -86,6 +86,7 @@ def run_variant(name: str, spec: EnvSpec, args: argparse.Namespace) -> dict:
         train_policy(config, venv=venv)
         wall = round(time.perf_counter() - start, 1)
     report = validate_policy(policy_dir, spec, n_draws=args.draws, n_workers=args.n_envs, hide=hide)
+    (folder / "validation.json").write_text(json.dumps([dataclasses.asdict(d) for d in report.draws], indent=1))
     return {"variant": name, "change": change, "timesteps": args.timesteps, "train_seconds": wall, **report.summary()}
 
 
