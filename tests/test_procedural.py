@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 
 from rlagent import HyperTuneEnv, SpecError
 from rlagent.config import load_spec, spec_from_dict
-from rlagent.procedural import FAMILY_VALUES, MAX_EPOCH_SECONDS, ProceduralSpec, family_of, sample_task
+from rlagent.procedural import (
+    ESTIMATE_MARGIN,
+    FAMILY_VALUES,
+    MAX_EPOCH_SECONDS,
+    ProceduralSpec,
+    family_of,
+    sample_task,
+)
 from rlagent.training import Trainer
 from rlagent.workloads import Source, WorkloadSpec, make_run
 
@@ -34,7 +41,7 @@ def test_draws_are_whole_runs_inside_their_ranges() -> None:
         assert 8 <= wl.epochs <= 40
         assert 1e-4 <= task.init_lr <= 0.3
         assert task.init_batch_size in (16, 32, 64, 128, 256, 512)
-        assert task.est_seconds <= MAX_EPOCH_SECONDS
+        assert task.est_seconds <= MAX_EPOCH_SECONDS * ESTIMATE_MARGIN
         assert wl.family == "/".join(family_of(wl).values())
         n = wl.dataset_args.get("num_samples", wl.dataset_args.get("n_samples", 1797))
         assert wl.dataset == "digits" or 2000 <= n <= 10000
