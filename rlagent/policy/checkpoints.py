@@ -203,3 +203,15 @@ def restore_checkpoint(ckpt: Checkpoint, model: PPO, venv: VecNormalize | None) 
 def load_checkpoint(path: Path, model: PPO, venv: VecNormalize | None) -> int:
     """Read the checkpoint at ``path`` and restore it into ``model``; returns the steps."""
     return restore_checkpoint(read_checkpoint(path), model, venv)
+
+
+def resume_seed(seed: int, steps_done: int) -> int:
+    """Seed of PPO and the envs for a run that resumes after ``steps_done`` steps (``seed`` at 0).
+
+    A resumed run seeded like a fresh one would replay the episodes (workload draws, data
+    splits, initial weights) and the action noise it started with; hashing the step count in
+    gives the continuation episodes of its own, and is the same on every resume at that step.
+    """
+    if steps_done == 0:
+        return seed
+    return int(np.random.SeedSequence([abs(int(seed)), int(steps_done)]).generate_state(1, dtype=np.uint32)[0])

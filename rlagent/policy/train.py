@@ -11,7 +11,6 @@ import dataclasses
 import logging
 import math
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,6 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
-from tqdm.auto import tqdm
 
 from rlagent._io import optional_import
 from rlagent.errors import ClusterLostError, SpecError
@@ -32,9 +30,11 @@ from rlagent.policy.checkpoints import (
     latest_checkpoint,
     load_checkpoint,
     restore_checkpoint,
+    resume_seed,
     save_checkpoint,
 )
 from rlagent.policy.file import save_policy
+from rlagent.policy.monitor import TrainingMonitor
 from rlagent.policy.preflight import check_training
 from rlagent.pool import make_pool
 from rlagent.pool.devices import WorkerSlot
@@ -50,6 +50,7 @@ __all__ = [
     "build_ppo",
     "latest_checkpoint",
     "load_checkpoint",
+    "resume_seed",
     "save_checkpoint",
     "train_policy",
 ]
@@ -172,103 +173,6 @@ class TrainResult:
     slots: list[WorkerSlot]
 
 
-class TrainingMonitor(BaseCallback):
-    """Progress bar, per-episode log (CSV) and TensorBoard scalars; times rollouts vs updates."""
-
-    def __init__(self, total: int, log_path: Path | None, progress: bool, max_seconds: float | None = None) -> None:
-        super().__init__()
-        self.total = total
-        self.max_seconds = max_seconds
-        self.log_path = log_path
-        self.progress = progress
-        self.returns: deque[float] = deque(maxlen=50)
-        self.final_accs: deque[float] = deque(maxlen=50)
-        self.episodes = 0
-        self.update_seconds = 0.0
-        self.rollout_seconds = 0.0
-        self._mark = 0.0
-        self._bar: Any = None
-        self._start_steps = 0
-        self.updated_steps = 0
-        """Env steps as of the last PPO update: the steps a checkpoint written mid-rollout keeps."""
-        self._chosen: list[tuple[float, float]] = []
-
-    def _on_training_start(self) -> None:
-        self._start_steps = self.num_timesteps
-        self._t0 = time.perf_counter()
-        self._mark = self._t0
-        if self.progress:
-            self._bar = tqdm(total=self.total, initial=self.num_timesteps, unit="step", dynamic_ncols=True)
-        if self.log_path is not None and not self.log_path.exists():
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self.log_path.write_text("timesteps,workload,return,final_val_acc,best_val_acc,epochs,diverged,restarted\n")
-
-    def _on_rollout_start(self) -> None:
-        self.updated_steps = self.num_timesteps
-        now = time.perf_counter()
-        if self.num_timesteps > self._start_steps:
-            self.update_seconds += now - self._mark
-        self._mark = now
-
-    def _on_rollout_end(self) -> None:
-        now = time.perf_counter()
-        self.rollout_seconds += now - self._mark
-        self._mark = now
-        if self._chosen:
-            lrs, bss = zip(*self._chosen)
-            self.logger.record("rlagent/lr_chosen_log10", float(np.mean(np.log10(lrs))))
-            self.logger.record("rlagent/batch_size_chosen_log2", float(np.mean(np.log2(bss))))
-            self._chosen.clear()
-        if self.returns:
-            self.logger.record("rlagent/episode_return", float(np.mean(self.returns)))
-            self.logger.record("rlagent/final_val_acc", float(np.mean(self.final_accs)))
-        self.logger.record("rlagent/env_steps_per_s", self.steps_per_second)
-
-    @property
-    def steps_per_second(self) -> float:
-        elapsed = time.perf_counter() - self._t0
-        return (self.num_timesteps - self._start_steps) / elapsed if elapsed > 0 else 0.0
-
-    def _on_step(self) -> bool:
-        rows = []
-        for info, done in zip(self.locals["infos"], self.locals["dones"]):
-            if "lr" in info:
-                self._chosen.append((info["lr"], info["batch_size"]))
-            if not done:
-                continue
-            restarted = bool(info.get("worker_restarted"))
-            if "episode" in info:
-                self.episodes += 1
-                self.returns.append(float(info["episode"]["r"]))
-                self.final_accs.append(float(info.get("val_acc", math.nan)))
-            rows.append(
-                f"{self.num_timesteps},{info.get('workload', '')},{info.get('episode', {}).get('r', math.nan):.5f},"
-                f"{info.get('val_acc', math.nan):.5f},{info.get('best_val_acc', math.nan):.5f},"
-                f"{info.get('epoch', 0)},{int(bool(info.get('diverged')))},{int(restarted)}\n"
-            )
-        if rows and self.log_path is not None:
-            with self.log_path.open("a") as f:
-                f.writelines(rows)
-        if self._bar is not None:
-            self._bar.update(self.num_timesteps - self._bar.n)
-            if self.returns:
-                self._bar.set_postfix(
-                    steps_s=f"{self.steps_per_second:.1f}",
-                    ep_return=f"{np.mean(self.returns):.2f}",
-                    final_val_acc=f"{np.mean(self.final_accs):.3f}",
-                    refresh=False,
-                )
-        if self.max_seconds is not None and time.perf_counter() - self._t0 > self.max_seconds:
-            logger.info("time limit reached after %d steps; stopping", self.num_timesteps)
-            return False
-        return True
-
-    def _on_training_end(self) -> None:
-        self.update_seconds += time.perf_counter() - self._mark  # the last update
-        if self._bar is not None:
-            self._bar.close()
-
-
 class CheckpointEvery(BaseCallback):
     """Writes a checkpoint every ``every`` env steps (atomically; see :func:`save_checkpoint`)."""
 
@@ -297,18 +201,6 @@ class CheckpointEvery(BaseCallback):
             save_checkpoint(path, self.model, self.venv, self.config, self.spec)
             self._next += self.every
         return True
-
-
-def resume_seed(seed: int, steps_done: int) -> int:
-    """Seed of PPO and the envs for a run that resumes after ``steps_done`` steps (``seed`` at 0).
-
-    A resumed run seeded like a fresh one would replay the episodes (workload draws, data
-    splits, initial weights) and the action noise it started with; hashing the step count in
-    gives the continuation episodes of its own, and is the same on every resume at that step.
-    """
-    if steps_done == 0:
-        return seed
-    return int(np.random.SeedSequence([abs(int(seed)), int(steps_done)]).generate_state(1, dtype=np.uint32)[0])
 
 
 def build_ppo(venv: VecEnv, settings: PPOSettings, seed: int, tensorboard: str | Path | None) -> PPO:
