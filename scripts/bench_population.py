@@ -46,6 +46,9 @@ parser.add_argument("--families", nargs="+", default=["mlp", "cnn", "distributio
 parser.add_argument("--ks", type=int, nargs="+", default=[1, 4, 16, 64], help="members per worker")
 parser.add_argument("--steps", type=int, default=6, help="timed steps per env")
 parser.add_argument("--warmup", type=int, default=3, help="untimed steps per env first (the planner measures)")
+parser.add_argument("--pool-steps", type=int, default=None,
+                    help="timed steps per env of the pool (default: 8x --steps, so that the pool's few envs "
+                         "cover about as many epochs and workload draws as the populations)")
 parser.add_argument("--mode", default="auto", help="population mode: auto, batched or sequential")
 parser.add_argument("--quick", action="store_true", help="K in {1, 4, 16}, 3 timed steps, 2 warm-up steps")
 parser.add_argument("--seed", type=int, default=0)
@@ -107,6 +110,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     if args.quick:
         args.ks, args.steps, args.warmup = [k for k in args.ks if k <= 16], 3, 2
+    args.pool_steps = args.pool_steps or 8 * args.steps
     spec = load_spec(args.spec)
     cuda = args.device.startswith("cuda")
     devices = "auto" if cuda else ["cpu"] * (args.workers or visible_cpu_count())
@@ -117,13 +121,14 @@ def main() -> None:
         pool = make_pool(spec, n_envs=args.workers, devices=devices, workloads=names)
         n_workers = pool.num_envs
         try:
-            base = measure(pool, args.steps, args.warmup, args.seed)
+            base = measure(pool, args.pool_steps, args.warmup, args.seed)
         finally:
             pool.close()
         row: dict[str, Any] = {"workloads": names, "workers": n_workers, "pool": base, "population": {}}
         print(f"{family:12s} pool ({n_workers} workers, 1 env each): {base:7.2f} env-steps/s", flush=True)
         for k in args.ks:
-            venv = make_pool(spec, n_envs=args.workers, devices=devices, workloads=names, population=k)
+            venv = make_pool(spec, n_envs=args.workers, devices=devices, workloads=names, population=k,
+                             population_mode=args.mode)
             try:
                 rate = measure(venv, args.steps, args.warmup, args.seed)
             finally:

@@ -42,11 +42,23 @@ def _actions(k: int, n: int, seed: int = 0) -> list[np.ndarray]:
     return [np.stack([[rng.integers(0, 5), rng.integers(0, 3)] for _ in range(k)]) for _ in range(n)]
 
 
-@pytest.mark.parametrize(("spec", "mode", "k"), [("tiny", "batched", 3), (MIXED, "batched", 6), (MIXED, "auto", 4)])
-def test_member_trajectory_equals_hypertune_env(spec: Any, mode: str, k: int) -> None:
+_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize(
+    ("spec", "mode", "k", "device"),
+    [
+        ("tiny", "batched", 3, "cpu"),
+        (MIXED, "batched", 6, "cpu"),
+        (MIXED, "auto", 4, "cpu"),
+        pytest.param(MIXED, "batched", 6, "cuda", marks=_CUDA),
+        pytest.param("tiny", "auto", 8, "cuda", marks=_CUDA),
+    ],
+)
+def test_member_trajectory_equals_hypertune_env(spec: Any, mode: str, k: int, device: str) -> None:
     actions = _actions(k, 7)
     actions[0][:] = [2, 1]  # one step where every member keeps its batch size (one batched group)
-    pop = PopulationVecEnv(k, spec, mode=mode)
+    pop = PopulationVecEnv(k, spec, mode=mode, device=device)
     pop.seed(11)
     first = pop.reset()
     first_infos = [dict(info) for info in pop.reset_infos]
@@ -54,7 +66,7 @@ def test_member_trajectory_equals_hypertune_env(spec: Any, mode: str, k: int) ->
     if mode == "batched":
         assert any(way == "batched" for (_, _, way) in pop.planner.timings)
     for i in range(k):
-        env = HyperTuneEnv(spec)
+        env = HyperTuneEnv(spec, device=device)
         obs, info = env.reset(seed=11 + i)
         np.testing.assert_allclose(first[i], obs, atol=1e-4)
         assert first_infos[i] == info
