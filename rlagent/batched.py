@@ -81,7 +81,12 @@ class BatchPlanner:
     next time member by member (both give the same results, so exploring costs no
     correctness), and from then on the faster way by the mean seconds per member-epoch of its
     last three epochs; every ``recheck_every``-th epoch of a key takes the other way once, so a
-    change of load on the machine is noticed. Sizes are bucketed to powers of two.
+    change of load on the machine is noticed. Sizes are bucketed to powers of two. On a CUDA
+    device ``auto`` is a cost rule instead: every group of ``min_members`` or more is batched.
+    A tiny model's epoch on a GPU is bound by kernel launches, so K members trained as one
+    computation cost about what one costs (measured on an H200: MLP draws, one env 5.8
+    env-steps/s; populations of 64, 256 and 1,024 always batched 2.9x, 10.7x and 32x that), and
+    timing the sequential way there costs a whole group's epochs at the launch-bound rate.
 
     Args:
         mode: One of :data:`MODES`.
@@ -90,9 +95,12 @@ class BatchPlanner:
             or lost here, and exploring them cost more than it won under a policy whose batch
             sizes spread the members over many small groups).
         recheck_every: Epochs of one key between re-measurements of the slower way (0: never).
+        device: The device the groups train on; ``auto`` measures on a CPU and batches on CUDA.
     """
 
-    def __init__(self, mode: str = "auto", *, min_members: int = 4, recheck_every: int = 25) -> None:
+    def __init__(
+        self, mode: str = "auto", *, min_members: int = 4, recheck_every: int = 25, device: str | torch.device = "cpu"
+    ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode: got {mode!r}; expected one of {MODES}")
         if not isinstance(min_members, int) or min_members < 1:
@@ -100,6 +108,8 @@ class BatchPlanner:
         if not isinstance(recheck_every, int) or recheck_every < 0:
             raise ValueError(f"recheck_every: got {recheck_every!r}; expected an integer >= 0")
         self.mode = mode
+        self.measures = torch.device(device).type != "cuda"
+        """Whether ``auto`` measures both ways (CPU) or batches every large enough group (CUDA)."""
         self.min_members = min_members
         self.recheck_every = recheck_every
         self.timings: dict[tuple[Hashable, int, str], list[float]] = defaultdict(list)
@@ -121,6 +131,8 @@ class BatchPlanner:
             return "batched"
         if size < self.min_members:
             return "sequential"
+        if not self.measures:
+            return "batched"
         slot = (key, self.bucket(size))
         self._uses[slot] += 1
         mean = {}

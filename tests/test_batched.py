@@ -184,6 +184,17 @@ def test_planner_measures_both_ways_then_picks_the_faster() -> None:
         BatchPlanner(min_members=0)
 
 
+def test_planner_on_cuda_batches_every_large_enough_group_without_measuring() -> None:
+    planner = BatchPlanner("auto", device="cuda:0", min_members=4)
+    assert not planner.measures and BatchPlanner("auto").measures
+    assert planner.choose("k", 3) == "sequential"  # below min_members
+    planner.record("k", 8, "batched", 9.0)  # even when batched was slow: a cost rule, not a timing
+    assert [planner.choose("k", 8) for _ in range(30)] == ["batched"] * 30
+    planner.batched_failures.add("k")  # a group that failed batched goes member by member
+    assert planner.choose("k", 8) == "sequential"
+    assert BatchPlanner("sequential", device="cuda").choose("j", 64) == "sequential"
+
+
 def test_train_batched_refuses_mixed_groups_and_restores_generators() -> None:
     with pytest.raises(ValueError, match="group key"):
         train_batched([*_trainers(_mlp, 1, bs=8), *_trainers(_mlp, 1, bs=16)])

@@ -116,7 +116,7 @@ class PopulationVecEnv(DummyVecEnv):
         ]
         self.env_spec = spec
         self.device = torch.device(device)
-        self.planner = BatchPlanner(mode, min_members=min_batch)
+        self.planner = BatchPlanner(mode, min_members=min_batch, device=self.device)
         self.members: list[HyperTuneEnv] = members
         self.slots = (WorkerSlot(str(self.device), torch.get_num_threads()),)
         """The one place this population runs (as a pool's ``slots``)."""
