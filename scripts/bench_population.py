@@ -46,9 +46,13 @@ parser.add_argument("--families", nargs="+", default=["mlp", "cnn", "distributio
 parser.add_argument("--ks", type=int, nargs="+", default=[1, 4, 16, 64], help="members per worker")
 parser.add_argument("--steps", type=int, default=6, help="timed steps per env")
 parser.add_argument("--warmup", type=int, default=3, help="untimed steps per env first (the planner measures)")
-parser.add_argument("--pool-steps", type=int, default=None,
-                    help="timed steps per env of the pool (default: 8x --steps, so that the pool's few envs "
-                         "cover about as many epochs and workload draws as the populations)")
+parser.add_argument(
+    "--pool-steps",
+    type=int,
+    default=None,
+    help="timed steps per env of the pool (default: 8x --steps, so that the pool's few envs "
+    "cover about as many epochs and workload draws as the populations)",
+)
 parser.add_argument("--mode", default="auto", help="population mode: auto, batched or sequential")
 parser.add_argument("--quick", action="store_true", help="K in {1, 4, 16}, 3 timed steps, 2 warm-up steps")
 parser.add_argument("--seed", type=int, default=0)
@@ -127,8 +131,9 @@ def main() -> None:
         row: dict[str, Any] = {"workloads": names, "workers": n_workers, "pool": base, "population": {}}
         print(f"{family:12s} pool ({n_workers} workers, 1 env each): {base:7.2f} env-steps/s", flush=True)
         for k in args.ks:
-            venv = make_pool(spec, n_envs=args.workers, devices=devices, workloads=names, population=k,
-                             population_mode=args.mode)
+            venv = make_pool(
+                spec, n_envs=args.workers, devices=devices, workloads=names, population=k, population_mode=args.mode
+            )
             try:
                 rate = measure(venv, args.steps, args.warmup, args.seed)
             finally:
