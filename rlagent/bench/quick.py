@@ -1,7 +1,7 @@
 """``rlagent bench --quick``: a representative subset of the benchmark in minutes.
 
 Two held-out workloads (a convolutional and a recurrent one), two seeds, and the methods a reader
-compares the policy with first (:data:`rlagent.bench.methods.QUICK_METHODS`). About 500 epochs
+compares the policy with first (:data:`rlagent.bench.methods.QUICK_METHODS`). About 480 epochs
 per workload and seed; under 10 minutes on 2 CPU cores. It is an ordinary benchmark (same tasks,
 trial files and resume) written to its own folder, so it never overwrites a full run's table.
 """

@@ -16,9 +16,7 @@ def test_quick_defaults_and_overrides() -> None:
     config = quick_config()
     assert config.workloads == QUICK_WORKLOADS and config.seed_list == tuple(range(QUICK_SEEDS))
     assert config.methods == QUICK_METHODS and set(QUICK_METHODS) <= set(METHODS)
-    assert {
-        "policy", "policy-best-4", "open-loop", "random", "pbt", "lr-finder-best", "warmup-cosine", "constant"
-    } == set(QUICK_METHODS)  # fmt: skip
+    assert {"policy", "policy-best-4", "open-loop", "random", "pbt", "lr-finder-best"} == set(QUICK_METHODS)
     assert str(config.results_dir).endswith("__quick")  # never the full run's folder
     assert quick_workloads(load_spec("tiny")) == ("tiny-wide",)  # a spec without them: its held-out ones
     mine = quick_config(spec="tiny", seeds=[3], methods=["constant"], results_dir="x")
@@ -38,9 +36,7 @@ def test_quick_cli_runs_every_quick_method_and_resumes(
             "--results", str(tmp_path), "--n-workers", "1", "--no-progress"]  # fmt: skip
     main(args)
     out = capsys.readouterr().out
-    for method in (
-        "policy", "policy-best-4", "open-loop", "random-4", "pbt-8", "lr-finder-best", "warmup-cosine", "constant"
-    ):  # fmt: skip
+    for method in ("policy", "policy-best-4", "open-loop", "random-4", "pbt-8", "lr-finder-best"):
         assert f"| tiny-wide | {method} " in out
     assert f"{len(QUICK_METHODS)} tasks run, 0 reused" in out
     main(args)
