@@ -75,7 +75,8 @@ class PopulationVecEnv(DummyVecEnv):
         num_threads: Torch threads for this process (None leaves torch's setting).
         workloads: Workload names to draw episodes from (default: the spec's training set;
             held-out ones are refused, as in every pool).
-        mode: ``auto`` (batched where measured faster, see :class:`rlagent.batched.BatchPlanner`),
+        mode: ``auto`` (on a CPU batched where measured faster, on CUDA every group of
+            ``min_batch`` or more; see :class:`rlagent.batched.BatchPlanner`),
             ``batched`` (wherever possible) or ``sequential`` (never).
         min_batch: Smallest group that ``auto`` tries to batch.
 
