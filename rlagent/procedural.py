@@ -10,10 +10,11 @@ size (a power of two in the batch-size range). The result is a plain
 benchmark use it unchanged; its ``family`` reads ``model/norm/dataset/optimizer``.
 
 Sizes are capped so that an epoch at batch size 32 costs at most :data:`MAX_EPOCH_SECONDS` on
-one core: by the cost model of :mod:`rlagent.costs`, with a margin (:data:`ESTIMATE_MARGIN`), the sample count is lowered to fit; sizes
-that do not fit even at the smallest sample count are drawn again, and a family none of whose
-sizes fit (a GRU over MNIST-1D's 40 time steps) gives way to another draw of the family. ``exclude`` removes whole
-families (a model, a norm, a dataset or an optimiser) so that they stay held out.
+one core: by the cost model of :mod:`rlagent.costs`, with a margin (:data:`ESTIMATE_MARGIN`),
+the sample count is lowered to fit; sizes that do not fit even at the smallest sample count are
+drawn again, and a family none of whose sizes fit (a GRU over MNIST-1D's 40 time steps) gives
+way to another draw of the family. ``exclude`` removes whole families (a model, a norm, a
+dataset or an optimiser) so that they stay held out.
 """
 
 from __future__ import annotations

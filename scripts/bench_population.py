@@ -7,8 +7,8 @@ script times the local process pool (one env per worker, one worker per core or 
 with its share of the cores) and then populations of K ∈ {1, 4, 16, 64} members per worker on
 the same workers (the pool over 8x the timed steps, ``--pool-steps``, so that its few envs
 cover about as many epochs and draws). Every env gets the same seeded random actions (LR
-×{¼..4}, batch size ×{½,1,2}), so batch sizes spread as they do under a policy; episode ends and resets happen
-inside the timed steps, as in training. Memory per member: the model, optimiser state and data
+×{¼..4}, batch size ×{½,1,2}), so batch sizes spread as they do under a policy; episode ends
+and resets happen inside the timed steps, as in training. Memory per member: the model, optimiser state and data
 tensors of one member (in process, K=4), and on CUDA the peak allocated memory / K.
 
     python scripts/bench_population.py --quick                # K in {1, 4, 16}, short windows
