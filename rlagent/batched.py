@@ -227,7 +227,7 @@ def _train_batched(trainers: Sequence[Trainer]) -> list[EpochStats]:
     params = {n: _stack([d[n] for d in named_p]) for n in named_p[0]}
     buffers = {n: _stack([d[n] for d in named_b]) for n in named_b[0]}
     opt = BatchedOptimizer.from_torch([t.optimizer for t in trainers], named_p, params)
-    lr = torch.tensor([float(t.lr) for t in trainers], dtype=torch.float64)
+    lr = torch.tensor([float(t.step_lr) for t in trainers], dtype=torch.float64)
 
     first = trainers[0]
     device = first.train_split.x.device

@@ -118,6 +118,7 @@ def measure_epoch_seconds(
     trainer = Trainer(
         run.model, run.data.train, optimizer=spec.optimizer, optimizer_args=spec.optimizer_args,
         lr=min(spec.lr_range[1], max(spec.lr_range[0], 1e-3)), batch_size=batch_size, generator=run.generator,
+        lr_scale=spec.lr_scale,
     )  # fmt: skip
     trainer.train_epoch()
     best = math.inf

@@ -193,7 +193,7 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         self.hparams = hp
         self.trainer = Trainer(
             run.model, data.train, optimizer=wl.optimizer, optimizer_args=wl.optimizer_args,
-            lr=lr, batch_size=bs, generator=run.generator,
+            lr=lr, batch_size=bs, generator=run.generator, lr_scale=wl.lr_scale,
         )  # fmt: skip
         self.workload, self.data = wl, data
         self.tracker = RunTracker(

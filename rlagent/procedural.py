@@ -98,12 +98,23 @@ class ProceduralSpec:
     """Sample count of a generated dataset before its test split (digits always has 1,797)."""
     max_epoch_seconds: float = MAX_EPOCH_SECONDS
     """Cap on a draw's estimated epoch cost (one core, batch size 32)."""
+    lr_scale_range: tuple[float, float] = (1.0, 1.0)
+    """Range of a draw's hidden step-size multiplier (``WorkloadSpec.lr_scale``), log-uniform;
+    ``[1, 1]`` (the default) turns it off. Randomising it moves the best LR of a draw by up to
+    the range's ratio, so a policy must find the LR from how the run responds rather than
+    remember one good value (domain randomisation of the LR's scale)."""
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise SpecError("workloads.train.sampler", self.sampler, f"one of {SAMPLERS}")
         check_range("workloads.train.sample_range", self.sample_range, positive=True, integer=True)
         object.__setattr__(self, "sample_range", tuple(self.sample_range))
+        scales = self.lr_scale_range
+        if not (isinstance(scales, (list, tuple)) and tuple(scales) == (1.0, 1.0)):
+            check_range("workloads.train.lr_scale_range", scales, positive=True)
+            if not all(math.isfinite(v) for v in scales):
+                raise SpecError("workloads.train.lr_scale_range", list(scales), "a pair of finite numbers")
+        object.__setattr__(self, "lr_scale_range", tuple(float(v) for v in scales))
         cap = self.max_epoch_seconds
         if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 < cap < math.inf:
             raise SpecError("workloads.train.max_epoch_seconds", cap, "a number > 0")
@@ -340,6 +351,11 @@ def sample_task(
         init_lr = log_uniform(rng, lr_range)
         sizes = powers_of_two(*batch_size_range)
         init_bs = int(sizes[int(rng.integers(len(sizes)))])
+        if sampler.lr_scale_range != (1.0, 1.0):  # drawn last: the rest of a draw stays as without it
+            scale = round(log_uniform(rng, sampler.lr_scale_range), 4)
+            workload = dataclasses.replace(
+                workload, lr_scale=scale, description=f"{workload.description}, hidden LR scale ×{scale:g}"
+            )
         return Task(workload, init_lr, init_bs, est)
     raise SpecError(
         "workloads.train", dataclasses.asdict(sampler), "a sampler whose families fit under max_epoch_seconds"

@@ -167,6 +167,8 @@ class Trainer:
             between epochs. An LR it sets holds until the next epoch's :func:`run_epoch` sets
             the epoch's LR, so a caller with a per-step schedule passes ``trainer.lr`` as the
             epoch's LR.
+        lr_scale: Hidden step-size multiplier: the optimiser steps at ``lr × lr_scale`` while
+            ``trainer.lr`` reads and sets ``lr`` (see ``WorkloadSpec.lr_scale``).
     """
 
     def __init__(
@@ -182,8 +184,10 @@ class Trainer:
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         measure_noise: bool = True,
         on_step: Callable[[], None] | None = None,
+        lr_scale: float = 1.0,
     ) -> None:
         self.model = model
+        self.lr_scale = float(lr_scale)
         self.train_split = train
         if isinstance(optimizer, str):
             self.optimizer = make_optimizer(optimizer, model.parameters(), lr, optimizer_args)
@@ -198,12 +202,18 @@ class Trainer:
 
     @property
     def lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
+        """The learning rate tuners see and set (the optimiser steps at ``lr × lr_scale``)."""
+        return self.step_lr / self.lr_scale
 
     @lr.setter
     def lr(self, value: float) -> None:
         for group in self.optimizer.param_groups:
-            group["lr"] = value
+            group["lr"] = value * self.lr_scale
+
+    @property
+    def step_lr(self) -> float:
+        """The learning rate the optimiser steps at."""
+        return self.optimizer.param_groups[0]["lr"]
 
     def train_epoch(self) -> EpochStats:
         """One pass over the training split in a fresh random order."""

@@ -11,6 +11,7 @@ reward and every selection, ``test`` is only ever reported.
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +69,10 @@ class WorkloadSpec:
     family: str = ""
     """Label the benchmark aggregates by (e.g. ``recurrent``); a procedural draw carries
     ``model/norm/dataset/optimizer``."""
+    lr_scale: float = 1.0
+    """Hidden step-size multiplier: the optimiser steps at ``lr × lr_scale`` while tuners see and
+    set ``lr``. 1 for real workloads; procedural draws may randomise it so that the best LR of a
+    run cannot be read from the LR alone (see ``ProceduralSpec.lr_scale_range``)."""
 
     def __post_init__(self) -> None:
         where = f"workload {self.name!r}"
@@ -88,6 +93,9 @@ class WorkloadSpec:
             raise SpecError(f"{where}.optimizer_args.nesterov", self.optimizer_args["nesterov"], "true or false")
         if not isinstance(self.family, str):
             raise SpecError(f"{where}.family", self.family, "a string")
+        scale = self.lr_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < math.inf:
+            raise SpecError(f"{where}.lr_scale", scale, "a finite number > 0")
         if not (isinstance(self.epochs, int) and self.epochs >= 1):
             raise SpecError(f"{where}.epochs", self.epochs, "an integer >= 1")
         check_range(f"{where}.lr_range", self.lr_range, positive=True)

@@ -61,14 +61,22 @@ def _split(seed: int, n: int = 200) -> Split:
 
 
 def _trainers(
-    factory: Callable[[], nn.Module], k: int, *, optimizer: str = "adam", bs: int = 8, seed: int = 0, n: int = 200
+    factory: Callable[[], nn.Module],
+    k: int,
+    *,
+    optimizer: str = "adam",
+    bs: int = 8,
+    seed: int = 0,
+    n: int = 200,
+    lr_scales: tuple[float, ...] = (),
 ) -> list[Trainer]:
     out = []
     for i in range(k):
         torch.manual_seed(seed + i)
         out.append(
             Trainer(factory(), _split(seed + i, n), optimizer=optimizer, lr=3e-3 * (i + 1), batch_size=bs,
-                    generator=torch.Generator().manual_seed(100 + seed + i))
+                    generator=torch.Generator().manual_seed(100 + seed + i),
+                    lr_scale=lr_scales[i] if lr_scales else 1.0)
         )  # fmt: skip
     return out
 
@@ -122,12 +130,13 @@ def test_dropout_draws_differ_per_member_under_vmap() -> None:
     assert not torch.equal(out[0], out[1])
 
 
-@pytest.mark.parametrize(("name", "optimizer", "bs"), [
-    ("mlp", "adam", 8), ("mlp", "sgd", 24), ("cnn1d", "adam", 16), ("cnn2d-bn", "sgd", 8),
+@pytest.mark.parametrize(("name", "optimizer", "bs", "lr_scales"), [
+    ("mlp", "adam", 8, ()), ("mlp", "sgd", 24, ()), ("cnn1d", "adam", 16, ()), ("cnn2d-bn", "sgd", 8, ()),
+    ("mlp", "adamw", 8, (0.1, 1.0, 7.0)),  # hidden LR scales: each member steps at its own lr x scale
 ])  # fmt: skip
-def test_train_batched_equals_train_epoch(name: str, optimizer: str, bs: int) -> None:
-    seq = _trainers(MODELS[name], 3, optimizer=optimizer, bs=bs)
-    bat = _trainers(MODELS[name], 3, optimizer=optimizer, bs=bs)
+def test_train_batched_equals_train_epoch(name: str, optimizer: str, bs: int, lr_scales: tuple[float, ...]) -> None:
+    seq = _trainers(MODELS[name], 3, optimizer=optimizer, bs=bs, lr_scales=lr_scales)
+    bat = _trainers(MODELS[name], 3, optimizer=optimizer, bs=bs, lr_scales=lr_scales)
     for epoch in range(3):
         if epoch == 2:  # optimiser state carries over a change of LR
             for t in (*seq, *bat):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
@@ -89,6 +91,9 @@ def test_default_spec_draws_only_training_families() -> None:
         ({"sample_range": [10, 5]}, "workloads.train.sample_range", "(10, 5)"),
         ({"max_epoch_seconds": 0}, "workloads.train.max_epoch_seconds", "0"),
         ({"size": 3}, "workloads.train.size", "3"),
+        ({"lr_scale_range": [0, 10]}, "workloads.train.lr_scale_range", "low > 0"),
+        ({"lr_scale_range": [2, 1]}, "workloads.train.lr_scale_range", "(2, 1)"),
+        ({"lr_scale_range": 5}, "workloads.train.lr_scale_range", "a pair"),
     ],
 )
 def test_sampler_spec_errors_name_field_value_and_allowed(train: dict[str, Any], field: str, shown: str) -> None:
@@ -96,6 +101,38 @@ def test_sampler_spec_errors_name_field_value_and_allowed(train: dict[str, Any],
         spec_from_dict({"workloads": {"train": train}})
     assert info.value.field == field and shown in str(info.value)
     assert "expected" in str(info.value)
+
+
+def test_hidden_lr_scale_is_off_by_default_and_drawn_last_when_on() -> None:
+    on = ProceduralSpec(lr_scale_range=(0.1, 10.0))
+    scales = []
+    for seed in range(40):
+        plain, scaled = sample_task(seed), sample_task(seed, on)
+        assert plain.workload.lr_scale == 1.0 and "hidden LR" not in plain.workload.description
+        assert sample_task(seed, on) == scaled  # seeded
+        assert 0.1 <= scaled.workload.lr_scale <= 10.0
+        # drawn after everything else: the rest of the draw is the one without it
+        assert (
+            dataclasses.replace(scaled.workload, lr_scale=1.0, description=plain.workload.description) == plain.workload
+        )
+        assert (scaled.init_lr, scaled.init_batch_size) == (plain.init_lr, plain.init_batch_size)
+        scales.append(scaled.workload.lr_scale)
+    assert min(scales) < 0.5 and max(scales) > 2.0  # spread over the range, both sides of 1
+    spec = spec_from_dict({"workloads": {"train": {"lr_scale_range": [0.1, 10.0]}}})
+    assert spec.workloads.sampler.lr_scale_range == (0.1, 10.0)
+    assert spec_from_dict(spec.to_dict()) == spec
+
+
+def test_env_steps_a_scaled_draw_at_the_hidden_lr_and_reports_the_visible_one() -> None:
+    spec = spec_from_dict({"workloads": {"train": {"lr_scale_range": [0.1, 10.0]}}})
+    env = HyperTuneEnv(spec)
+    env.reset(seed=3, options={"lr": 1e-3})
+    scale, lr0 = env.workload.lr_scale, env.hparams.lr
+    assert scale != 1.0 and 2 * lr0 < env.workload.lr_range[1]
+    _, _, _, _, info = env.step(np.array([3, 1]))  # LR x2
+    assert info["lr"] == pytest.approx(2 * lr0)
+    assert env.trainer.lr == pytest.approx(info["lr"])
+    assert env.trainer.step_lr == pytest.approx(info["lr"] * scale)
 
 
 def test_plain_lists_and_named_heldout_still_work() -> None:

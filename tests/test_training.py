@@ -34,6 +34,22 @@ def _trainer(split: Split, *, optimizer: str = "adam", lr: float = 1e-2, batch_s
     )  # fmt: skip
 
 
+def test_lr_scale_steps_at_the_scaled_lr_and_reports_the_visible_one() -> None:
+    split = _split(120)
+    scaled, plain = _trainer(split, lr=1e-2, lr_scale=3.0), _trainer(split, lr=3e-2)
+    assert scaled.lr == pytest.approx(1e-2) and scaled.step_lr == pytest.approx(3e-2)
+    scaled.lr = 2e-2  # set as tuners do: the visible LR
+    plain.lr = 6e-2
+    assert scaled.optimizer.param_groups[0]["lr"] == pytest.approx(6e-2)
+    a, b = scaled.train_epoch(), plain.train_epoch()
+    assert a.train_loss == pytest.approx(b.train_loss, abs=1e-6)
+    for p, q in zip(scaled.model.parameters(), plain.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+    unscaled = _trainer(split, lr=2e-2)
+    unscaled.train_epoch()
+    assert any(not torch.allclose(p, q) for p, q in zip(scaled.model.parameters(), unscaled.model.parameters()))
+
+
 def test_epoch_stats_count_samples_and_steps() -> None:
     split = _split(100)
     trainer = _trainer(split, batch_size=32)

@@ -121,6 +121,9 @@ def test_replaced_workload_is_validated_again() -> None:
     assert wl.epochs == 3 and BUILTIN_WORKLOADS["digits-mlp"].epochs == 15
     with pytest.raises(SpecError, match=r"epochs: got 0"):
         dataclasses.replace(wl, epochs=0)
+    for bad in (0, -1.0, float("inf"), True, "2"):
+        with pytest.raises(SpecError, match=r"lr_scale: got .*expected a finite number > 0"):
+            dataclasses.replace(wl, lr_scale=bad)
 
 
 # ---------------------------------------------------------------------------------------------

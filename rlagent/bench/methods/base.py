@@ -129,7 +129,7 @@ class Run:
         self.hparams = dataclasses.replace(workload_hparams(ctx, len(run.data.train)), lr=lr)
         self.trainer = Trainer(
             run.model, run.data.train, optimizer=opt, optimizer_args=wl.optimizer_args if optimizer is None else None,
-            lr=lr, batch_size=DEFAULT_BATCH_SIZE, generator=run.generator,
+            lr=lr, batch_size=DEFAULT_BATCH_SIZE, generator=run.generator, lr_scale=wl.lr_scale,
         )  # fmt: skip
         self.tracker = RunTracker(
             num_classes=run.data.num_classes, lr_range=wl.lr_range, batch_size_range=wl.batch_size_range,
