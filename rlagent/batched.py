@@ -35,7 +35,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from rlagent.batched_optim import BatchedOptimizer, OptimizerConfig
-from rlagent.training import NOISE_WINDOW, EpochStats, Trainer
+from rlagent.training import NOISE_WINDOW, EpochStats, Trainer, seeded_global_rng
 
 __all__ = ["MODES", "BatchPlanner", "architecture_key", "group_key", "train_batched", "train_epochs"]
 
@@ -201,7 +201,8 @@ def train_batched(trainers: Sequence[Trainer]) -> list[EpochStats]:
     """One epoch of a group (equal :func:`group_key`) trained as one batched computation.
 
     Equal to ``[t.train_epoch() for t in trainers]`` up to float rounding (dropout draws
-    aside). If it raises, every trainer is left as it was (generators included).
+    aside; they are seeded from the members' generators, so reproducible). If it raises,
+    every trainer is left as it was (generators included).
 
     Raises:
         ValueError: If the trainers do not share one group key.
@@ -211,7 +212,8 @@ def train_batched(trainers: Sequence[Trainer]) -> list[EpochStats]:
         raise ValueError("train_batched: the trainers must share one group key (see group_key)")
     gen_states = [t.generator.get_state() for t in trainers]
     try:
-        return _train_batched(trainers)
+        with seeded_global_rng([t.generator for t in trainers], trainers[0].train_split.x.device):
+            return _train_batched(trainers)
     except BaseException:
         for t, state in zip(trainers, gen_states):
             t.generator.set_state(state)

@@ -148,6 +148,20 @@ def test_train_batched_equals_train_epoch(name: str, optimizer: str, bs: int, lr
     assert stats_bat[0].noise is not None  # the gradient noise scale is measured batched too
 
 
+def test_batched_dropout_is_reproducible_from_the_members_generators() -> None:
+    def dropout_mlp() -> nn.Module:
+        return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 3))
+
+    first, second = _trainers(dropout_mlp, 3), _trainers(dropout_mlp, 3)
+    torch.manual_seed(1)
+    train_batched(first)
+    torch.manual_seed(2)
+    train_batched(second)
+    for a, b in zip(first, second):
+        for p, q in zip(a.model.parameters(), b.model.parameters()):
+            torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
 def test_divergence_of_one_member_leaves_the_others_untouched() -> None:
     seq = _trainers(_mlp, 3, n=600)
     bat = _trainers(_mlp, 3, n=600)

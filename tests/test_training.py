@@ -50,6 +50,29 @@ def test_lr_scale_steps_at_the_scaled_lr_and_reports_the_visible_one() -> None:
     assert any(not torch.allclose(p, q) for p, q in zip(scaled.model.parameters(), unscaled.model.parameters()))
 
 
+def test_dropout_epoch_depends_on_the_run_generator_only() -> None:
+    split = _split(200)
+
+    def dropout_trainer() -> Trainer:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(5, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 3))
+        return Trainer(model, split, lr=1e-2, batch_size=16, generator=torch.Generator().manual_seed(7))
+
+    a, b = dropout_trainer(), dropout_trainer()
+    torch.manual_seed(123)  # whatever ran before in this process must not matter
+    a.train_epoch()
+    torch.manual_seed(456)
+    before = torch.get_rng_state()
+    b.train_epoch()
+    assert torch.equal(torch.get_rng_state(), before)  # the global RNG is left as it was
+    for p, q in zip(a.model.parameters(), b.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    c = dropout_trainer()
+    c.generator.manual_seed(8)  # another run seed: other dropout masks (and order)
+    c.train_epoch()
+    assert any(not torch.equal(p, q) for p, q in zip(a.model.parameters(), c.model.parameters()))
+
+
 def test_epoch_stats_count_samples_and_steps() -> None:
     split = _split(100)
     trainer = _trainer(split, batch_size=32)
