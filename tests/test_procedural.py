@@ -121,6 +121,11 @@ def test_hidden_lr_scale_is_off_by_default_and_drawn_last_when_on() -> None:
     spec = spec_from_dict({"workloads": {"train": {"lr_scale_range": [0.1, 10.0]}}})
     assert spec.workloads.sampler.lr_scale_range == (0.1, 10.0)
     assert spec_from_dict(spec.to_dict()) == spec
+    # off, the fields stay out of the plain form: records made before they existed still match
+    default = load_spec("default").to_dict()
+    assert "lr_scale_range" not in default["workloads"]["train"]
+    assert all("lr_scale" not in w for w in default["workloads"]["define"].values())
+    assert spec_from_dict(default) == load_spec("default")
 
 
 def test_env_steps_a_scaled_draw_at_the_hidden_lr_and_reports_the_visible_one() -> None:
