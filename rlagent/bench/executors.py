@@ -120,12 +120,30 @@ def use_slot(slot: WorkerSlot, *, cuda: bool = True) -> None:
     """Run this process's tasks in ``slot``: apply its threads and (with ``cuda``) its device."""
     _WORKER.slot = slot
     slot.apply(cuda=cuda)
+    route_optuna_logs()
     # Pay one-time costs now, so that no task's wall time includes them: imports of sklearn
     # (datasets) and of torch's compiler stack (the first optimiser built imports it).
     import sklearn.datasets  # noqa: F401
     import sklearn.model_selection  # noqa: F401
 
     torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+
+
+def route_optuna_logs() -> None:
+    """Send Optuna's log records through :mod:`logging` instead of its own stderr handler.
+
+    Optuna prints an INFO line per finished trial by default; in a benchmark worker those lines
+    would run through the progress bar. Routed, they obey the process's logging configuration
+    like rlagent's own records (a worker without handlers shows warnings only). Optuna's logging
+    settings are global to the process, so only benchmark workers (processes or Ray tasks
+    rlagent runs) call this.
+    """
+    try:
+        import optuna
+    except ImportError:
+        return
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
 
 
 def _init_worker(slots: Any) -> None:

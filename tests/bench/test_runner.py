@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from rlagent.bench.executors import Task
+from rlagent.bench.executors import Task, route_optuna_logs
 from rlagent.bench.runner import (
     BenchConfig,
     TrialError,
@@ -163,3 +164,20 @@ def test_worker_failure_names_the_task_and_keeps_the_traceback(tmp_path: Path) -
     with pytest.raises(TrialError, match="constant__broken__seed0") as info:
         run_benchmark(config)
     assert "Traceback" in str(info.value) and "no_such_model" in info.value.remote_traceback
+
+
+def test_benchmark_workers_route_optuna_logs_through_logging(
+    capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    optuna = pytest.importorskip("optuna")
+    route_optuna_logs()  # what every benchmark worker does when it starts
+    try:
+        caplog.set_level(logging.INFO, logger="optuna")
+        optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).optimize(
+            lambda trial: trial.suggest_float("x", 0.0, 1.0), n_trials=1
+        )
+        assert "Trial 0 finished" not in capfd.readouterr().err  # not through Optuna's own handler
+        assert "Trial 0 finished" in caplog.text  # but as a log record
+    finally:
+        optuna.logging.enable_default_handler()
+        optuna.logging.disable_propagation()
