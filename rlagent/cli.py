@@ -142,6 +142,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="PPO minibatch size")
     p.add_argument("--ppo-epochs", type=int, default=d.n_epochs, help="PPO passes per rollout")
     p.add_argument("--ppo-lr", type=float, default=d.learning_rate, help="PPO Adam learning rate")
+    p.add_argument(
+        "--ppo-lr-end", type=float, default=d.learning_rate_end,
+        help="if given, the PPO learning rate falls linearly from --ppo-lr to this over --timesteps",
+    )  # fmt: skip
     p.add_argument("--gamma", type=float, default=d.gamma, help="discount factor")
     p.add_argument("--ent-coef", type=float, default=d.ent_coef, help="entropy bonus")
     p.add_argument("--net-arch", type=int, nargs="+", default=list(d.net_arch), help="hidden layer widths")
@@ -152,7 +156,7 @@ def run_training(args: argparse.Namespace, command: str) -> TrainResult:
     """Build the config from parsed ``add_train_arguments`` options and train."""
     ppo = PPOSettings(
         n_steps=args.n_steps, batch_size=args.batch_size, n_epochs=args.ppo_epochs, learning_rate=args.ppo_lr,
-        gamma=args.gamma, ent_coef=args.ent_coef, net_arch=tuple(args.net_arch),
+        learning_rate_end=args.ppo_lr_end, gamma=args.gamma, ent_coef=args.ent_coef, net_arch=tuple(args.net_arch),
     )  # fmt: skip
     config = TrainConfig(
         spec=args.spec, timesteps=args.timesteps, n_envs=args.n_envs, devices=args.devices, seed=args.seed,

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from rlagent._io import optional_import
@@ -68,7 +69,11 @@ class PPOSettings:
     """Passes over each rollout."""
     learning_rate: float = 1e-3
     """Adam learning rate of the policy and value networks (1e-3 beat SB3's 3e-4 here: see
-    policies/default/README.md)."""
+    policies/default/README.md); with ``learning_rate_end``, the rate at the run's first step."""
+    learning_rate_end: float | None = None
+    """If set, the learning rate falls linearly from ``learning_rate`` at step 0 to this at the
+    run's last step (``timesteps``), as SB3's ``LinearSchedule``; a resumed run is at the point of
+    the schedule its step count gives. None: constant."""
     gamma: float = 0.99
     """Discount factor."""
     gae_lambda: float = 0.95
@@ -100,6 +105,21 @@ class PPOSettings:
             raise SpecError("ppo.activation", self.activation, f"one of {sorted(ACTIVATIONS)}")
         if not 0 < self.gamma <= 1:
             raise SpecError("ppo.gamma", self.gamma, "a number in (0, 1]")
+        if not (_is_number(self.learning_rate) and 0 < self.learning_rate < math.inf):
+            raise SpecError("ppo.learning_rate", self.learning_rate, "a finite number > 0")
+        end = self.learning_rate_end
+        if end is not None and not (_is_number(end) and 0 <= end < math.inf):
+            raise SpecError("ppo.learning_rate_end", end, "a finite number >= 0, or None (constant)")
+
+    def learning_rate_schedule(self) -> float | LinearSchedule:
+        """SB3's ``learning_rate`` argument: the constant rate, or the linear schedule."""
+        if self.learning_rate_end is None:
+            return self.learning_rate
+        return LinearSchedule(self.learning_rate, self.learning_rate_end, end_fraction=1.0)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -211,7 +231,7 @@ def build_ppo(venv: VecEnv, settings: PPOSettings, seed: int, tensorboard: str |
         n_steps=settings.n_steps,
         batch_size=settings.batch_size,
         n_epochs=settings.n_epochs,
-        learning_rate=settings.learning_rate,
+        learning_rate=settings.learning_rate_schedule(),
         gamma=settings.gamma,
         gae_lambda=settings.gae_lambda,
         ent_coef=settings.ent_coef,

@@ -155,3 +155,37 @@ def test_bad_ppo_settings_name_the_field() -> None:
         PPOSettings(activation="sigmoid")
     with pytest.raises(SpecError, match="ppo.n_steps"):
         PPOSettings(n_steps=0)
+    with pytest.raises(SpecError, match=r"ppo.learning_rate: got 0;"):
+        PPOSettings(learning_rate=0)
+    with pytest.raises(SpecError, match=r"ppo.learning_rate_end: got -0.1;.*>= 0"):
+        PPOSettings(learning_rate_end=-0.1)
+    with pytest.raises(SpecError, match="ppo.learning_rate_end"):
+        PPOSettings(learning_rate_end=float("nan"))
+
+
+def test_ppo_learning_rate_falls_linearly_over_the_run_and_resumes_on_schedule(tmp_path: Path) -> None:
+    ppo = PPOSettings(n_steps=16, batch_size=16, net_arch=(8,), learning_rate=1e-3, learning_rate_end=2e-4)
+
+    def scheduled(step: int) -> float:
+        return 1e-3 - (1e-3 - 2e-4) * step / 96
+
+    def adam_lr(run: str, step: int) -> float:
+        state = json.loads((tmp_path / run / "checkpoints" / f"step-{step:09d}" / "state.json").read_text())
+        return state["param_groups"][0]["lr"]
+
+    # rollouts of 2 envs x 16 steps; SB3 sets the rate before each update from the progress after
+    # its rollout, and the checkpoints at 48 and 80 are written in the middle of the next rollout
+    train_policy(_config(tmp_path, timesteps=96, checkpoint_every=16, ppo=ppo))
+    assert adam_lr("run", 16) == 1e-3  # no update yet
+    assert adam_lr("run", 48) == pytest.approx(scheduled(32))
+    assert adam_lr("run", 80) == pytest.approx(scheduled(64))
+    assert adam_lr("run", 96) == pytest.approx(2e-4)  # written after the last update
+    assert load_policy(tmp_path / "pol").metadata["training"]["ppo"]["learning_rate_end"] == 2e-4
+
+    # resumed at step 32 for the same run, it continues the schedule rather than restarting it
+    resumed = _config(
+        tmp_path, timesteps=96, checkpoint_every=16, ppo=ppo, out=tmp_path / "pol2", run_dir=tmp_path / "run2",
+        resume=tmp_path / "run" / "checkpoints" / "step-000000032",
+    )  # fmt: skip
+    train_policy(resumed)
+    assert adam_lr("run2", 80) == pytest.approx(scheduled(64))
