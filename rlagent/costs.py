@@ -131,7 +131,13 @@ def measure_epoch_seconds(
 
 
 def draw_rows(
-    spec: Any, n: int, seed: int = 0, *, measure: bool = True, reference: Callable[[], float] | None = None
+    spec: Any,
+    n: int,
+    seed: int = 0,
+    *,
+    measure: bool = True,
+    reference: Callable[[], float] | None = None,
+    min_estimate: float = 0.0,
 ) -> list[dict[str, Any]]:
     """``n`` draws of an env spec's sampler (seeds ``seed``, ``seed + 1``, ...) described for a table.
 
@@ -146,10 +152,14 @@ def draw_rows(
         measure: Also measure each draw's epoch cost (takes about a second per draw).
         reference: Measures the reference workload's epoch; called before and after each
             measured draw to add ``normalised`` (seconds scaled to the idle reference machine).
+        min_estimate: Leave out draws whose estimated epoch cost is below this (to measure only
+            the costliest ones against the cap).
     """
     rows = []
     for s in range(seed, seed + n):
         task = spec.draw(s)
+        if task.est_seconds < min_estimate:
+            continue
         sources: dict[str, Source] = {}
         make_run(task.workload, 0, sources=sources)
         row = describe(task.workload, sources[source_key(task.workload)])

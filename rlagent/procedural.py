@@ -71,9 +71,11 @@ NORMS_FOR: dict[str, tuple[str, ...]] = {
 MAX_EPOCH_SECONDS = 0.3
 """Cap on a draw's epoch cost (one core, batch size 32, training plus validation)."""
 ESTIMATE_MARGIN = 0.9
-"""Draws are fitted to this share of the cap by the cost model, which errs low by up to ~15% on
-the widest MLPs and some 1-D CNNs (``scripts/epoch_costs.py --n 200``: 4 of 200 draws fitted to
-the whole cap measured 0.30–0.33 s, normalised to the idle reference machine)."""
+"""Draws are fitted to this share of the cap by the cost model, which errs low by up to ~25% on
+some narrow max-pooling 1-D CNNs and the widest MLPs. Measured on an idle machine, normalised to
+the reference core, the 111 costliest of draws 0–299 (those ``scripts/epoch_costs.py --n 300
+--min-estimate 0.15`` selects; fastest of 2 epochs each) took at most 0.28 s; an earlier measurement had 4 of 200 draws fitted to the whole cap
+at 0.30–0.33 s."""
 EPOCH_RANGE = (8, 40)
 """Epoch budget of a draw (both ends included)."""
 SAMPLE_RANGE = (2000, 10000)

@@ -1,6 +1,7 @@
 """Epoch costs on one core: procedural draws (estimated and measured) and a spec's held-out suite.
 
     PYTHONPATH=$PWD python scripts/epoch_costs.py --n 200 --spec default --out results/epoch_costs.json
+    PYTHONPATH=$PWD python scripts/epoch_costs.py --n 300 --min-estimate 0.15   # only the costliest draws
 
 Every epoch (training plus validation, batch size 32, ``torch.set_num_threads(1)``) is measured
 next to the reference workload (``mnist1d-mlp``), so on a shared machine the figures can also
@@ -26,6 +27,9 @@ parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--n", type=int, default=200, help="number of draws (0: none)")
 parser.add_argument("--seed", type=int, default=0, help="seed of the first draw")
 parser.add_argument("--spec", default="default", help="spec with a procedural training set")
+parser.add_argument(
+    "--min-estimate", type=float, default=0.0, help="measure only draws estimated at least this many seconds"
+)
 parser.add_argument("--heldout", action="store_true", help="also measure the spec's held-out workloads")
 parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
 args = parser.parse_args()
@@ -44,7 +48,7 @@ def stats(x: np.ndarray) -> str:
     return f"median {np.median(x):.3f}  p90 {np.quantile(x, 0.9):.3f}  max {x.max():.3f}"
 
 
-rows = draw_rows(spec, args.n, args.seed, reference=reference_seconds) if args.n else []
+rows = draw_rows(spec, args.n, args.seed, reference=reference_seconds, min_estimate=args.min_estimate) if args.n else []
 if rows:
     for key, label in (("seconds", "measured"), ("normalised", "normalised"), ("est_seconds", "estimated")):
         print(f"{label:10s} epoch seconds over {len(rows)} draws: {stats(np.array([r[key] for r in rows]))}")
