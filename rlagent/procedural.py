@@ -74,8 +74,8 @@ ESTIMATE_MARGIN = 0.9
 """Draws are fitted to this share of the cap by the cost model, which errs low by up to ~25% on
 some narrow max-pooling 1-D CNNs and the widest MLPs. Measured on an idle machine, normalised to
 the reference core, the 111 costliest of draws 0–299 (those ``scripts/epoch_costs.py --n 300
---min-estimate 0.15`` selects; fastest of 2 epochs each) took at most 0.28 s; an earlier measurement had 4 of 200 draws fitted to the whole cap
-at 0.30–0.33 s."""
+--min-estimate 0.15`` selects; fastest of 2 epochs each) took at most 0.28 s; an earlier
+measurement had 4 of 200 draws fitted to the whole cap at 0.30–0.33 s."""
 EPOCH_RANGE = (8, 40)
 """Epoch budget of a draw (both ends included)."""
 SAMPLE_RANGE = (2000, 10000)
