@@ -35,7 +35,7 @@ from rlagent.workloads import (
 )
 
 ACTIONS = ("discrete", "continuous")
-REWARDS = ("val_acc", "best_improvement", "final")
+REWARDS = ("val_acc", "val_acc_change", "best_improvement", "final")
 COST_UNITS = ("steps", "seconds")
 
 
@@ -102,6 +102,8 @@ class RewardSpec:
 
     mode: str = "val_acc"
     """``val_acc``: validation accuracy every epoch (area under the curve);
+    ``val_acc_change``: its change over each epoch (sums to final − initial: the final accuracy
+    as a dense reward; use γ = 1);
     ``best_improvement``: increase of the best validation accuracy (sums to the final best);
     ``final``: validation accuracy at the last epoch only."""
     cost_weight: float = 0.0

@@ -70,9 +70,11 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
     and the last action. Always finite and inside the bounds.
 
     ## Rewards
-    ``reward.mode``: ``val_acc`` — validation accuracy after each epoch; ``best_improvement`` —
-    increase of the best validation accuracy (the episode's sum is final best − initial);
-    ``final`` — validation accuracy after the last epoch, 0 before. Each minus
+    ``reward.mode``: ``val_acc`` — validation accuracy after each epoch; ``val_acc_change`` —
+    its change over the epoch (the final accuracy paid out epoch by epoch: with γ = 1 a return
+    is the final accuracy minus the accuracy where it starts, potential-based shaping of
+    ``final``); ``best_improvement`` — increase of the best validation accuracy (the episode's
+    sum is final best − initial); ``final`` — validation accuracy after the last epoch, 0 before. Each minus
     ``reward.cost_weight × cost`` (``cost_unit``: optimiser steps / 100, or wall seconds).
     A diverged epoch counts as chance accuracy.
 
@@ -150,6 +152,7 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         self.data: Data | None = None
         self.tracker: RunTracker | None = None
         self.hparams: HParams | None = None
+        self._val_acc = 0.0  # validation accuracy after the last epoch (the untrained model's at reset)
         self.epoch_time = 0.0
         """Wall time of the last step's epoch in seconds (not in info: info is deterministic)."""
 
@@ -203,6 +206,7 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         val = self.trainer.evaluate(data.val)
         self._samples = self._steps = 0
         self._done = False
+        self._val_acc = val.acc
         obs = self.tracker.start(val_loss=val.loss, val_acc=val.acc, lr=lr, batch_size=bs)
         info = {
             "workload": name,
@@ -246,6 +250,7 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         diverged = epoch.diverged
         terminated = diverged or tracker.epoch >= wl.epochs
         reward = self._reward(epoch.val_acc, best_before, terminated, epoch.stats.steps, epoch.stats.seconds)
+        self._val_acc = epoch.val_acc
         self._done = terminated
         self.epoch_time = epoch.stats.seconds
         info: dict[str, Any] = {
@@ -275,6 +280,8 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         rs = self.env_spec.reward
         if rs.mode == "val_acc":
             reward = val_acc
+        elif rs.mode == "val_acc_change":
+            reward = val_acc - self._val_acc
         elif rs.mode == "best_improvement":
             reward = max(0.0, val_acc - best_before)
         else:

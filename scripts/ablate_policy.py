@@ -33,6 +33,7 @@ VARIANTS: dict[str, dict] = {
     "base": {},
     "reward-final": {"reward": "final"},
     "reward-best": {"reward": "best_improvement"},
+    "reward-change": {"reward": "val_acc_change", "gamma": 1.0},
     "no-history": {"hide": HISTORY},
     "gamma-0.9": {"gamma": 0.9},
 }

@@ -253,6 +253,14 @@ def test_reward_best_improvement_sums_to_final_best_minus_initial() -> None:
     assert sum(run["rewards"]) == pytest.approx(best - initial)
 
 
+def test_reward_val_acc_change_pays_out_the_final_accuracy_epoch_by_epoch() -> None:
+    run = _episode(HyperTuneEnv(_tiny(mode="val_acc_change")), seed=0)
+    accs = [i["val_acc"] for i in run["infos"]]
+    assert run["rewards"] == pytest.approx(np.diff(accs).tolist())
+    assert sum(run["rewards"]) == pytest.approx(accs[-1] - accs[0])
+    assert len(set(run["rewards"])) > 1  # not a constant: the run moved
+
+
 def test_reward_final_is_zero_until_the_last_step() -> None:
     run = _episode(HyperTuneEnv(_tiny(mode="final")), seed=0)
     assert run["rewards"][:-1] == [0.0] * (len(run["rewards"]) - 1)

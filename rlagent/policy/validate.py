@@ -14,7 +14,7 @@ import concurrent.futures as cf
 import logging
 import multiprocessing as mp
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,15 +94,15 @@ class ValidationReport:
         }
 
 
-def _episode(env: HyperTuneEnv, seed: int, act: Any) -> tuple[float, bool, str, int]:
-    obs, info = env.reset(seed=seed)
+def _episode(env: HyperTuneEnv, seed: int, act: Any, start: dict[str, Any]) -> tuple[float, bool, str, int]:
+    obs, info = env.reset(seed=seed, options=start)
     done = False
     while not done:
         obs, _, done, _, info = env.step(act(obs))
     return float(info["val_acc"]), bool(info["diverged"]), str(info["workload"]), int(info["epoch"])
 
 
-def _run_draw(policy_dir: str, spec: EnvSpec, seed: int, hide: tuple[str, ...]) -> DrawResult:
+def _run_draw(policy_dir: str, spec: EnvSpec, seed: int, hide: tuple[str, ...], start: dict[str, Any]) -> DrawResult:
     torch.set_num_threads(1)
     policy: SavedPolicy = load_policy(policy_dir)
     mask = hide_mask(hide)
@@ -116,8 +116,8 @@ def _run_draw(policy_dir: str, spec: EnvSpec, seed: int, hide: tuple[str, ...]) 
     keep = np.array([LR_FACTORS.index(1.0), BS_FACTORS.index(1.0)])
     if spec.episode.action != "discrete":
         keep = np.zeros(2, dtype=np.float32)
-    val_acc, diverged, name, epochs = _episode(env, seed, act)
-    constant, _, _, _ = _episode(env, seed, lambda _obs: keep)
+    val_acc, diverged, name, epochs = _episode(env, seed, act, start)
+    constant, _, _, _ = _episode(env, seed, lambda _obs: keep, start)
     return DrawResult(seed, name, epochs, val_acc, constant, diverged)
 
 
@@ -128,6 +128,7 @@ def validate_policy(
     n_draws: int = 24,
     n_workers: int = 1,
     hide: Sequence[str] = (),
+    start: Mapping[str, Any] | None = None,
 ) -> ValidationReport:
     """Run a saved policy on ``n_draws`` validation draws of the spec's procedural training set.
 
@@ -137,6 +138,9 @@ def validate_policy(
         n_draws: Number of draws (episode seeds from :func:`validation_seeds`).
         n_workers: Processes running draws side by side, one torch thread each.
         hide: Feature names zeroed before the policy sees them (a policy trained blind to them).
+        start: Initial ``lr`` and/or ``batch_size`` for every draw instead of the draw's own
+            (e.g. ``{"lr": 0.1}``: how fast the policy recovers from a too-high LR); the
+            constant run then holds this start.
 
     Returns:
         Per-draw results and their means.
@@ -145,8 +149,12 @@ def validate_policy(
     if spec.workloads.sampler is None:
         raise SpecError("workloads.train", list(spec.workloads.train_names), "a procedural sampler to draw from")
     hide_mask(hide)
+    start = dict(start or {})
+    unknown = sorted(set(start) - {"lr", "batch_size"})
+    if unknown:
+        raise SpecError("start", unknown, "keys among ['batch_size', 'lr']")
     seeds = validation_seeds(spec, n_draws)
-    args = [(str(policy), spec, s, tuple(hide)) for s in seeds]
+    args = [(str(policy), spec, s, tuple(hide), start) for s in seeds]
     if n_workers <= 1:
         draws = [_run_draw(*a) for a in args]
     else:

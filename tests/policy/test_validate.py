@@ -58,3 +58,23 @@ def test_validation_replays_the_policy_and_the_constant_start(tiny_policy: Path)
     assert summary["mean_gain_over_constant"] == pytest.approx(
         np.mean([d.val_acc - d.constant_val_acc for d in report.draws]), abs=1e-4
     )
+
+
+def test_validation_from_a_fixed_start_starts_every_run_there(tiny_policy: Path) -> None:
+    spec = load_spec("tiny-procedural")
+    start = {"lr": 0.05, "batch_size": 16}
+    report = validate_policy(tiny_policy, spec, n_draws=2, start=start)
+    env = HyperTuneEnv(spec)
+    for draw in report.draws:
+        assert env.reset(seed=draw.seed, options=start)[1]["lr"] == 0.05
+        obs, info = env.reset(seed=draw.seed, options=start)
+        done = False
+        while not done:
+            obs, _, done, _, info = env.step(np.array([2, 1]))
+        assert info["lr"] == 0.05 and info["batch_size"] == 16
+        assert info["val_acc"] == pytest.approx(draw.constant_val_acc)
+    plain = validate_policy(tiny_policy, spec, n_draws=2)
+    assert [d.constant_val_acc for d in plain.draws] != [d.constant_val_acc for d in report.draws]
+    with pytest.raises(SpecError, match="start") as info:
+        validate_policy(tiny_policy, spec, n_draws=1, start={"momentum": 0.9})
+    assert "momentum" in str(info.value)
