@@ -2,12 +2,15 @@
 
     python scripts/ablate_policy.py --timesteps 6000 --out runs/ablation
     python scripts/ablate_policy.py --variants base,reward-final --timesteps 6000 --out runs/ablation
+    python scripts/ablate_policy.py --variants base,reward-final --start 0.1,16 --out runs/ablation
 
 Each variant trains a policy with PPO (same seed, same env steps, the local process pool) on
 the spec's procedural training set, changed in one respect, then runs it on validation draws
 (:mod:`rlagent.policy.validate`: fresh draws from the same sampler, their own seed stream; the
 held-out suite and test splits are never touched). A variant already trained under ``--out``
-is only validated again. Prints one JSON line per variant and writes ``ablation.md``.
+is only validated again. ``--start LR,BS`` runs every validation draw from that initial LR and batch
+size instead of the draw's own (recovery from a bad start). Prints one JSON line per variant and
+writes ``ablation.md`` (``ablation__start-LR-BS.md`` with ``--start``).
 """
 
 from __future__ import annotations
@@ -86,8 +89,12 @@ def run_variant(name: str, spec: EnvSpec, args: argparse.Namespace) -> dict:
         start = time.perf_counter()
         train_policy(config, venv=venv)
         wall = round(time.perf_counter() - start, 1)
-    report = validate_policy(policy_dir, spec, n_draws=args.draws, n_workers=args.n_envs, hide=hide)
-    (folder / "validation.json").write_text(json.dumps([dataclasses.asdict(d) for d in report.draws], indent=1))
+    report = validate_policy(
+        policy_dir, spec, n_draws=args.draws, n_workers=args.n_envs, hide=hide, start=args.start
+    )  # fmt: skip
+    (folder / f"validation{args.suffix}.json").write_text(
+        json.dumps([dataclasses.asdict(d) for d in report.draws], indent=1)
+    )
     return {"variant": name, "change": change, "timesteps": args.timesteps, "train_seconds": wall, **report.summary()}
 
 
@@ -100,7 +107,19 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/ablation")
+    parser.add_argument("--start", default=None, metavar="LR,BS", help="validate from this LR and batch size")
     args = parser.parse_args()
+    args.suffix, start = "", None
+    if args.start:
+        try:
+            lr, bs = args.start.split(",")
+            start = {"lr": float(lr), "batch_size": int(bs)}
+        except ValueError:
+            parser.error(f"--start: {args.start!r} is not LR,BS (e.g. 0.1,16)")
+        if not (start["lr"] > 0 and start["batch_size"] >= 1):
+            parser.error(f"--start: {args.start!r} needs LR > 0 and BS >= 1")
+        args.suffix = f"__start-{lr}-{bs}"
+    args.start = start
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     spec = load_spec(args.spec)
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -112,8 +131,10 @@ def main() -> None:
         row = run_variant(name, spec, args)
         print(json.dumps(row), flush=True)
         rows.append(row)
+    where = f", all from LR {start['lr']} / batch {start['batch_size']}" if start else ""
     lines = [
-        f"Validation draws: {args.draws} from `{spec.name}`'s sampler; {args.timesteps} env steps each, seed {args.seed}.",
+        f"Validation draws: {args.draws} from `{spec.name}`'s sampler{where}; {args.timesteps} env steps each, "
+        f"seed {args.seed}.",
         "",
         "| variant | change | mean final val acc | gain over constant start | draws won | diverged |",
         "|---|---|---|---|---|---|",
@@ -124,7 +145,7 @@ def main() -> None:
             f"| {r['win_rate']:.0%} | {r['diverged']} |"
         )
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "ablation.md").write_text("\n".join(lines) + "\n")
+    (Path(args.out) / f"ablation{args.suffix}.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
