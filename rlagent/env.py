@@ -74,9 +74,9 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
     its change over the epoch (the final accuracy paid out epoch by epoch: with γ = 1 a return
     is the final accuracy minus the accuracy where it starts, potential-based shaping of
     ``final``); ``best_improvement`` — increase of the best validation accuracy (the episode's
-    sum is final best − initial); ``final`` — validation accuracy after the last epoch, 0 before. Each minus
-    ``reward.cost_weight × cost`` (``cost_unit``: optimiser steps / 100, or wall seconds).
-    A diverged epoch counts as chance accuracy.
+    sum is final best − initial); ``final`` — validation accuracy after the last epoch, 0
+    before. Each minus ``reward.cost_weight × cost`` (``cost_unit``: optimiser steps / 100, or
+    wall seconds). A diverged epoch counts as chance accuracy.
 
     ## Starting State
     A freshly initialised model (weights, data split and shuffling drawn from the episode

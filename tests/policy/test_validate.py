@@ -66,8 +66,8 @@ def test_validation_from_a_fixed_start_starts_every_run_there(tiny_policy: Path)
     report = validate_policy(tiny_policy, spec, n_draws=2, start=start)
     env = HyperTuneEnv(spec)
     for draw in report.draws:
-        assert env.reset(seed=draw.seed, options=start)[1]["lr"] == 0.05
         obs, info = env.reset(seed=draw.seed, options=start)
+        assert (info["lr"], info["batch_size"]) == (0.05, 16)
         done = False
         while not done:
             obs, _, done, _, info = env.step(np.array([2, 1]))
