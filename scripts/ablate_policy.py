@@ -89,9 +89,7 @@ def run_variant(name: str, spec: EnvSpec, args: argparse.Namespace) -> dict:
         start = time.perf_counter()
         train_policy(config, venv=venv)
         wall = round(time.perf_counter() - start, 1)
-    report = validate_policy(
-        policy_dir, spec, n_draws=args.draws, n_workers=args.n_envs, hide=hide, start=args.start
-    )  # fmt: skip
+    report = validate_policy(policy_dir, spec, n_draws=args.draws, n_workers=args.n_envs, hide=hide, start=args.start)
     (folder / f"validation{args.suffix}.json").write_text(
         json.dumps([dataclasses.asdict(d) for d in report.draws], indent=1)
     )
