@@ -3,6 +3,7 @@
     python scripts/ablate_policy.py --timesteps 6000 --out runs/ablation
     python scripts/ablate_policy.py --variants base,reward-final --timesteps 6000 --out runs/ablation
     python scripts/ablate_policy.py --variants base,reward-final --start 0.1,16 --out runs/ablation
+    python scripts/ablate_policy.py --variants base,gamma-0.9 --seeds 0,1,2 --out runs/ablation
 
 Each variant trains a policy with PPO (same seed, same env steps, the local process pool) on
 the spec's procedural training set, changed in one respect, then runs it on validation draws
@@ -11,6 +12,11 @@ held-out suite and test splits are never touched). A variant already trained und
 is only validated again. ``--start LR,BS`` runs every validation draw from that initial LR and batch
 size instead of the draw's own (recovery from a bad start). Prints one JSON line per variant and
 writes ``ablation.md`` (``ablation__start-LR-BS.md`` with ``--start``).
+
+``--seeds`` trains each variant once per seed (under ``OUT/VARIANT/seed-N``). Two runs that see
+the same information differ by several points after 6k steps, so a difference to ``base`` is
+reported with its error across training seeds (:func:`rlagent.policy.validate.compare_training_seeds`);
+with one seed there is none, and the difference is no evidence.
 """
 
 from __future__ import annotations
@@ -22,11 +28,12 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 from stable_baselines3.common.vec_env import VecEnvWrapper
 
 from rlagent.config import EnvSpec, load_spec
 from rlagent.policy.train import PPOSettings, TrainConfig, train_policy
-from rlagent.policy.validate import hide_mask, validate_policy
+from rlagent.policy.validate import compare_training_seeds, hide_mask, validate_policy
 from rlagent.pool import make_pool
 
 HISTORY = ("lr_rel_start", "loss_rel_start", "train_loss_slope", "val_acc_slope", "last_lr_action", "last_bs_action")
@@ -70,16 +77,16 @@ def variant_spec(spec: EnvSpec, change: dict) -> EnvSpec:
     return dataclasses.replace(spec, reward=dataclasses.replace(spec.reward, mode=change["reward"]))
 
 
-def run_variant(name: str, spec: EnvSpec, args: argparse.Namespace) -> dict:
+def run_variant(name: str, seed: int, spec: EnvSpec, args: argparse.Namespace) -> dict:
     change = VARIANTS[name]
-    folder = Path(args.out) / name
+    folder = Path(args.out) / name / f"seed-{seed}"
     policy_dir = folder / "policy"
     vspec = variant_spec(spec, change)
     hide = tuple(change.get("hide", ()))
     wall = None
     if not (policy_dir / "policy.json").is_file():
         config = TrainConfig(
-            spec=vspec, timesteps=args.timesteps, n_envs=args.n_envs, devices="cpu", seed=args.seed,
+            spec=vspec, timesteps=args.timesteps, n_envs=args.n_envs, devices="cpu", seed=seed,
             out=policy_dir, run_dir=folder / "run", progress=False, checkpoint_every=args.timesteps,
             ppo=PPOSettings(gamma=change.get("gamma", 0.99)),
         )  # fmt: skip
@@ -93,7 +100,47 @@ def run_variant(name: str, spec: EnvSpec, args: argparse.Namespace) -> dict:
     (folder / f"validation{args.suffix}.json").write_text(
         json.dumps([dataclasses.asdict(d) for d in report.draws], indent=1)
     )
-    return {"variant": name, "change": change, "timesteps": args.timesteps, "train_seconds": wall, **report.summary()}
+    return {
+        "variant": name, "seed": seed, "change": change, "timesteps": args.timesteps, "train_seconds": wall,
+        **report.summary(),
+    }  # fmt: skip
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> [0, 1, 2]; raises ValueError naming the bad entry."""
+    seeds = []
+    for part in text.split(","):
+        if not part.strip().isdigit():
+            raise ValueError(f"--seeds: {part.strip()!r} in {text!r} is not a non-negative integer")
+        seeds.append(int(part))
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds: {text!r} repeats a seed")
+    return seeds
+
+
+def table(rows: list[dict]) -> list[str]:
+    """Markdown rows: each variant's mean over its training seeds, and its difference to ``base``."""
+    by_variant: dict[str, list[dict]] = {}
+    for r in rows:
+        by_variant.setdefault(r["variant"], []).append(r)
+    base = [r["mean_val_acc"] for r in by_variant.get("base", [])]
+    lines = [
+        "| variant | change | seeds | mean final val acc (per seed) | gain over constant start | vs base ± s.e. over seeds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, runs in by_variant.items():
+        accs = [r["mean_val_acc"] for r in runs]
+        versus = "-"
+        if base and name != "base":
+            cmp = compare_training_seeds(accs, base)
+            versus = f"{cmp['difference']:+.4f}" + (
+                f" ± {cmp['stderr']:.4f}" if cmp["stderr"] is not None else " (no error bar: one seed)"
+            )
+        lines.append(
+            f"| {name} | {runs[0]['change'] or '-'} | {len(runs)} | {np.mean(accs):.4f} ({', '.join(f'{a:.3f}' for a in accs)}) "
+            f"| {np.mean([r['mean_gain_over_constant'] for r in runs]):+.4f} | {versus} |"
+        )
+    return lines
 
 
 def main() -> None:
@@ -103,7 +150,7 @@ def main() -> None:
     parser.add_argument("--timesteps", type=int, default=6000)
     parser.add_argument("--n-envs", type=int, default=2)
     parser.add_argument("--draws", type=int, default=24)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="training seeds, comma-separated (e.g. 0,1,2)")
     parser.add_argument("--out", default="runs/ablation")
     parser.add_argument("--start", default=None, metavar="LR,BS", help="validate from this LR and batch size")
     args = parser.parse_args()
@@ -124,24 +171,23 @@ def main() -> None:
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
         parser.error(f"--variants: unknown {unknown}; choose among {list(VARIANTS)}")
+    try:
+        seeds = parse_seeds(args.seeds)
+    except ValueError as err:
+        parser.error(str(err))
     rows = []
     for name in names:
-        row = run_variant(name, spec, args)
-        print(json.dumps(row), flush=True)
-        rows.append(row)
+        for seed in seeds:
+            row = run_variant(name, seed, spec, args)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
     where = f", all from LR {start['lr']} / batch {start['batch_size']}" if start else ""
     lines = [
-        f"Validation draws: {args.draws} from `{spec.name}`'s sampler{where}; {args.timesteps} env steps each, "
-        f"seed {args.seed}.",
+        f"Validation draws: {args.draws} from `{spec.name}`'s sampler{where}; {args.timesteps} env steps per "
+        f"training run, seeds {seeds}.",
         "",
-        "| variant | change | mean final val acc | gain over constant start | draws won | diverged |",
-        "|---|---|---|---|---|---|",
+        *table(rows),
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['variant']} | {r['change'] or '-'} | {r['mean_val_acc']:.4f} | {r['mean_gain_over_constant']:+.4f} "
-            f"| {r['win_rate']:.0%} | {r['diverged']} |"
-        )
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / f"ablation{args.suffix}.md").write_text("\n".join(lines) + "\n")
 

@@ -94,6 +94,35 @@ class ValidationReport:
         }
 
 
+def compare_training_seeds(candidate: Sequence[float], baseline: Sequence[float]) -> dict[str, Any]:
+    """Difference of two variants' scores, with an error bar from their training seeds.
+
+    Each entry is one training run's mean final validation accuracy on the same draws. Pairing by
+    draw removes the draws' noise but not the training run's: two runs that see the same
+    information can differ by several points (policies/default/README.md), so the standard error
+    is Welch's, across training seeds: ``sqrt(var_c / n_c + var_b / n_b)``.
+
+    Returns:
+        ``{"difference": mean(candidate) - mean(baseline), "stderr": that error (None unless both
+        sides have two seeds or more), "seeds": (n_c, n_b)}``.
+
+    Raises:
+        SpecError: If either side is empty or holds a value that is not a finite number.
+    """
+    sides = {"candidate": candidate, "baseline": baseline}
+    for name, values in sides.items():
+        if len(values) == 0:
+            raise SpecError(name, list(values), "at least one training seed's score")
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+                raise SpecError(name, v, "finite numbers (one mean validation accuracy per training seed)")
+    c, b = np.asarray(candidate, dtype=float), np.asarray(baseline, dtype=float)
+    stderr = None
+    if len(c) > 1 and len(b) > 1:
+        stderr = float(np.sqrt(c.var(ddof=1) / len(c) + b.var(ddof=1) / len(b)))
+    return {"difference": float(c.mean() - b.mean()), "stderr": stderr, "seeds": (len(c), len(b))}
+
+
 def _episode(env: HyperTuneEnv, seed: int, act: Any, start: dict[str, Any]) -> tuple[float, bool, str, int]:
     obs, info = env.reset(seed=seed, options=start)
     done = False

@@ -12,7 +12,7 @@ from rlagent.config import load_spec
 from rlagent.env import HyperTuneEnv
 from rlagent.errors import SpecError
 from rlagent.policy.file import load_policy
-from rlagent.policy.validate import hide_mask, validate_policy, validation_seeds
+from rlagent.policy.validate import compare_training_seeds, hide_mask, validate_policy, validation_seeds
 
 
 def test_validation_seeds_are_fixed_per_spec_and_distinct() -> None:
@@ -78,3 +78,23 @@ def test_validation_from_a_fixed_start_starts_every_run_there(tiny_policy: Path)
     with pytest.raises(SpecError, match="start") as info:
         validate_policy(tiny_policy, spec, n_draws=1, start={"momentum": 0.9})
     assert "momentum" in str(info.value)
+
+
+def test_compare_training_seeds_uses_the_spread_across_seeds() -> None:
+    out = compare_training_seeds([0.70, 0.74, 0.72], [0.69, 0.71])
+    assert out["difference"] == pytest.approx(0.72 - 0.70)
+    assert out["stderr"] == pytest.approx(np.sqrt(0.02**2 / 3 + (0.01**2 * 2) / 2))
+    assert out["seeds"] == (3, 2)
+    one = compare_training_seeds([0.8], [0.7, 0.75])
+    assert one["difference"] == pytest.approx(0.075) and one["stderr"] is None
+
+
+@pytest.mark.parametrize(
+    ("candidate", "baseline", "words"),
+    [([], [0.7], ["candidate", "at least one"]), ([0.7], [float("nan")], ["baseline", "nan"]), ([0.7], ["x"], ["'x'"])],
+)
+def test_compare_training_seeds_refuses_bad_scores(candidate: list, baseline: list, words: list[str]) -> None:
+    with pytest.raises(SpecError) as info:
+        compare_training_seeds(candidate, baseline)
+    for word in words:
+        assert word in str(info.value)
