@@ -5,7 +5,7 @@
     python scripts/ablate_policy.py --variants base,reward-final --start 0.1,16 --out runs/ablation
     python scripts/ablate_policy.py --variants base,gamma-0.9 --seeds 0,1,2 --out runs/ablation
 
-Each variant trains a policy with PPO (same seed, same env steps, the local process pool) on
+Each variant trains a policy with PPO (same seeds, same env steps, the local process pool) on
 the spec's procedural training set, changed in one respect, then runs it on validation draws
 (:mod:`rlagent.policy.validate`: fresh draws from the same sampler, their own seed stream; the
 held-out suite and test splits are never touched). A variant already trained under ``--out``
@@ -125,8 +125,9 @@ def table(rows: list[dict]) -> list[str]:
         by_variant.setdefault(r["variant"], []).append(r)
     base = [r["mean_val_acc"] for r in by_variant.get("base", [])]
     lines = [
-        "| variant | change | seeds | mean final val acc (per seed) | gain over constant start | vs base ± s.e. over seeds |",
-        "|---|---|---|---|---|---|",
+        "| variant | change | seeds | mean final val acc (per seed) | gain over constant start | vs base ± s.e. over seeds "
+        "| diverged |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, runs in by_variant.items():
         accs = [r["mean_val_acc"] for r in runs]
@@ -138,7 +139,7 @@ def table(rows: list[dict]) -> list[str]:
             )
         lines.append(
             f"| {name} | {runs[0]['change'] or '-'} | {len(runs)} | {np.mean(accs):.4f} ({', '.join(f'{a:.3f}' for a in accs)}) "
-            f"| {np.mean([r['mean_gain_over_constant'] for r in runs]):+.4f} | {versus} |"
+            f"| {np.mean([r['mean_gain_over_constant'] for r in runs]):+.4f} | {versus} | {sum(r['diverged'] for r in runs)} |"
         )
     return lines
 
