@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from rlagent.cli import add_train_arguments, run_training
+from rlagent.errors import RLAgentError
 
 
 def plot_curve(log_csv: Path, png: Path, episodes: int = 25, max_lines: int = 6) -> None:
@@ -56,7 +57,12 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    result = run_training(args, "python " + " ".join(sys.argv))
+    try:
+        result = run_training(args, "python " + " ".join(sys.argv))
+    except (RLAgentError, ValueError, OSError, ImportError) as exc:
+        sys.exit(f"train_policy.py: error: {exc}")
+    except KeyboardInterrupt:
+        sys.exit("train_policy.py: interrupted; resume from the last checkpoint with --resume RUN_DIR/checkpoints")
 
     log_csv = result.run_dir / "training_log.csv"
     if log_csv.is_file():
