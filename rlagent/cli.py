@@ -322,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+USER_ERRORS = (RLAgentError, ValueError, OSError, ImportError)
+"""Errors a command reports in one line (bad input, a missing file or extra); anything else is a bug."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -330,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         args.func(args)
-    except (RLAgentError, ValueError, OSError, ImportError) as exc:
+    except USER_ERRORS as exc:
         print(f"rlagent {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -17,8 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
-from rlagent.cli import add_train_arguments, run_training
-from rlagent.errors import RLAgentError
+from rlagent.cli import USER_ERRORS, add_train_arguments, run_training
 
 
 def plot_curve(log_csv: Path, png: Path, episodes: int = 25, max_lines: int = 6) -> None:
@@ -59,7 +58,7 @@ def main() -> None:
 
     try:
         result = run_training(args, "python " + " ".join(sys.argv))
-    except (RLAgentError, ValueError, OSError, ImportError) as exc:
+    except USER_ERRORS as exc:
         sys.exit(f"train_policy.py: error: {exc}")
     except KeyboardInterrupt:
         sys.exit("train_policy.py: interrupted; resume from the last checkpoint with --resume RUN_DIR/checkpoints")
