@@ -21,6 +21,11 @@ from rlagent.workloads import Split, as_split, check_range
 _OPTIMIZERS = ("adam", "sgd")
 
 
+def is_number(value: object) -> bool:
+    """An int or float that is not a bool (``True`` is an int to Python, never a value here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _int(name: str, value: Any, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise SpecError(name, value, f"an integer >= {low}")
@@ -117,7 +122,7 @@ def check_hparams(
     _int("epochs", epochs, 1)
     _int("batch_size", batch_size, 1)
     _int("seed", seed, 0)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
+    if not is_number(lr) or not (math.isfinite(lr) and lr > 0):
         raise SpecError("lr", lr, "a finite number > 0")
     if lr_range is not None:
         check_range("lr_range", lr_range, positive=True)

@@ -25,6 +25,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from rlagent._io import optional_import
 from rlagent.errors import ClusterLostError, SpecError
+from rlagent.policy._args import is_number
 from rlagent.policy._checks import _ACTIVATIONS, _MAX_LAYERS, _MAX_WIDTH
 from rlagent.policy.checkpoints import (
     CHECKPOINT_FORMAT,
@@ -105,10 +106,10 @@ class PPOSettings:
             raise SpecError("ppo.activation", self.activation, f"one of {sorted(ACTIVATIONS)}")
         if not 0 < self.gamma <= 1:
             raise SpecError("ppo.gamma", self.gamma, "a number in (0, 1]")
-        if not (_is_number(self.learning_rate) and 0 < self.learning_rate < math.inf):
+        if not (is_number(self.learning_rate) and 0 < self.learning_rate < math.inf):
             raise SpecError("ppo.learning_rate", self.learning_rate, "a finite number > 0")
         end = self.learning_rate_end
-        if end is not None and not (_is_number(end) and 0 <= end < math.inf):
+        if end is not None and not (is_number(end) and 0 <= end < math.inf):
             raise SpecError("ppo.learning_rate_end", end, "a finite number >= 0, or None (constant)")
 
     def learning_rate_schedule(self) -> float | LinearSchedule:
@@ -116,10 +117,6 @@ class PPOSettings:
         if self.learning_rate_end is None:
             return self.learning_rate
         return LinearSchedule(self.learning_rate, self.learning_rate_end, end_fraction=1.0)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from rlagent.config import EnvSpec, load_spec
 from rlagent.env import BS_FACTORS, LR_FACTORS, HyperTuneEnv
 from rlagent.errors import SpecError
 from rlagent.features import FEATURE_NAMES
+from rlagent.policy._args import is_number
 from rlagent.policy.file import SavedPolicy, load_policy
 
 logger = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def compare_training_seeds(candidate: Sequence[float], baseline: Sequence[float]
         if len(values) == 0:
             raise SpecError(name, list(values), "at least one training seed's score")
         for v in values:
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+            if not is_number(v) or not np.isfinite(v):
                 raise SpecError(name, v, "finite numbers (one mean validation accuracy per training seed)")
     c, b = np.asarray(candidate, dtype=float), np.asarray(baseline, dtype=float)
     stderr = None
