@@ -9,8 +9,9 @@ Each variant trains a policy with PPO (same seeds, same env steps, the local pro
 the spec's procedural training set, changed in one respect, then runs it on validation draws
 (:mod:`rlagent.policy.validate`: fresh draws from the same sampler, their own seed stream; the
 held-out suite and test splits are never touched). A variant already trained under ``--out``
-is only validated again. ``--start LR,BS`` runs every validation draw from that initial LR and batch
-size instead of the draw's own (recovery from a bad start). Prints one JSON line per variant and
+is not trained again, and its stored validation is reused when it covers the same draws.
+``--start LR,BS`` runs every validation draw from that initial LR and batch size instead of the
+draw's own (recovery from a bad start). Prints one JSON line per variant and
 writes ``ablation.md`` (``ablation__start-LR-BS.md`` with ``--start``).
 
 ``--seeds`` trains each variant once per seed (under ``OUT/VARIANT/seed-N``). Two runs that see
@@ -33,8 +34,16 @@ from stable_baselines3.common.vec_env import VecEnvWrapper
 
 from rlagent.config import EnvSpec, load_spec
 from rlagent.policy.train import PPOSettings, TrainConfig, train_policy
-from rlagent.policy.validate import compare_training_seeds, hide_mask, validate_policy
+from rlagent.policy.validate import (
+    ValidationReport,
+    compare_training_seeds,
+    hide_mask,
+    validate_policy,
+    validation_seeds,
+)
 from rlagent.pool import make_pool
+
+logger = logging.getLogger("ablate_policy")
 
 HISTORY = ("lr_rel_start", "loss_rel_start", "train_loss_slope", "val_acc_slope", "last_lr_action", "last_bs_action")
 """The features added in policy format 3 (what the run looked like over time, and where the LR went)."""
@@ -96,10 +105,15 @@ def run_variant(name: str, seed: int, spec: EnvSpec, args: argparse.Namespace) -
         start = time.perf_counter()
         train_policy(config, venv=venv)
         wall = round(time.perf_counter() - start, 1)
-    report = validate_policy(policy_dir, spec, n_draws=args.draws, n_workers=args.n_envs, hide=hide, start=args.start)
-    (folder / f"validation{args.suffix}.json").write_text(
-        json.dumps([dataclasses.asdict(d) for d in report.draws], indent=1)
-    )
+    stored = folder / f"validation{args.suffix}.json"
+    report = ValidationReport.load_current(stored, policy_dir, validation_seeds(spec, args.draws))
+    if report is not None:
+        logger.info("%s seed %d: reusing %s", name, seed, stored)
+    else:
+        report = validate_policy(
+            policy_dir, spec, n_draws=args.draws, n_workers=args.n_envs, hide=hide, start=args.start
+        )
+        report.save(stored)
     return {
         "variant": name, "seed": seed, "change": change, "timesteps": args.timesteps, "train_seconds": wall,
         **report.summary(),

@@ -11,11 +11,12 @@ size held constant, so a score says how much the policy adds on that draw.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import logging
 import multiprocessing as mp
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,26 @@ class ValidationReport:
             "win_rate": round(self.win_rate, 3),
             "diverged": sum(d.diverged for d in self.draws),
         }
+
+    def save(self, path: str | Path) -> None:
+        """Write the draws as a JSON list (one object of :class:`DrawResult` fields per draw)."""
+        Path(path).write_text(json.dumps([asdict(d) for d in self.draws], indent=1))
+
+    @classmethod
+    def load_current(cls, path: str | Path, policy: str | Path, seeds: Sequence[int]) -> ValidationReport | None:
+        """The report saved at ``path`` if it still stands for ``policy`` on these draws, else None.
+
+        It stands when it is newer than the policy's ``policy.json`` and holds exactly ``seeds``
+        (:func:`validation_seeds`) in order, so a retrained policy, another number of draws or
+        another spec seed is validated again rather than read back.
+        """
+        path, policy_json = Path(path), Path(policy) / "policy.json"
+        if not path.is_file() or not policy_json.is_file() or path.stat().st_mtime < policy_json.stat().st_mtime:
+            return None
+        draws = [DrawResult(**d) for d in json.loads(path.read_text())]
+        if [d.seed for d in draws] != list(seeds):
+            return None
+        return cls(draws)
 
 
 def compare_training_seeds(candidate: Sequence[float], baseline: Sequence[float]) -> dict[str, Any]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,13 @@ from rlagent.config import load_spec
 from rlagent.env import HyperTuneEnv
 from rlagent.errors import SpecError
 from rlagent.policy.file import load_policy
-from rlagent.policy.validate import compare_training_seeds, hide_mask, validate_policy, validation_seeds
+from rlagent.policy.validate import (
+    ValidationReport,
+    compare_training_seeds,
+    hide_mask,
+    validate_policy,
+    validation_seeds,
+)
 
 
 def test_validation_seeds_are_fixed_per_spec_and_distinct() -> None:
@@ -78,6 +86,21 @@ def test_validation_from_a_fixed_start_starts_every_run_there(tiny_policy: Path)
     with pytest.raises(SpecError, match="start") as info:
         validate_policy(tiny_policy, spec, n_draws=1, start={"momentum": 0.9})
     assert "momentum" in str(info.value)
+
+
+def test_a_saved_report_is_read_back_only_while_it_stands_for_the_policy(tiny_policy: Path, tmp_path: Path) -> None:
+    spec = load_spec("tiny-procedural")
+    policy = tmp_path / "policy"
+    shutil.copytree(tiny_policy, policy)
+    report = validate_policy(policy, spec, n_draws=2)
+    report.save(tmp_path / "validation.json")
+    back = ValidationReport.load_current(tmp_path / "validation.json", policy, validation_seeds(spec, 2))
+    assert back is not None and back.draws == report.draws and back.summary() == report.summary()
+    assert ValidationReport.load_current(tmp_path / "validation.json", policy, validation_seeds(spec, 3)) is None
+    assert ValidationReport.load_current(tmp_path / "missing.json", policy, validation_seeds(spec, 2)) is None
+    later = (tmp_path / "validation.json").stat().st_mtime + 10
+    os.utime(policy / "policy.json", (later, later))  # retrained after the report was written
+    assert ValidationReport.load_current(tmp_path / "validation.json", policy, validation_seeds(spec, 2)) is None
 
 
 def test_compare_training_seeds_uses_the_spread_across_seeds() -> None:
