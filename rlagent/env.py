@@ -12,7 +12,7 @@ import torch
 from gymnasium import spaces
 
 from rlagent.config import EnvSpec, load_spec, spec_from_dict
-from rlagent.errors import SpecError
+from rlagent.errors import SpecError, is_number
 from rlagent.features import FEATURE_NAMES, OBS_HIGH, OBS_LOW, RunTracker
 from rlagent.training import HParams, Trainer, run_epoch
 from rlagent.workloads import Data, Source, WorkloadSpec, make_run
@@ -229,7 +229,7 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         bs = options.get("batch_size", ep.init_batch_size)
         if bs == "sample":
             bs = ranges.sample_batch_size(self.np_random)
-        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
+        if not is_number(lr) or not lr > 0:
             raise SpecError("reset options.lr", lr, "a number > 0")
         if not isinstance(bs, (int, np.integer)) or isinstance(bs, bool) or bs < 1:
             raise SpecError("reset options.batch_size", bs, "an integer >= 1")

@@ -1,8 +1,18 @@
-"""Exceptions with messages that name what is wrong."""
+"""Exceptions with messages that name what is wrong, and the type checks made before raising them."""
 
 from __future__ import annotations
 
 from typing import Any
+
+
+def is_number(value: object) -> bool:
+    """An int or float that is not a bool (``True`` is an int to Python, never a value here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_int(value: object) -> bool:
+    """A Python int that is not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class RLAgentError(Exception):

@@ -29,7 +29,7 @@ import numpy as np
 
 from rlagent.costs import epoch_seconds_estimate
 from rlagent.datasets import DATASETS
-from rlagent.errors import SpecError
+from rlagent.errors import SpecError, is_number
 from rlagent.models import ACTIVATIONS, MODELS, NORMS, POOLINGS, cnn1d_lengths
 from rlagent.training import log_uniform, powers_of_two
 from rlagent.workloads import DEFAULT_BATCH_SIZE_RANGE, DEFAULT_LR_RANGE, OPTIMIZERS, WorkloadSpec, check_range
@@ -118,7 +118,7 @@ class ProceduralSpec:
                 raise SpecError("workloads.train.lr_scale_range", list(scales), "a pair of finite numbers")
         object.__setattr__(self, "lr_scale_range", tuple(float(v) for v in scales))
         cap = self.max_epoch_seconds
-        if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 < cap < math.inf:
+        if not is_number(cap) or not 0 < cap < math.inf:
             raise SpecError("workloads.train.max_epoch_seconds", cap, "a number > 0")
         if not isinstance(self.exclude, Mapping):
             raise SpecError("workloads.train.exclude", self.exclude, f"a table with keys among {tuple(FAMILY_VALUES)}")

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from rlagent.datasets import DATASETS, Split
-from rlagent.errors import SpecError
+from rlagent.errors import SpecError, is_int, is_number
 from rlagent.models import MODELS
 
 OPTIMIZER_ARGS: dict[str, tuple[str, ...]] = {
@@ -87,14 +87,14 @@ class WorkloadSpec:
                     f"{where}.optimizer_args.{key}", value, f"a key among {allowed_args} for {self.optimizer}"
                 )
         wd = self.optimizer_args.get("weight_decay", 0.0)
-        if isinstance(wd, bool) or not isinstance(wd, (int, float)) or not 0.0 <= wd < 1.0:
+        if not is_number(wd) or not 0.0 <= wd < 1.0:
             raise SpecError(f"{where}.optimizer_args.weight_decay", wd, "a number in [0, 1)")
         if not isinstance(self.optimizer_args.get("nesterov", False), bool):
             raise SpecError(f"{where}.optimizer_args.nesterov", self.optimizer_args["nesterov"], "true or false")
         if not isinstance(self.family, str):
             raise SpecError(f"{where}.family", self.family, "a string")
         scale = self.lr_scale
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < math.inf:
+        if not is_number(scale) or not 0 < scale < math.inf:
             raise SpecError(f"{where}.lr_scale", scale, "a finite number > 0")
         if not (isinstance(self.epochs, int) and self.epochs >= 1):
             raise SpecError(f"{where}.epochs", self.epochs, "an integer >= 1")
@@ -315,7 +315,7 @@ def run_seeds(seed: int, replica: int = 0) -> tuple[int, int, int]:
     ``replica`` r > 0 gives the same split seed with init and shuffling seeds of their own (from
     ``SeedSequence(seed, spawn_key=(r,))``): another run on the same task, e.g. for best-of-k.
     """
-    if isinstance(replica, bool) or not isinstance(replica, int) or replica < 0:
+    if not is_int(replica) or replica < 0:
         raise SpecError("replica", replica, "an integer >= 0")
     split, init, shuffle = np.random.SeedSequence(seed).generate_state(3)
     if replica:

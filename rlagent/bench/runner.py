@@ -61,7 +61,7 @@ from rlagent.bench.report import (
     summarize,
 )
 from rlagent.config import EnvSpec, load_spec
-from rlagent.errors import RLAgentError, SpecError
+from rlagent.errors import RLAgentError, SpecError, is_int
 from rlagent.policy.reuse import policy_path, resolve_policy
 from rlagent.pool import BACKENDS
 from rlagent.pool.ray import import_ray
@@ -141,7 +141,7 @@ class BenchConfig:
             if self.seeds < 1:
                 raise SpecError("seeds", self.seeds, "a count >= 1 or a list of distinct integers >= 0")
         else:
-            ok = all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds)
+            ok = all(is_int(s) and s >= 0 for s in self.seeds)
             if not self.seeds or not ok or len(set(self.seeds)) != len(self.seeds):
                 raise SpecError("seeds", self.seeds, "a count >= 1 or a list of distinct integers >= 0")
             object.__setattr__(self, "seeds", tuple(self.seeds))

@@ -14,20 +14,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlagent.errors import SpecError
+from rlagent.errors import SpecError, is_int, is_number
 from rlagent.pool.devices import plan_workers
 from rlagent.workloads import Split, as_split, check_range
 
 _OPTIMIZERS = ("adam", "sgd")
 
 
-def is_number(value: object) -> bool:
-    """An int or float that is not a bool (``True`` is an int to Python, never a value here)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    if not is_int(value) or value < low:
         raise SpecError(name, value, f"an integer >= {low}")
     return value
 

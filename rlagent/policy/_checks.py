@@ -18,7 +18,7 @@ from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
 
-from rlagent.errors import PolicyFileError
+from rlagent.errors import PolicyFileError, is_number
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 _MAX_WIDTH = 4096
@@ -66,8 +66,7 @@ def _parse_floats(value: Any, what: str) -> np.ndarray:
     out = []
     for v in value:
         is_inf = isinstance(v, str) and v in ("inf", "-inf")
-        is_number = isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
-        if is_inf or is_number:
+        if is_inf or (is_number(v) and not math.isnan(v)):
             out.append(float(v))
         else:
             raise PolicyFileError(f"policy.json: {what} holds a non-number: {v!r:.50}")
@@ -149,7 +148,7 @@ def _parse_normalizer(spec: Any, obs_space: spaces.Box) -> dict[str, Any] | None
     scalars = {}
     for key, (lo, hi) in _NORMALIZER_BOUNDS.items():
         value = spec.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not is_number(value):
             raise PolicyFileError(f"policy.json: normalizer.{key} must be a number, found {value!r:.50}")
         if not (math.isfinite(value) and lo < value <= hi):
             raise PolicyFileError(f"policy.json: normalizer.{key} must be in ({lo:g}, {hi:g}], got {value!r}")

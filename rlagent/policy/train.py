@@ -24,8 +24,7 @@ from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from rlagent._io import optional_import
-from rlagent.errors import ClusterLostError, SpecError
-from rlagent.policy._args import is_number
+from rlagent.errors import ClusterLostError, SpecError, is_number
 from rlagent.policy._checks import _ACTIVATIONS, _MAX_LAYERS, _MAX_WIDTH
 from rlagent.policy.checkpoints import (
     CHECKPOINT_FORMAT,

@@ -25,9 +25,8 @@ import torch
 
 from rlagent.config import EnvSpec, load_spec
 from rlagent.env import BS_FACTORS, LR_FACTORS, HyperTuneEnv
-from rlagent.errors import SpecError
+from rlagent.errors import SpecError, is_number
 from rlagent.features import FEATURE_NAMES
-from rlagent.policy._args import is_number
 from rlagent.policy.file import SavedPolicy, load_policy
 
 logger = logging.getLogger(__name__)

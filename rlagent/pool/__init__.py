@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rlagent.config import EnvSpec
-from rlagent.errors import EnvWorkerError, SpecError
+from rlagent.errors import EnvWorkerError, SpecError, is_int
 from rlagent.pool._supervisor import EnvFn
 from rlagent.pool.devices import WorkerSlot, plan_workers
 from rlagent.pool.factory import EnvFactory, training_workloads
@@ -76,7 +76,7 @@ def make_pool(
     """
     if backend not in BACKENDS:
         raise SpecError("backend", backend, f"one of {list(BACKENDS)}")
-    if population is not None and (isinstance(population, bool) or not isinstance(population, int) or population < 1):
+    if population is not None and (not is_int(population) or population < 1):
         raise SpecError("population", population, "an integer >= 1, or None")
     if backend == "ray":
         return make_ray_pool(

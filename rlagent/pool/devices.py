@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from rlagent.errors import is_int
+
 __all__ = ["WorkerSlot", "plan_workers", "visible_cpu_count", "visible_cuda_count"]
 
 _CUDA_RE = re.compile(r"cuda(?::(\d+))?")
@@ -124,7 +126,7 @@ def plan_workers(
         ValueError: If ``n_envs`` is not a positive integer, the device list is empty, or a
             device is not ``cpu``, ``cuda`` or ``cuda:N`` with ``N < cuda_count``.
     """
-    if n_envs is not None and (isinstance(n_envs, bool) or not isinstance(n_envs, int) or n_envs < 1):
+    if n_envs is not None and (not is_int(n_envs) or n_envs < 1):
         raise ValueError(f"n_envs must be a positive integer or None, got {n_envs!r}")
     cores = visible_cpu_count() if cpu_count is None else cpu_count
     if cores < 1:

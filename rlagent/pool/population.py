@@ -27,7 +27,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 from rlagent.batched import MODES, BatchPlanner, train_epochs
 from rlagent.config import EnvSpec, load_spec, spec_from_dict
 from rlagent.env import HyperTuneEnv, decode_action
-from rlagent.errors import SpecError
+from rlagent.errors import SpecError, is_int
 from rlagent.pool.devices import WorkerSlot
 from rlagent.pool.factory import training_workloads
 from rlagent.training import EpochStats, Trainer
@@ -99,11 +99,11 @@ class PopulationVecEnv(DummyVecEnv):
         mode: str = "auto",
         min_batch: int = 4,
     ) -> None:
-        if isinstance(n_envs, bool) or not isinstance(n_envs, int) or n_envs < 1:
+        if not is_int(n_envs) or n_envs < 1:
             raise SpecError("n_envs", n_envs, "an integer >= 1")
         if mode not in MODES:
             raise SpecError("mode", mode, f"one of {list(MODES)}")
-        if isinstance(min_batch, bool) or not isinstance(min_batch, int) or min_batch < 1:
+        if not is_int(min_batch) or min_batch < 1:
             raise SpecError("min_batch", min_batch, "an integer >= 1")
         if isinstance(spec, Mapping):
             spec = spec_from_dict(spec)
