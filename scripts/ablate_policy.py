@@ -33,11 +33,14 @@ import numpy as np
 from stable_baselines3.common.vec_env import VecEnvWrapper
 
 from rlagent.config import EnvSpec, load_spec
+from rlagent.errors import SpecError
 from rlagent.policy.train import PPOSettings, TrainConfig, train_policy
 from rlagent.policy.validate import (
     ValidationReport,
     compare_training_seeds,
     hide_mask,
+    parse_start,
+    start_suffix,
     validate_policy,
     validation_seeds,
 )
@@ -169,17 +172,11 @@ def main() -> None:
     parser.add_argument("--out", default="runs/ablation")
     parser.add_argument("--start", default=None, metavar="LR,BS", help="validate from this LR and batch size")
     args = parser.parse_args()
-    args.suffix, start = "", None
-    if args.start:
-        try:
-            lr, bs = args.start.split(",")
-            start = {"lr": float(lr), "batch_size": int(bs)}
-        except ValueError:
-            parser.error(f"--start: {args.start!r} is not LR,BS (e.g. 0.1,16)")
-        if not (start["lr"] > 0 and start["batch_size"] >= 1):
-            parser.error(f"--start: {args.start!r} needs LR > 0 and BS >= 1")
-        args.suffix = f"__start-{lr}-{bs}"
-    args.start = start
+    try:
+        start = parse_start(args.start) if args.start else None
+    except SpecError as err:
+        parser.error(f"--{err}")
+    args.start, args.suffix = start, start_suffix(start)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     spec = load_spec(args.spec)
     names = [v.strip() for v in args.variants.split(",") if v.strip()]

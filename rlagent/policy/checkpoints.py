@@ -140,13 +140,19 @@ def read_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(path, state, policy, optimizer)
 
 
-def _candidates(p: Path) -> list[Path]:
+def _candidates(p: Path, what: str = "resume") -> list[Path]:
     if (p / "state.json").is_file():
         return [p]
     found = sorted(c for c in p.glob("step-*") if (c / "state.json").is_file()) if p.is_dir() else []
     if not found:
-        raise RLAgentError(f"resume: {p} is not a checkpoint and holds none (expected step-*/state.json)")
+        raise RLAgentError(f"{what}: {p} is not a checkpoint and holds none (expected step-*/state.json)")
     return found[::-1]
+
+
+def list_checkpoints(path: str | Path) -> list[tuple[int, Path]]:
+    """Every checkpoint at ``path`` (a checkpoint, or a folder of them), oldest first, as
+    ``(env steps, folder)``; the steps are read from the folder's name ``step-NNNNNNNNN``."""
+    return [(int(p.name.removeprefix("step-")), p) for p in _candidates(Path(path), "checkpoints")[::-1]]
 
 
 def latest_checkpoint(path: str | Path) -> Path:

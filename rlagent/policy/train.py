@@ -29,6 +29,7 @@ from rlagent.policy._checks import _ACTIVATIONS, _MAX_LAYERS, _MAX_WIDTH
 from rlagent.policy.checkpoints import (
     CHECKPOINT_FORMAT,
     latest_checkpoint,
+    list_checkpoints,
     load_checkpoint,
     restore_checkpoint,
     resume_seed,
@@ -50,6 +51,7 @@ __all__ = [
     "TrainResult",
     "build_ppo",
     "latest_checkpoint",
+    "list_checkpoints",
     "load_checkpoint",
     "resume_seed",
     "save_checkpoint",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import logging
+import math
 import multiprocessing as mp
 import statistics
 from collections.abc import Mapping, Sequence
@@ -113,6 +114,28 @@ class ValidationReport:
         if [d.seed for d in draws] != list(seeds):
             return None
         return cls(draws)
+
+
+def parse_start(text: str) -> dict[str, Any]:
+    """``"0.1,16"`` -> ``{"lr": 0.1, "batch_size": 16}``, the ``start`` of :func:`validate_policy`.
+
+    Raises:
+        SpecError: Naming ``start`` and the text, unless it is ``LR,BS`` with LR > 0, BS >= 1.
+    """
+    allowed = "LR,BS with LR > 0 and BS an integer >= 1 (e.g. 0.1,16)"
+    try:
+        lr_text, bs_text = text.split(",")
+        lr, bs = float(lr_text), int(bs_text)
+    except ValueError:
+        raise SpecError("start", text, allowed) from None
+    if not (math.isfinite(lr) and lr > 0 and bs >= 1):
+        raise SpecError("start", text, allowed)
+    return {"lr": lr, "batch_size": bs}
+
+
+def start_suffix(start: Mapping[str, Any] | None) -> str:
+    """The file-name suffix of results from that start: ``""``, or e.g. ``"__start-0.1-16"``."""
+    return f"__start-{start['lr']:g}-{start['batch_size']}" if start else ""
 
 
 def compare_training_seeds(candidate: Sequence[float], baseline: Sequence[float]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from rlagent.policy.train import (
     TrainConfig,
     build_ppo,
     latest_checkpoint,
+    list_checkpoints,
     load_checkpoint,
     resume_seed,
     train_policy,
@@ -76,6 +77,9 @@ def test_training_log_names_only_training_workloads(trained: tuple[Path, object]
 def test_checkpoints_are_written_and_resume_restores_state(trained: tuple[Path, object]) -> None:
     tmp, result = trained
     ckpt = latest_checkpoint(tmp / "run" / "checkpoints")
+    listed = list_checkpoints(tmp / "run" / "checkpoints")
+    assert [step for step, _ in listed] == [32, result.timesteps] and listed[-1][1] == ckpt  # oldest first
+    assert list_checkpoints(listed[0][1]) == [listed[0]]  # one checkpoint named directly
     state = json.loads((ckpt / "state.json").read_text())
     assert state["num_timesteps"] == result.timesteps
     assert not list((tmp / "run" / "checkpoints").glob(".*"))  # no temp dirs left behind

@@ -18,6 +18,8 @@ from rlagent.policy.validate import (
     ValidationReport,
     compare_training_seeds,
     hide_mask,
+    parse_start,
+    start_suffix,
     validate_policy,
     validation_seeds,
 )
@@ -101,6 +103,15 @@ def test_a_saved_report_is_read_back_only_while_it_stands_for_the_policy(tiny_po
     later = (tmp_path / "validation.json").stat().st_mtime + 10
     os.utime(policy / "policy.json", (later, later))  # retrained after the report was written
     assert ValidationReport.load_current(tmp_path / "validation.json", policy, validation_seeds(spec, 2)) is None
+
+
+def test_parse_start_reads_lr_and_batch_size_or_names_the_bad_text() -> None:
+    assert parse_start("0.1,16") == {"lr": 0.1, "batch_size": 16}
+    assert start_suffix(parse_start("1e-4,512")) == "__start-0.0001-512" and start_suffix(None) == ""
+    for bad in ("0.1", "0.1,16,2", "x,16", "0.1,1.5", "0,16", "nan,16", "inf,16", "0.1,0"):
+        with pytest.raises(SpecError, match="start") as info:
+            parse_start(bad)
+        assert repr(bad) in str(info.value) and "LR,BS" in str(info.value)
 
 
 def test_compare_training_seeds_uses_the_spread_across_seeds() -> None:
