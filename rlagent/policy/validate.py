@@ -105,12 +105,17 @@ class ValidationReport:
 
         It stands when it is newer than the policy's ``policy.json`` and holds exactly ``seeds``
         (:func:`validation_seeds`) in order, so a retrained policy, another number of draws or
-        another spec seed is validated again rather than read back.
+        another spec seed is validated again rather than read back; so is a file that does not
+        read as a report (with a warning).
         """
         path, policy_json = Path(path), Path(policy) / "policy.json"
         if not path.is_file() or not policy_json.is_file() or path.stat().st_mtime < policy_json.stat().st_mtime:
             return None
-        draws = [DrawResult(**d) for d in json.loads(path.read_text())]
+        try:
+            draws = [DrawResult(**d) for d in json.loads(path.read_text())]
+        except (OSError, ValueError, TypeError) as exc:
+            logger.warning("%s is not a validation report (%s); validating again", path, exc)
+            return None
         if [d.seed for d in draws] != list(seeds):
             return None
         return cls(draws)

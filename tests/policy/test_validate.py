@@ -100,6 +100,9 @@ def test_a_saved_report_is_read_back_only_while_it_stands_for_the_policy(tiny_po
     assert back is not None and back.draws == report.draws and back.summary() == report.summary()
     assert ValidationReport.load_current(tmp_path / "validation.json", policy, validation_seeds(spec, 3)) is None
     assert ValidationReport.load_current(tmp_path / "missing.json", policy, validation_seeds(spec, 2)) is None
+    for damaged in ("{not json", '[{"seed": 1}]', "3"):
+        (tmp_path / "damaged.json").write_text(damaged)
+        assert ValidationReport.load_current(tmp_path / "damaged.json", policy, validation_seeds(spec, 2)) is None
     later = (tmp_path / "validation.json").stat().st_mtime + 10
     os.utime(policy / "policy.json", (later, later))  # retrained after the report was written
     assert ValidationReport.load_current(tmp_path / "validation.json", policy, validation_seeds(spec, 2)) is None
