@@ -35,18 +35,8 @@ from stable_baselines3.common.vec_env import VecEnvWrapper
 from rlagent.config import EnvSpec, load_spec
 from rlagent.errors import SpecError
 from rlagent.policy.train import PPOSettings, TrainConfig, train_policy
-from rlagent.policy.validate import (
-    ValidationReport,
-    compare_training_seeds,
-    hide_mask,
-    parse_start,
-    start_suffix,
-    validate_policy,
-    validation_seeds,
-)
+from rlagent.policy.validate import compare_training_seeds, hide_mask, parse_start, start_suffix, validate_policy
 from rlagent.pool import make_pool
-
-logger = logging.getLogger("ablate_policy")
 
 HISTORY = ("lr_rel_start", "loss_rel_start", "train_loss_slope", "val_acc_slope", "last_lr_action", "last_bs_action")
 """The features added in policy format 3 (what the run looked like over time, and where the LR went)."""
@@ -108,15 +98,10 @@ def run_variant(name: str, seed: int, spec: EnvSpec, args: argparse.Namespace) -
         start = time.perf_counter()
         train_policy(config, venv=venv)
         wall = round(time.perf_counter() - start, 1)
-    stored = folder / f"validation{args.suffix}.json"
-    report = ValidationReport.load_current(stored, policy_dir, validation_seeds(spec, args.draws))
-    if report is not None:
-        logger.info("%s seed %d: reusing %s", name, seed, stored)
-    else:
-        report = validate_policy(
-            policy_dir, spec, n_draws=args.draws, n_workers=args.n_envs, hide=hide, start=args.start
-        )
-        report.save(stored)
+    report = validate_policy(
+        policy_dir, spec, n_draws=args.draws, n_workers=args.n_envs, hide=hide, start=args.start,
+        store=folder / f"validation{args.suffix}.json",
+    )  # fmt: skip
     return {
         "variant": name, "seed": seed, "change": change, "timesteps": args.timesteps, "train_seconds": wall,
         **report.summary(),
@@ -193,7 +178,7 @@ def main() -> None:
             row = run_variant(name, seed, spec, args)
             print(json.dumps(row), flush=True)
             rows.append(row)
-    where = f", all from LR {start['lr']} / batch {start['batch_size']}" if start else ""
+    where = f", all from LR {start['lr']:g} / batch {start['batch_size']}" if start else ""
     lines = [
         f"Validation draws: {args.draws} from `{spec.name}`'s sampler{where}; {args.timesteps} env steps per "
         f"training run, seeds {seeds}.",

@@ -27,9 +27,7 @@ from pathlib import Path
 from rlagent.cli import USER_ERRORS
 from rlagent.config import load_spec
 from rlagent.policy.checkpoints import list_checkpoints
-from rlagent.policy.validate import ValidationReport, parse_start, start_suffix, validate_policy, validation_seeds
-
-logger = logging.getLogger("validate_checkpoints")
+from rlagent.policy.validate import parse_start, start_suffix, validate_policy
 
 
 def main() -> None:
@@ -51,21 +49,15 @@ def main() -> None:
         found = list_checkpoints(args.checkpoints)
         last = found[-1][0]
         chosen = [(s, p) for s, p in found if not args.every or s % args.every == 0 or s == last]
-        seeds = validation_seeds(spec, args.draws)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         suffix = start_suffix(start)
         rows = []
         for step, path in chosen:
-            stored = out / f"{path.name}{suffix}.json"
-            report = ValidationReport.load_current(stored, path / "policy", seeds)
-            if report is None:
-                report = validate_policy(
-                    path / "policy", spec, n_draws=args.draws, n_workers=args.n_workers, start=start
-                )
-                report.save(stored)
-            else:
-                logger.info("step %d: reusing %s", step, stored)
+            report = validate_policy(
+                path / "policy", spec, n_draws=args.draws, n_workers=args.n_workers, start=start,
+                store=out / f"{path.name}{suffix}.json",
+            )  # fmt: skip
             rows.append({"step": step, **report.summary()})
             print(json.dumps(rows[-1]), flush=True)
     except USER_ERRORS as err:

@@ -207,6 +207,7 @@ def validate_policy(
     n_workers: int = 1,
     hide: Sequence[str] = (),
     start: Mapping[str, Any] | None = None,
+    store: str | Path | None = None,
 ) -> ValidationReport:
     """Run a saved policy on ``n_draws`` validation draws of the spec's procedural training set.
 
@@ -219,6 +220,10 @@ def validate_policy(
         start: Initial ``lr`` and/or ``batch_size`` for every draw instead of the draw's own
             (e.g. ``{"lr": 0.1}``: how fast the policy recovers from a too-high LR); the
             constant run then holds this start.
+        store: A JSON file for the report: one already there that still stands for this policy
+            and these draws (:meth:`ValidationReport.load_current`) is read back instead of
+            running the draws; otherwise the new report is saved there. Name one file per
+            ``hide`` and ``start``: neither is recorded in it.
 
     Returns:
         Per-draw results and their means.
@@ -232,6 +237,11 @@ def validate_policy(
     if unknown:
         raise SpecError("start", unknown, "keys among ['batch_size', 'lr']")
     seeds = validation_seeds(spec, n_draws)
+    if store is not None:
+        stored = ValidationReport.load_current(store, policy, seeds)
+        if stored is not None:
+            logger.info("validation of %s read back from %s", policy, store)
+            return stored
     args = [(str(policy), spec, s, tuple(hide), start) for s in seeds]
     if n_workers <= 1:
         draws = [_run_draw(*a) for a in args]
@@ -241,4 +251,7 @@ def validate_policy(
             draws = list(pool.map(_run_draw, *zip(*args)))
     for d in draws:
         logger.info("draw %d %s: policy %.3f, constant %.3f", d.seed, d.workload, d.val_acc, d.constant_val_acc)
-    return ValidationReport(draws)
+    report = ValidationReport(draws)
+    if store is not None:
+        report.save(store)
+    return report

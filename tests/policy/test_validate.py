@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 from pathlib import Path
@@ -103,6 +104,12 @@ def test_a_saved_report_is_read_back_only_while_it_stands_for_the_policy(tiny_po
     for damaged in ("{not json", '[{"seed": 1}]', "3"):
         (tmp_path / "damaged.json").write_text(damaged)
         assert ValidationReport.load_current(tmp_path / "damaged.json", policy, validation_seeds(spec, 2)) is None
+    stored = validate_policy(policy, spec, n_draws=2, store=tmp_path / "store.json")  # runs, then saves
+    assert stored.draws == report.draws
+    saved = json.loads((tmp_path / "store.json").read_text())
+    saved[0]["val_acc"] = 0.5  # proof that the next call reads the file instead of running the draws
+    (tmp_path / "store.json").write_text(json.dumps(saved))
+    assert validate_policy(policy, spec, n_draws=2, store=tmp_path / "store.json").draws[0].val_acc == 0.5
     later = (tmp_path / "validation.json").stat().st_mtime + 10
     os.utime(policy / "policy.json", (later, later))  # retrained after the report was written
     assert ValidationReport.load_current(tmp_path / "validation.json", policy, validation_seeds(spec, 2)) is None
