@@ -26,7 +26,7 @@ import torch
 
 from rlagent.config import EnvSpec, load_spec
 from rlagent.env import BS_FACTORS, LR_FACTORS, HyperTuneEnv
-from rlagent.errors import SpecError, is_number
+from rlagent.errors import SpecError, is_int, is_number
 from rlagent.features import FEATURE_NAMES
 from rlagent.policy.file import SavedPolicy, load_policy
 
@@ -36,12 +36,16 @@ _VALIDATION_STREAM = 0x5A11D
 """Mixed into the spec's seed to give validation draws a seed stream of their own."""
 
 
-def validation_seeds(spec: EnvSpec, n: int) -> list[int]:
-    """Episode seeds of ``n`` validation draws: fixed for a spec, apart from PPO's seed stream."""
-    if n < 1:
+def validation_seeds(spec: EnvSpec, n: int, first: int = 0) -> list[int]:
+    """Episode seeds of validation draws ``first`` .. ``first + n - 1``: fixed for a spec, apart
+    from PPO's seed stream. Draw ``i`` is the same whatever ``n``, so disjoint ranges are
+    disjoint draws (choose on one range, confirm on the next)."""
+    if not is_int(n) or n < 1:
         raise SpecError("n_draws", n, "an integer >= 1")
+    if not is_int(first) or first < 0:
+        raise SpecError("first_draw", first, "an integer >= 0")
     rng = np.random.default_rng([spec.seed, _VALIDATION_STREAM])
-    return [int(s) for s in rng.integers(2**31 - 1, size=n)]
+    return [int(s) for s in rng.integers(2**31 - 1, size=first + n)[first:]]
 
 
 def hide_mask(hide: Sequence[str]) -> np.ndarray:
@@ -204,6 +208,7 @@ def validate_policy(
     spec: EnvSpec | str | Path = "default",
     *,
     n_draws: int = 24,
+    first_draw: int = 0,
     n_workers: int = 1,
     hide: Sequence[str] = (),
     start: Mapping[str, Any] | None = None,
@@ -215,6 +220,8 @@ def validate_policy(
         policy: Saved policy directory.
         spec: The spec the policy was trained on; it must draw its training set from a sampler.
         n_draws: Number of draws (episode seeds from :func:`validation_seeds`).
+        first_draw: Index of the first of them in the validation stream: ``first_draw=24``
+            scores draws 24.. that a choice made on draws 0..23 has not seen.
         n_workers: Processes running draws side by side, one torch thread each.
         hide: Feature names zeroed before the policy sees them (a policy trained blind to them).
         start: Initial ``lr`` and/or ``batch_size`` for every draw instead of the draw's own
@@ -236,7 +243,7 @@ def validate_policy(
     unknown = sorted(set(start) - {"lr", "batch_size"})
     if unknown:
         raise SpecError("start", unknown, "keys among ['batch_size', 'lr']")
-    seeds = validation_seeds(spec, n_draws)
+    seeds = validation_seeds(spec, n_draws, first_draw)
     if store is not None:
         stored = ValidationReport.load_current(store, policy, seeds)
         if stored is not None:

@@ -1,0 +1,242 @@
+"""Choose a policy among candidates on validation draws, then confirm the choice on fresh draws.
+
+Checkpoints of one PPO run a few thousand steps apart score several points apart on the same
+validation draws (policies/default/README.md), so "which checkpoint, which run" is a choice to
+make on data, not the step where a time limit stopped training. But the best of many candidates
+on the draws it was picked on is flattered by that pick (the winner's curse): its score there is
+partly noise that happened to favour it. So the choice is made in two stages on disjoint draws of
+the training distribution (:func:`rlagent.policy.validate.validation_seeds`), never on the
+held-out suite:
+
+1. **choose** — every candidate and the incumbent run validation draws ``0 .. n_select - 1``
+   from each start; the one with the best mean final validation accuracy over the starts is
+   chosen (the incumbent on a tie);
+2. **confirm** — if a candidate was chosen, it and the incumbent run draws ``n_select ..
+   n_select + n_confirm - 1``, which played no part in the choice; it replaces the incumbent only
+   if it is ahead there from every start (paired by draw).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlagent.config import EnvSpec, load_spec
+from rlagent.errors import SpecError, is_int
+from rlagent.policy.validate import ValidationReport, start_suffix, validate_policy
+
+logger = logging.getLogger(__name__)
+
+INCUMBENT = "incumbent"
+"""The name the incumbent policy goes by in a :class:`Selection`."""
+
+DEFAULT_STARTS: tuple[dict[str, Any] | None, ...] = (
+    None,
+    {"lr": 0.1, "batch_size": 16},
+    {"lr": 1e-4, "batch_size": 512},
+)
+"""The draws' own random starts, a far too high LR at a small batch, a far too low LR at a large one."""
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def start_label(start: Mapping[str, Any] | None) -> str:
+    """``None`` -> ``"own start"``; ``{"lr": 0.1, "batch_size": 16}`` -> ``"LR 0.1 / batch 16"``."""
+    if not start:
+        return "own start"
+    parts = [f"LR {start['lr']:g}"] if "lr" in start else []
+    return " / ".join(parts + ([f"batch {start['batch_size']}"] if "batch_size" in start else []))
+
+
+@dataclass(frozen=True)
+class Paired:
+    """The chosen candidate against the incumbent on the confirmation draws, from one start."""
+
+    start: str
+    candidate: float
+    """Mean final validation accuracy of the candidate."""
+    incumbent: float
+    difference: float
+    """Mean over draws of (candidate − incumbent)."""
+    stderr: float
+    """Standard error of that mean (0 with a single draw)."""
+    wins: int
+    """Draws where the candidate ends above the incumbent."""
+    draws: int
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What :func:`select_policy` measured and decided."""
+
+    starts: tuple[str, ...]
+    scores: dict[str, tuple[float, ...]]
+    """Per policy (the incumbent included), its mean final validation accuracy on the selection
+    draws from each start, in the order of ``starts``."""
+    chosen: str
+    confirmation: tuple[Paired, ...]
+    """Empty when the incumbent itself was chosen."""
+    n_select: int
+    n_confirm: int
+
+    @property
+    def replace(self) -> bool:
+        """Whether the chosen candidate is ahead of the incumbent from every start on fresh draws."""
+        return bool(self.confirmation) and all(p.difference > 0 for p in self.confirmation)
+
+    def score(self, name: str) -> float:
+        """A policy's selection score: its mean over the starts."""
+        return statistics.fmean(self.scores[name])
+
+    def verdict(self) -> str:
+        """One line: what was chosen and whether it replaces the incumbent."""
+        if self.chosen == INCUMBENT:
+            return f"keep the incumbent: no candidate scored above it on draws 0-{self.n_select - 1}"
+        behind = [p.start for p in self.confirmation if p.difference <= 0]
+        if not behind:
+            return f"replace the incumbent with {self.chosen}: ahead from every start on fresh draws"
+        return f"keep the incumbent: {self.chosen} was chosen but is not ahead on fresh draws from {', '.join(behind)}"
+
+    def to_markdown(self) -> str:
+        """The choice and the confirmation as two markdown tables and the verdict."""
+        head = " | ".join(self.starts)
+        lines = [
+            f"Chosen on validation draws 0-{self.n_select - 1} (mean final validation accuracy):",
+            "",
+            f"| policy | {head} | mean |",
+            "|---|" + "---:|" * (len(self.starts) + 1),
+        ]
+        for name in sorted(self.scores, key=self.score, reverse=True):
+            mark = "**" if name == self.chosen else ""
+            cells = " | ".join(f"{v:.4f}" for v in self.scores[name])
+            lines.append(f"| {mark}{name}{mark} | {cells} | {mark}{self.score(name):.4f}{mark} |")
+        if self.confirmation:
+            last = self.n_select + self.n_confirm - 1
+            lines += [
+                "",
+                f"Confirmed on the fresh draws {self.n_select}-{last}, paired by draw:",
+                "",
+                f"| start | {self.chosen} | incumbent | difference ± s.e. | draws won |",
+                "|---|---:|---:|---:|---:|",
+            ]
+            for p in self.confirmation:
+                lines.append(
+                    f"| {p.start} | {p.candidate:.4f} | {p.incumbent:.4f} | {p.difference:+.4f} ± {p.stderr:.4f} "
+                    f"| {p.wins} of {p.draws} |"
+                )
+        lines += ["", f"Verdict: {self.verdict()}."]
+        return "\n".join(lines) + "\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "starts": list(self.starts),
+            "n_select": self.n_select,
+            "n_confirm": self.n_confirm,
+            "scores": {k: list(v) for k, v in self.scores.items()},
+            "chosen": self.chosen,
+            "confirmation": [vars(p) for p in self.confirmation],
+            "replace": self.replace,
+            "verdict": self.verdict(),
+        }
+
+
+def paired(start: str, candidate: ValidationReport, incumbent: ValidationReport) -> Paired:
+    """Pair two reports on the same draws (same seeds, same order)."""
+    if [d.seed for d in candidate.draws] != [d.seed for d in incumbent.draws]:
+        raise ValueError("the two reports are not on the same draws")
+    diffs = [c.val_acc - i.val_acc for c, i in zip(candidate.draws, incumbent.draws, strict=True)]
+    stderr = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
+    return Paired(
+        start=start,
+        candidate=candidate.mean_val_acc,
+        incumbent=incumbent.mean_val_acc,
+        difference=statistics.fmean(diffs),
+        stderr=stderr,
+        wins=sum(d > 0 for d in diffs),
+        draws=len(diffs),
+    )
+
+
+def select_policy(
+    candidates: Mapping[str, str | Path],
+    incumbent: str | Path,
+    spec: EnvSpec | str | Path = "default",
+    *,
+    starts: Sequence[Mapping[str, Any] | None] = DEFAULT_STARTS,
+    n_select: int = 24,
+    n_confirm: int = 24,
+    n_workers: int = 1,
+    store: str | Path | None = None,
+) -> Selection:
+    """Choose among ``candidates`` on validation draws and confirm the choice against the incumbent.
+
+    Args:
+        candidates: Policy directories by name (letters, digits, ``.``, ``_``, ``-``; not
+            ``"incumbent"``), e.g. the checkpoints of one or more training runs.
+        incumbent: The policy in use (e.g. the shipped one); kept unless beaten on fresh draws.
+        spec: The spec the policies were trained on; its sampler gives the draws.
+        starts: Where every draw starts: ``None`` for the draw's own random start, else
+            ``{"lr": ..., "batch_size": ...}`` as in :func:`validate_policy`.
+        n_select: Draws the choice is made on (draws ``0 .. n_select - 1``).
+        n_confirm: Fresh draws the chosen policy must win on (the next ``n_confirm``).
+        n_workers: Processes running draws side by side.
+        store: A folder for every report (``NAME/draws-FIRST-LAST[__start-LR-BS].json``); reports
+            there that still stand are read back instead of run again, so candidates can be added
+            to a selection later at the cost of the new ones only.
+
+    Returns:
+        The scores, the choice, the confirmation and (``.replace``) whether to replace.
+
+    Raises:
+        SpecError: Naming the argument, for no candidates, a bad name, no starts, or draw counts
+            below 1.
+    """
+    if not candidates:
+        raise SpecError("candidates", {}, "at least one candidate policy")
+    for name in candidates:
+        if not isinstance(name, str) or not _NAME.fullmatch(name) or name == INCUMBENT:
+            raise SpecError("candidate name", name, f"letters, digits, '.', '_', '-', not {INCUMBENT!r}")
+    for what, n in (("n_select", n_select), ("n_confirm", n_confirm)):
+        if not is_int(n) or n < 1:
+            raise SpecError(what, n, "an integer >= 1")
+    if not starts:
+        raise SpecError("starts", list(starts), "at least one start (None for the draws' own)")
+    spec = spec if isinstance(spec, EnvSpec) else load_spec(spec)
+    folder = Path(store) if store is not None else None
+
+    def report(name: str, policy: str | Path, start: Mapping[str, Any] | None, first: int, n: int) -> ValidationReport:
+        where = None
+        if folder is not None:
+            (folder / name).mkdir(parents=True, exist_ok=True)
+            where = folder / name / f"draws-{first}-{first + n - 1}{start_suffix(start)}.json"
+        result = validate_policy(
+            policy, spec, n_draws=n, first_draw=first, n_workers=n_workers, start=start, store=where
+        )  # fmt: skip
+        logger.info(
+            "%s from %s, draws %d-%d: %.4f", name, start_label(start), first, first + n - 1, result.mean_val_acc
+        )
+        return result
+
+    policies = {INCUMBENT: incumbent, **candidates}
+    labels = tuple(start_label(s) for s in starts)
+    scores = {
+        name: tuple(report(name, path, s, 0, n_select).mean_val_acc for s in starts) for name, path in policies.items()
+    }
+    best = max(scores, key=lambda n: (statistics.fmean(scores[n]), n == INCUMBENT))
+    confirmation: tuple[Paired, ...] = ()
+    if best != INCUMBENT:
+        confirmation = tuple(
+            paired(
+                label,
+                report(best, policies[best], s, n_select, n_confirm),
+                report(INCUMBENT, incumbent, s, n_select, n_confirm),
+            )
+            for label, s in zip(labels, starts, strict=True)
+        )
+    return Selection(labels, scores, best, confirmation, n_select, n_confirm)

@@ -1,0 +1,139 @@
+"""Tests for rlagent.policy.select: choose on some validation draws, confirm on fresh ones."""
+
+from __future__ import annotations
+
+import json
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3.common.running_mean_std import RunningMeanStd
+
+from rlagent.config import load_spec
+from rlagent.errors import SpecError
+from rlagent.policy.file import load_policy, save_policy
+from rlagent.policy.select import INCUMBENT, Selection, paired, select_policy, start_label
+from rlagent.policy.validate import DrawResult, ValidationReport, validate_policy, validation_seeds
+
+SPEC = "tiny-procedural"
+STARTS = (None, {"lr": 0.01, "batch_size": 16})
+
+
+@pytest.fixture(scope="module")
+def reckless(tiny_policy: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny policy with its LR head biased to always take ×4: a real policy that acts differently."""
+    saved = load_policy(tiny_policy)
+    with torch.no_grad():
+        saved.policy.action_net.bias[:5] = torch.tensor([0.0, 0.0, 0.0, 0.0, 50.0])
+    rms = RunningMeanStd(shape=saved.observation_space.shape)
+    rms.mean, rms.var = np.asarray(saved.normalizer["mean"]), np.asarray(saved.normalizer["var"])
+    model = types.SimpleNamespace(
+        policy=saved.policy, observation_space=saved.observation_space, action_space=saved.action_space
+    )
+    path = save_policy(tmp_path_factory.mktemp("reckless") / "policy", model, normalizer=rms)
+    assert (load_policy(path).predict(np.zeros(len(saved.feature_names)))[0]) == 4
+    return path
+
+
+def test_validation_seeds_of_a_later_range_continue_the_same_stream() -> None:
+    spec = load_spec(SPEC)
+    assert validation_seeds(spec, 3, first=2) == validation_seeds(spec, 5)[2:]
+    assert set(validation_seeds(spec, 2, first=2)).isdisjoint(validation_seeds(spec, 2))
+    with pytest.raises(SpecError, match="first_draw"):
+        validation_seeds(spec, 2, first=-1)
+
+
+def test_the_better_policy_is_chosen_and_confirmed_on_fresh_draws(
+    tiny_policy: Path, reckless: Path, tmp_path: Path
+) -> None:
+    spec = load_spec(SPEC)
+    expected = {
+        name: [validate_policy(path, spec, n_draws=2, start=s).mean_val_acc for s in STARTS]
+        for name, path in (("tiny", tiny_policy), ("reckless", reckless))
+    }
+    assert np.mean(expected["tiny"]) != np.mean(expected["reckless"]), "the two policies must differ to test a choice"
+    better, worse = sorted(expected, key=lambda n: np.mean(expected[n]), reverse=True)
+    paths = {"tiny": tiny_policy, "reckless": reckless}
+
+    # The better one as the incumbent: nothing beats it, so nothing is confirmed.
+    kept = select_policy({worse: paths[worse]}, paths[better], spec, starts=STARTS, n_select=2, n_confirm=2)
+    assert kept.chosen == INCUMBENT and kept.confirmation == () and not kept.replace
+    assert list(kept.scores[INCUMBENT]) == pytest.approx(expected[better])
+    assert kept.verdict().startswith("keep the incumbent: no candidate")
+
+    # The better one as a candidate: chosen, then scored against the incumbent on draws 2-3 only.
+    chosen = select_policy(
+        {worse + "-copy": paths[worse], better: paths[better]}, paths[worse], spec,
+        starts=STARTS, n_select=2, n_confirm=2, store=tmp_path,
+    )  # fmt: skip
+    assert chosen.chosen == better
+    assert list(chosen.scores[better]) == pytest.approx(expected[better])
+    assert chosen.scores[worse + "-copy"] == chosen.scores[INCUMBENT]  # the same policy under two names
+    for start, pair in zip(STARTS, chosen.confirmation, strict=True):
+        fresh = {n: validate_policy(paths[n], spec, n_draws=2, first_draw=2, start=start) for n in (better, worse)}
+        assert [d.seed for d in fresh[better].draws] == validation_seeds(spec, 2, first=2)
+        diffs = [b.val_acc - w.val_acc for b, w in zip(fresh[better].draws, fresh[worse].draws, strict=True)]
+        assert pair.start == start_label(start) and pair.draws == 2
+        assert pair.difference == pytest.approx(np.mean(diffs)) and pair.wins == sum(d > 0 for d in diffs)
+    assert chosen.replace == all(p.difference > 0 for p in chosen.confirmation)
+    assert ("replace the incumbent" in chosen.verdict()) == chosen.replace
+    assert f"**{better}**" in chosen.to_markdown() and "draws 2-3" in chosen.to_markdown()
+    assert json.loads(json.dumps(chosen.to_dict()))["chosen"] == better
+
+    # Every report is stored per policy, start and draw range, and read back on the next call.
+    stored = tmp_path / INCUMBENT / "draws-0-1__start-0.01-16.json"
+    assert sorted(p.name for p in (tmp_path / better).iterdir()) == [
+        "draws-0-1.json", "draws-0-1__start-0.01-16.json", "draws-2-3.json", "draws-2-3__start-0.01-16.json",
+    ]  # fmt: skip
+    edited = json.loads(stored.read_text())
+    for draw in edited:
+        draw["val_acc"] = 1.0
+    stored.write_text(json.dumps(edited))
+    again = select_policy(
+        {worse + "-copy": paths[worse], better: paths[better]}, paths[worse], spec,
+        starts=STARTS, n_select=2, n_confirm=2, store=tmp_path,
+    )  # fmt: skip
+    assert again.scores[INCUMBENT][1] == 1.0 and again.scores[better] == chosen.scores[better]
+
+
+def test_paired_differences_and_their_error() -> None:
+    pair = paired("own start", _report([0.8, 0.6, 0.9]), _report([0.7, 0.7, 0.7]))
+    assert pair.difference == pytest.approx(0.2 / 3) and pair.wins == 2 and pair.draws == 3
+    assert pair.stderr == pytest.approx(np.std([0.1, -0.1, 0.2], ddof=1) / np.sqrt(3))
+    assert paired("x", _report([0.8]), _report([0.7])).stderr == 0.0
+    with pytest.raises(ValueError, match="same draws"):
+        paired("x", _report([0.8], first=0), _report([0.7], first=1))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"candidates": {}}, "candidates"),
+        ({"candidates": {INCUMBENT: "p"}}, "candidate name"),
+        ({"candidates": {"a/b": "p"}}, "candidate name"),
+        ({"n_select": 0}, "n_select"),
+        ({"n_confirm": 1.5}, "n_confirm"),
+        ({"starts": ()}, "starts"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs: dict, field: str) -> None:
+    args = {"candidates": {"a": "p"}, "incumbent": "q", "spec": SPEC, **kwargs}
+    with pytest.raises(SpecError, match=field):
+        select_policy(**args)
+
+
+def test_start_labels_and_the_verdict_of_a_candidate_behind_on_one_start() -> None:
+    assert start_label(None) == "own start" and start_label({"batch_size": 16, "lr": 0.1}) == "LR 0.1 / batch 16"
+    ahead = paired("own start", _report([0.9, 0.8]), _report([0.8, 0.7]))
+    behind = paired("LR 0.1 / batch 16", _report([0.5, 0.5]), _report([0.6, 0.5]))
+    sel = Selection(("own start", "LR 0.1 / batch 16"), {INCUMBENT: (0.7, 0.6), "c": (0.8, 0.6)}, "c",
+                    (ahead, behind), 24, 24)  # fmt: skip
+    assert not sel.replace and sel.verdict().endswith("from LR 0.1 / batch 16")
+    assert Selection(sel.starts, sel.scores, "c", (ahead,), 24, 24).replace
+
+
+def _report(values: list[float], first: int = 0) -> ValidationReport:
+    """A report of hand-set accuracies on draws with seeds first, first + 1, ..."""
+    return ValidationReport([DrawResult(first + i, "w", 2, v, 0.5, False) for i, v in enumerate(values)])
