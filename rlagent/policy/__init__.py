@@ -4,6 +4,9 @@
 * :mod:`rlagent.policy.file` — the policy directory (safetensors + JSON, never unpickled);
 * :mod:`rlagent.policy.reuse` — a saved policy on a named workload, on your own model, or in
   your own loop.
+* :mod:`rlagent.policy.validate` / :mod:`rlagent.policy.select` — scoring policies on validation
+  draws of their training distribution, and choosing among them (chosen on some draws, confirmed
+  on fresh ones).
 """
 
 from __future__ import annotations
