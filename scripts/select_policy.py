@@ -24,7 +24,7 @@ from pathlib import Path
 
 from rlagent.cli import USER_ERRORS
 from rlagent.errors import SpecError
-from rlagent.policy.checkpoints import list_checkpoints
+from rlagent.policy.checkpoints import checkpoint_policies
 from rlagent.policy.select import DEFAULT_STARTS, select_policy
 from rlagent.policy.validate import parse_start
 
@@ -40,15 +40,8 @@ def expand(items: list[str], every: int) -> dict[str, Path]:
         if (path / "policy.json").is_file():
             found = {name: path}
         else:
-            listed = list_checkpoints(path)
-            last = listed[-1][0]
-            found = {
-                f"{name}-{step}": ckpt / "policy"
-                for step, ckpt in listed
-                if not every or step % every == 0 or step == last
-            }
-            if len(listed) == 1:
-                found = {name: listed[0][1] / "policy"}
+            listed = checkpoint_policies(path, every)
+            found = {name: listed[0][1]} if len(listed) == 1 else {f"{name}-{s}": p for s, p in listed}
         clash = sorted(set(found) & set(out))
         if clash:
             raise SpecError("candidate", item, f"a name not given twice (already: {clash})")

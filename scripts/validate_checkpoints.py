@@ -26,7 +26,7 @@ from pathlib import Path
 
 from rlagent.cli import USER_ERRORS
 from rlagent.config import load_spec
-from rlagent.policy.checkpoints import list_checkpoints
+from rlagent.policy.checkpoints import checkpoint_policies
 from rlagent.policy.validate import parse_start, start_suffix, validate_policy
 
 
@@ -46,17 +46,15 @@ def main() -> None:
     try:
         start = parse_start(args.start) if args.start else None
         spec = load_spec(args.spec)
-        found = list_checkpoints(args.checkpoints)
-        last = found[-1][0]
-        chosen = [(s, p) for s, p in found if not args.every or s % args.every == 0 or s == last]
+        chosen = checkpoint_policies(args.checkpoints, args.every)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         suffix = start_suffix(start)
         rows = []
         for step, path in chosen:
             report = validate_policy(
-                path / "policy", spec, n_draws=args.draws, n_workers=args.n_workers, start=start,
-                store=out / f"{path.name}{suffix}.json",
+                path, spec, n_draws=args.draws, n_workers=args.n_workers, start=start,
+                store=out / f"{path.parent.name}{suffix}.json",
             )  # fmt: skip
             rows.append({"step": step, **report.summary()})
             print(json.dumps(rows[-1]), flush=True)

@@ -155,6 +155,17 @@ def list_checkpoints(path: str | Path) -> list[tuple[int, Path]]:
     return [(int(p.name.removeprefix("step-")), p) for p in _candidates(Path(path), "checkpoints")[::-1]]
 
 
+def checkpoint_policies(path: str | Path, every: int = 0, first: int = 0) -> list[tuple[int, Path]]:
+    """The policies inside the checkpoints at ``path`` (see :func:`list_checkpoints`) from step
+    ``first`` on whose step is a multiple of ``every`` (0: all), plus the last one, oldest first,
+    as ``(env steps, policy folder)``."""
+    found = [(s, p) for s, p in list_checkpoints(path) if s >= first]
+    if not found:
+        raise RLAgentError(f"checkpoints: {path} holds none from step {first} on")
+    last = found[-1][0]
+    return [(s, p / "policy") for s, p in found if not every or s % every == 0 or s == last]
+
+
 def latest_checkpoint(path: str | Path) -> Path:
     """``path`` itself if it is a checkpoint, else the newest checkpoint inside it."""
     return _candidates(Path(path))[0]

@@ -14,6 +14,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from rlagent.config import load_spec
 from rlagent.errors import RLAgentError, SpecError
 from rlagent.features import FEATURE_NAMES
+from rlagent.policy.checkpoints import checkpoint_policies
 from rlagent.policy.file import load_policy
 from rlagent.policy.train import (
     PPOSettings,
@@ -80,6 +81,12 @@ def test_checkpoints_are_written_and_resume_restores_state(trained: tuple[Path, 
     listed = list_checkpoints(tmp / "run" / "checkpoints")
     assert [step for step, _ in listed] == [32, result.timesteps] and listed[-1][1] == ckpt  # oldest first
     assert list_checkpoints(listed[0][1]) == [listed[0]]  # one checkpoint named directly
+    folder = tmp / "run" / "checkpoints"
+    assert checkpoint_policies(folder) == [(s, p / "policy") for s, p in listed]
+    assert checkpoint_policies(folder, every=1000) == [(result.timesteps, ckpt / "policy")]  # the last always
+    assert checkpoint_policies(folder, first=33) == [(result.timesteps, ckpt / "policy")]
+    with pytest.raises(RLAgentError, match="from step"):
+        checkpoint_policies(folder, first=result.timesteps + 1)
     state = json.loads((ckpt / "state.json").read_text())
     assert state["num_timesteps"] == result.timesteps
     assert not list((tmp / "run" / "checkpoints").glob(".*"))  # no temp dirs left behind

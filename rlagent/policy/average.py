@@ -1,0 +1,88 @@
+"""Average the weights of several checkpoints of one PPO run into one policy.
+
+Checkpoints of one run a few thousand steps apart score several points apart on validation
+draws (policies/default/README.md): PPO's iterate wanders around a region of good policies. The
+mean of the weights of the last few checkpoints (stochastic weight averaging, Izmailov et al.
+2018; Polyak averaging) sits nearer that region's centre than any one iterate, and is one more
+candidate for :func:`rlagent.policy.select.select_policy` to choose on validation draws, not a
+policy that is better by construction.
+
+Only policies of one run should be averaged: same features, action space and architecture
+(checked), and nearby in training (not checked: averaging two unrelated networks gives noise).
+Observation statistics are not averaged: the average is saved with the newest policy's
+normaliser, which has seen the most data.
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from stable_baselines3.common.running_mean_std import RunningMeanStd
+
+from rlagent.errors import SpecError
+from rlagent.policy.file import PolicyFileError, load_policy, save_policy
+
+logger = logging.getLogger(__name__)
+
+
+def average_policies(policies: Sequence[str | Path], out: str | Path) -> Path:
+    """Save the element-wise mean of the weights of ``policies`` as a policy directory ``out``.
+
+    Args:
+        policies: Policy directories (or checkpoints' ``policy`` folders) of one run, oldest
+            first; the last one's observation normaliser goes with the average.
+        out: The policy directory to write (replaced if it is one).
+
+    Returns:
+        ``out``.
+
+    Raises:
+        SpecError: If fewer than two policies are given.
+        PolicyFileError: If a policy does not load, or they differ in features, action space,
+            architecture or normalisation.
+    """
+    if len(policies) < 2:
+        raise SpecError("policies", [str(p) for p in policies], "at least two policy directories of one run")
+    loaded = [load_policy(p) for p in policies]
+    last = loaded[-1]
+    for path, saved in zip(policies, loaded, strict=True):
+        differs = [
+            what
+            for what, mine, theirs in (
+                ("features", saved.feature_names, last.feature_names),
+                ("action space", saved.action_space, last.action_space),
+                ("architecture", saved.metadata.get("architecture"), last.metadata.get("architecture")),
+                ("normalisation", saved.normalizer is None, last.normalizer is None),
+            )
+            if mine != theirs
+        ]
+        if differs:
+            raise PolicyFileError(f"{path}: its {', '.join(differs)} differ from {policies[-1]}'s; cannot average")
+    states = [saved.policy.state_dict() for saved in loaded]
+    mean = {
+        key: torch.stack([s[key].double() for s in states]).mean(0).to(value.dtype) for key, value in states[-1].items()
+    }
+    last.policy.load_state_dict(mean)
+    normalizer = None
+    if last.normalizer is not None:
+        normalizer = RunningMeanStd(shape=last.observation_space.shape)
+        normalizer.mean = np.asarray(last.normalizer["mean"], dtype=np.float64)
+        normalizer.var = np.asarray(last.normalizer["var"], dtype=np.float64)
+        normalizer.count = float(last.normalizer["count"])
+    model = types.SimpleNamespace(
+        policy=last.policy, observation_space=last.observation_space, action_space=last.action_space
+    )
+    metadata = {"averaged_from": [str(p) for p in policies], "last": last.metadata.get("training", {})}
+    kwargs = {}
+    if last.normalizer is not None:
+        kwargs = {"clip_obs": last.normalizer["clip_obs"], "epsilon": last.normalizer["epsilon"]}
+    target = save_policy(
+        out, model, normalizer=normalizer, feature_names=last.feature_names, metadata=metadata, **kwargs
+    )
+    logger.info("averaged %d policies into %s", len(policies), target)
+    return target

@@ -1,0 +1,59 @@
+"""Tests for rlagent.policy.average: the weight average of checkpoints of one run."""
+
+from __future__ import annotations
+
+import json
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3.common.running_mean_std import RunningMeanStd
+
+from rlagent.errors import SpecError
+from rlagent.policy.average import average_policies
+from rlagent.policy.file import PolicyFileError, load_policy, save_policy
+
+
+def _shifted(source: Path, out: Path, shift: float, *, mean_factor: float = 1.0, normalizer: bool = True) -> Path:
+    """``source`` with every weight moved by ``shift`` and its observation mean scaled by ``mean_factor``."""
+    saved = load_policy(source)
+    with torch.no_grad():
+        for tensor in saved.policy.state_dict().values():
+            tensor += shift
+    rms = None
+    if normalizer:
+        rms = RunningMeanStd(shape=saved.observation_space.shape)
+        rms.mean = np.asarray(saved.normalizer["mean"]) * mean_factor
+        rms.var, rms.count = np.asarray(saved.normalizer["var"]), saved.normalizer["count"]
+    model = types.SimpleNamespace(
+        policy=saved.policy, observation_space=saved.observation_space, action_space=saved.action_space
+    )
+    return save_policy(out, model, normalizer=rms, metadata={"checkpoint": True})
+
+
+def test_the_average_holds_the_mean_weights_and_the_newest_normaliser(tiny_policy: Path, tmp_path: Path) -> None:
+    a = _shifted(tiny_policy, tmp_path / "a", 0.0)
+    b = _shifted(tiny_policy, tmp_path / "b", 0.3)
+    c = _shifted(tiny_policy, tmp_path / "c", -0.6, mean_factor=0.5)
+    out = average_policies([a, b, c], tmp_path / "avg")
+    avg, ref = load_policy(out), load_policy(tiny_policy)
+    for key, value in ref.policy.state_dict().items():
+        torch.testing.assert_close(avg.policy.state_dict()[key], value - 0.1, rtol=0, atol=1e-6)
+    assert avg.normalizer["mean"] == pytest.approx(list(np.asarray(ref.normalizer["mean"]) * 0.5))
+    assert avg.feature_names == ref.feature_names
+    training = json.loads((out / "policy.json").read_text())["training"]
+    assert training["averaged_from"] == [str(a), str(b), str(c)] and training["last"] == {"checkpoint": True}
+    obs = np.zeros(len(ref.feature_names), dtype=np.float32)
+    assert avg.predict(obs).shape == ref.predict(obs).shape
+
+
+def test_policies_that_cannot_be_averaged_are_refused(tiny_policy: Path, tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="policies"):
+        average_policies([tiny_policy], tmp_path / "one")
+    bare = _shifted(tiny_policy, tmp_path / "bare", 0.0, normalizer=False)
+    with pytest.raises(PolicyFileError, match="normalisation") as info:
+        average_policies([bare, tiny_policy], tmp_path / "mixed")
+    assert str(bare) in str(info.value)
+    assert not (tmp_path / "mixed").exists()
