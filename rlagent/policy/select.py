@@ -29,6 +29,8 @@ from typing import Any
 
 from rlagent.config import EnvSpec, load_spec
 from rlagent.errors import SpecError, is_int
+from rlagent.policy._integrity import DIGEST_FIELD
+from rlagent.policy.file import load_policy
 from rlagent.policy.validate import ValidationReport, start_suffix, validate_policy
 
 logger = logging.getLogger(__name__)
@@ -186,7 +188,8 @@ def select_policy(
         n_select: Draws the choice is made on (draws ``0 .. n_select - 1``).
         n_confirm: Fresh draws the chosen policy must win on (the next ``n_confirm``).
         n_workers: Processes running draws side by side.
-        store: A folder for every report (``NAME/draws-FIRST-LAST[__start-LR-BS].json``); reports
+        store: A folder for every report (``NAME/DIGEST__draws-FIRST-LAST[__start-LR-BS].json``,
+            DIGEST from the policy's ``policy.json``); reports
             there that still stand are read back instead of run again, so candidates can be added
             to a selection later at the cost of the new ones only.
 
@@ -214,7 +217,10 @@ def select_policy(
         where = None
         if folder is not None:
             (folder / name).mkdir(parents=True, exist_ok=True)
-            where = folder / name / f"draws-{first}-{first + n - 1}{start_suffix(start)}.json"
+            # the policy's own digest in the file name: a name given to another policy later
+            # does not read back the first one's reports
+            digest = str(load_policy(policy).metadata.get(DIGEST_FIELD, "unsigned"))[:12]
+            where = folder / name / f"{digest}__draws-{first}-{first + n - 1}{start_suffix(start)}.json"
         result = validate_policy(
             policy, spec, n_draws=n, first_draw=first, n_workers=n_workers, start=start, store=where
         )  # fmt: skip

@@ -83,10 +83,17 @@ def test_the_better_policy_is_chosen_and_confirmed_on_fresh_draws(
     assert json.loads(json.dumps(chosen.to_dict()))["chosen"] == better
 
     # Every report is stored per policy, start and draw range, and read back on the next call.
-    stored = tmp_path / INCUMBENT / "draws-0-1__start-0.01-16.json"
+    digest = {n: load_policy(paths[n]).metadata["json_sha256"][:12] for n in paths}
     assert sorted(p.name for p in (tmp_path / better).iterdir()) == [
-        "draws-0-1.json", "draws-0-1__start-0.01-16.json", "draws-2-3.json", "draws-2-3__start-0.01-16.json",
-    ]  # fmt: skip
+        f"{digest[better]}__{name}"
+        for name in (
+            "draws-0-1.json",
+            "draws-0-1__start-0.01-16.json",
+            "draws-2-3.json",
+            "draws-2-3__start-0.01-16.json",
+        )
+    ]
+    stored = tmp_path / INCUMBENT / f"{digest[worse]}__draws-0-1__start-0.01-16.json"
     edited = json.loads(stored.read_text())
     for draw in edited:
         draw["val_acc"] = 1.0
@@ -96,6 +103,13 @@ def test_the_better_policy_is_chosen_and_confirmed_on_fresh_draws(
         starts=STARTS, n_select=2, n_confirm=2, store=tmp_path,
     )  # fmt: skip
     assert again.scores[INCUMBENT][1] == 1.0 and again.scores[better] == chosen.scores[better]
+
+    # A name given to another policy does not read back the first one's reports.
+    renamed = select_policy(
+        {better: paths[worse]}, paths[better], spec, starts=STARTS, n_select=2, n_confirm=2, store=tmp_path
+    )
+    assert list(renamed.scores[better]) == pytest.approx(expected[worse])
+    assert list(renamed.scores[INCUMBENT]) == pytest.approx(expected[better])  # not the edited file
 
 
 def test_paired_differences_and_their_error() -> None:
