@@ -189,9 +189,9 @@ def select_policy(
         n_confirm: Fresh draws the chosen policy must win on (the next ``n_confirm``).
         n_workers: Processes running draws side by side.
         store: A folder for every report (``NAME/DIGEST__draws-FIRST-LAST[__start-LR-BS].json``,
-            DIGEST from the policy's ``policy.json``); reports
-            there that still stand are read back instead of run again, so candidates can be added
-            to a selection later at the cost of the new ones only.
+            DIGEST from the policy's ``policy.json``); reports there that still stand are read
+            back instead of run again, so candidates can be added to a selection later at the
+            cost of the new ones only.
 
     Returns:
         The scores, the choice, the confirmation and (``.replace``) whether to replace.
