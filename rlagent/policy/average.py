@@ -16,16 +16,13 @@ normaliser, which has seen the most data.
 from __future__ import annotations
 
 import logging
-import types
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
-from stable_baselines3.common.running_mean_std import RunningMeanStd
 
 from rlagent.errors import SpecError
-from rlagent.policy.file import PolicyFileError, load_policy, save_policy
+from rlagent.policy.file import PolicyFileError, load_policy
 
 logger = logging.getLogger(__name__)
 
@@ -68,21 +65,7 @@ def average_policies(policies: Sequence[str | Path], out: str | Path) -> Path:
         key: torch.stack([s[key].double() for s in states]).mean(0).to(value.dtype) for key, value in states[-1].items()
     }
     last.policy.load_state_dict(mean)
-    normalizer = None
-    if last.normalizer is not None:
-        normalizer = RunningMeanStd(shape=last.observation_space.shape)
-        normalizer.mean = np.asarray(last.normalizer["mean"], dtype=np.float64)
-        normalizer.var = np.asarray(last.normalizer["var"], dtype=np.float64)
-        normalizer.count = float(last.normalizer["count"])
-    model = types.SimpleNamespace(
-        policy=last.policy, observation_space=last.observation_space, action_space=last.action_space
-    )
     metadata = {"averaged_from": [str(p) for p in policies], "last": last.metadata.get("training", {})}
-    kwargs = {}
-    if last.normalizer is not None:
-        kwargs = {"clip_obs": last.normalizer["clip_obs"], "epsilon": last.normalizer["epsilon"]}
-    target = save_policy(
-        out, model, normalizer=normalizer, feature_names=last.feature_names, metadata=metadata, **kwargs
-    )
+    target = last.save(out, metadata=metadata)
     logger.info("averaged %d policies into %s", len(policies), target)
     return target

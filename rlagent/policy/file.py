@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,22 @@ class SavedPolicy:
             )
         actions, _ = self.policy.predict(self.normalize(obs), deterministic=deterministic)
         return actions
+
+    def save(self, path: str | os.PathLike[str], *, metadata: Mapping[str, Any] | None = None) -> Path:
+        """Write this policy (its weights as they are now, e.g. edited or averaged) and its
+        normaliser to a new policy directory with :func:`save_policy`; ``metadata`` goes under
+        ``"training"``."""
+        rms, kwargs = None, {}
+        if self.normalizer is not None:
+            rms = RunningMeanStd(shape=self.observation_space.shape)
+            rms.mean = np.asarray(self.normalizer["mean"], dtype=np.float64)
+            rms.var = np.asarray(self.normalizer["var"], dtype=np.float64)
+            rms.count = float(self.normalizer["count"])
+            kwargs = {"clip_obs": self.normalizer["clip_obs"], "epsilon": self.normalizer["epsilon"]}
+        model = types.SimpleNamespace(
+            policy=self.policy, observation_space=self.observation_space, action_space=self.action_space
+        )
+        return save_policy(path, model, normalizer=rms, feature_names=self.feature_names, metadata=metadata, **kwargs)
 
     def __repr__(self) -> str:
         arch = self.metadata.get("architecture", {})

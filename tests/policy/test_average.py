@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from stable_baselines3.common.running_mean_std import RunningMeanStd
 
 from rlagent.errors import SpecError
 from rlagent.policy.average import average_policies
-from rlagent.policy.file import PolicyFileError, load_policy, save_policy
+from rlagent.policy.file import PolicyFileError, load_policy
 
 
 def _shifted(source: Path, out: Path, shift: float, *, mean_factor: float = 1.0, normalizer: bool = True) -> Path:
@@ -22,15 +20,11 @@ def _shifted(source: Path, out: Path, shift: float, *, mean_factor: float = 1.0,
     with torch.no_grad():
         for tensor in saved.policy.state_dict().values():
             tensor += shift
-    rms = None
     if normalizer:
-        rms = RunningMeanStd(shape=saved.observation_space.shape)
-        rms.mean = np.asarray(saved.normalizer["mean"]) * mean_factor
-        rms.var, rms.count = np.asarray(saved.normalizer["var"]), saved.normalizer["count"]
-    model = types.SimpleNamespace(
-        policy=saved.policy, observation_space=saved.observation_space, action_space=saved.action_space
-    )
-    return save_policy(out, model, normalizer=rms, metadata={"checkpoint": True})
+        saved.normalizer = {**saved.normalizer, "mean": list(np.asarray(saved.normalizer["mean"]) * mean_factor)}
+    else:
+        saved.normalizer = None
+    return saved.save(out, metadata={"checkpoint": True})
 
 
 def test_the_average_holds_the_mean_weights_and_the_newest_normaliser(tiny_policy: Path, tmp_path: Path) -> None:

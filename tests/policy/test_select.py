@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from stable_baselines3.common.running_mean_std import RunningMeanStd
 
 from rlagent.config import load_spec
 from rlagent.errors import SpecError
-from rlagent.policy.file import load_policy, save_policy
+from rlagent.policy.file import load_policy
 from rlagent.policy.select import INCUMBENT, Selection, paired, select_policy, start_label
 from rlagent.policy.validate import DrawResult, ValidationReport, validate_policy, validation_seeds
 
@@ -27,12 +25,7 @@ def reckless(tiny_policy: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     saved = load_policy(tiny_policy)
     with torch.no_grad():
         saved.policy.action_net.bias[:5] = torch.tensor([0.0, 0.0, 0.0, 0.0, 50.0])
-    rms = RunningMeanStd(shape=saved.observation_space.shape)
-    rms.mean, rms.var = np.asarray(saved.normalizer["mean"]), np.asarray(saved.normalizer["var"])
-    model = types.SimpleNamespace(
-        policy=saved.policy, observation_space=saved.observation_space, action_space=saved.action_space
-    )
-    path = save_policy(tmp_path_factory.mktemp("reckless") / "policy", model, normalizer=rms)
+    path = saved.save(tmp_path_factory.mktemp("reckless") / "policy")
     assert (load_policy(path).predict(np.zeros(len(saved.feature_names)))[0]) == 4
     return path
 
