@@ -65,7 +65,12 @@ def test_excluded_families_are_never_drawn(exclude: dict[str, list[str]], seed: 
         sampler = ProceduralSpec(exclude=exclude)
     except SpecError:  # exclusions that leave no dataset/model/norm are refused up front
         return
-    family = family_of(sample_task(seed, sampler).workload)
+    try:
+        family = family_of(sample_task(seed, sampler).workload)
+    except SpecError as error:  # what is left never fits the cost cap (a GRU over MNIST-1D alone)
+        assert error.field == "workloads.train" and "max_epoch_seconds" in str(error)
+        assert {model for _, model, _ in sampler.combos()} <= {"gru", "lstm"}
+        return
     for key, values in exclude.items():
         assert family[key] not in values
     assert sampler.allows(family)
