@@ -230,13 +230,16 @@ class EnvSpec:
         """A plain-data form (JSON/TOML-able) that :func:`spec_from_dict` reads back.
 
         The hidden LR scale's fields are left out while off (``lr_scale`` 1, ``lr_scale_range``
-        [1, 1]), so a spec that does not use them reads as it did before they existed: records
-        made with it (checkpoints, benchmark trial files) still match.
+        [1, 1]), and the sampler's ``first`` while ``dataset``, so a spec that does not use them
+        reads as it did before they existed: records made with it (checkpoints, benchmark trial
+        files) still match.
         """
         data = dataclasses.asdict(self)
         train = data["workloads"]["train"]
         if isinstance(train, dict) and tuple(train.get("lr_scale_range", ())) == (1.0, 1.0):
             del train["lr_scale_range"]
+        if isinstance(train, dict) and train.get("first") == "dataset":
+            del train["first"]
         for workload in data["workloads"].get("define", {}).values():
             if workload.get("lr_scale") == 1.0:
                 del workload["lr_scale"]

@@ -14,7 +14,8 @@ one core: by the cost model of :mod:`rlagent.costs`, with a margin (:data:`ESTIM
 the sample count is lowered to fit; sizes that do not fit even at the smallest sample count are
 drawn again, and a family none of whose sizes fit (a GRU over MNIST-1D's 40 time steps) gives
 way to another draw of the family. ``exclude`` removes whole families (a model, a norm, a
-dataset or an optimiser) so that they stay held out.
+dataset or an optimiser) so that they stay held out. ``first = "model"`` picks the model family
+before the dataset, so that each model family gets an equal share of the draws.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from rlagent.workloads import DEFAULT_BATCH_SIZE_RANGE, DEFAULT_LR_RANGE, OPTIMI
 
 __all__ = [
     "FAMILY_VALUES",
+    "FIRST",
     "ESTIMATE_MARGIN",
     "MAX_EPOCH_SECONDS",
     "ProceduralSpec",
@@ -46,6 +48,8 @@ __all__ = [
 
 SAMPLERS = ("procedural",)
 """Names a spec's ``workloads.train = { sampler = ... }`` may take."""
+FIRST = ("dataset", "model")
+"""Family dimensions a draw may pick first, uniformly (``workloads.train.first``)."""
 FAMILY_VALUES: dict[str, tuple[str, ...]] = {
     "model": tuple(MODELS),
     "norm": NORMS,
@@ -106,9 +110,17 @@ class ProceduralSpec:
     the range's ratio, so a policy must find the LR from how the run responds rather than
     remember one good value (domain randomisation of the LR's scale)."""
 
+    first: str = "dataset"
+    """The family dimension picked first, uniformly over its allowed values; the others are then
+    picked uniformly among those that fit it. ``dataset`` (the default) gives each dataset family
+    an equal share, so model families that fit several datasets (MLPs fit all of them) are drawn
+    more often; ``model`` gives each model family an equal share."""
+
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise SpecError("workloads.train.sampler", self.sampler, f"one of {SAMPLERS}")
+        if self.first not in FIRST:
+            raise SpecError("workloads.train.first", self.first, f"one of {FIRST}")
         check_range("workloads.train.sample_range", self.sample_range, positive=True, integer=True)
         object.__setattr__(self, "sample_range", tuple(self.sample_range))
         scales = self.lr_scale_range
@@ -319,9 +331,14 @@ def sample_task(
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFFFFFFFFFF, _SALT])
     combos, optimizers = sampler.combos(), sampler.optimizers()
     datasets = list(dict.fromkeys(d for d, _, _ in combos))
+    models = list(dict.fromkeys(m for _, m, _ in combos))
     for _ in range(_MAX_FAMILY_TRIES):
-        dataset = _pick(rng, datasets)
-        model = _pick(rng, list(dict.fromkeys(m for d, m, _ in combos if d == dataset)))
+        if sampler.first == "model":
+            model = _pick(rng, models)
+            dataset = _pick(rng, list(dict.fromkeys(d for d, m, _ in combos if m == model)))
+        else:
+            dataset = _pick(rng, datasets)
+            model = _pick(rng, list(dict.fromkeys(m for d, m, _ in combos if d == dataset)))
         norm = _pick(rng, [n for d, m, n in combos if d == dataset and m == model])
         optimizer = _pick(rng, optimizers)
         fit = None

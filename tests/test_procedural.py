@@ -99,6 +99,7 @@ def test_default_spec_draws_only_training_families() -> None:
         ({"lr_scale_range": [0, 10]}, "workloads.train.lr_scale_range", "low > 0"),
         ({"lr_scale_range": [2, 1]}, "workloads.train.lr_scale_range", "(2, 1)"),
         ({"lr_scale_range": 5}, "workloads.train.lr_scale_range", "a pair"),
+        ({"first": "optimizer"}, "workloads.train.first", "'optimizer'"),
     ],
 )
 def test_sampler_spec_errors_name_field_value_and_allowed(train: dict[str, Any], field: str, shown: str) -> None:
@@ -131,6 +132,23 @@ def test_hidden_lr_scale_is_off_by_default_and_drawn_last_when_on() -> None:
     assert "lr_scale_range" not in default["workloads"]["train"]
     assert all("lr_scale" not in w for w in default["workloads"]["define"].values())
     assert spec_from_dict(default) == load_spec("default")
+
+
+def test_model_first_gives_each_model_family_an_equal_share() -> None:
+    exclude = load_spec("default").workloads.sampler.exclude
+    dataset_first, model_first = ProceduralSpec(exclude=exclude), ProceduralSpec(exclude=exclude, first="model")
+    n = 300
+    by_dataset = [sample_task(seed, dataset_first).workload for seed in range(n)]
+    by_model = [sample_task(seed, model_first).workload for seed in range(n)]
+    share = {m: sum(w.model == m for w in by_model) / n for m in ("mlp", "cnn1d", "cnn2d")}
+    assert all(0.25 < s < 0.42 for s in share.values()), share
+    assert sum(w.model == "mlp" for w in by_dataset) / n > 0.55  # MLPs fit every dataset
+    for w in by_model:  # the exclusions still hold, and the model fits its dataset
+        assert model_first.allows(family_of(w)) and (w.dataset, w.model) != ("synthetic", "cnn1d")
+    assert sample_task(7, model_first) == sample_task(7, model_first)
+    spec = spec_from_dict({"workloads": {"train": {"first": "model"}}})
+    assert spec.workloads.sampler.first == "model" and spec_from_dict(spec.to_dict()) == spec
+    assert "first" not in load_spec("default").to_dict()["workloads"]["train"]  # the default stays out
 
 
 def test_env_steps_a_scaled_draw_at_the_hidden_lr_and_reports_the_visible_one() -> None:
