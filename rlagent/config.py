@@ -236,10 +236,11 @@ class EnvSpec:
         """
         data = dataclasses.asdict(self)
         train = data["workloads"]["train"]
-        if isinstance(train, dict) and tuple(train.get("lr_scale_range", ())) == (1.0, 1.0):
-            del train["lr_scale_range"]
-        if isinstance(train, dict) and train.get("first") == "dataset":
-            del train["first"]
+        if isinstance(train, dict):
+            if tuple(train.get("lr_scale_range", ())) == (1.0, 1.0):
+                del train["lr_scale_range"]
+            if train.get("first") == "dataset":
+                del train["first"]
         for workload in data["workloads"].get("define", {}).values():
             if workload.get("lr_scale") == 1.0:
                 del workload["lr_scale"]
