@@ -149,6 +149,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gamma", type=float, default=d.gamma, help="discount factor")
     p.add_argument("--ent-coef", type=float, default=d.ent_coef, help="entropy bonus")
     p.add_argument("--net-arch", type=int, nargs="+", default=list(d.net_arch), help="hidden layer widths")
+    p.add_argument(
+        "--frame-stack", type=int, default=d.frame_stack, help="observations of the last K epochs the policy sees"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -157,6 +160,7 @@ def run_training(args: argparse.Namespace, command: str) -> TrainResult:
     ppo = PPOSettings(
         n_steps=args.n_steps, batch_size=args.batch_size, n_epochs=args.ppo_epochs, learning_rate=args.ppo_lr,
         learning_rate_end=args.ppo_lr_end, gamma=args.gamma, ent_coef=args.ent_coef, net_arch=tuple(args.net_arch),
+        frame_stack=args.frame_stack,
     )  # fmt: skip
     config = TrainConfig(
         spec=args.spec, timesteps=args.timesteps, n_envs=args.n_envs, devices=args.devices, seed=args.seed,

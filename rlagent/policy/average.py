@@ -53,6 +53,7 @@ def average_policies(policies: Sequence[str | Path], out: str | Path) -> Path:
             for what, mine, theirs in (
                 ("features", saved.feature_names, last.feature_names),
                 ("action space", saved.action_space, last.action_space),
+                ("frame stack", saved.frame_stack, last.frame_stack),
                 ("architecture", saved.metadata.get("architecture"), last.metadata.get("architecture")),
                 ("normalisation", saved.normalizer is None, last.normalizer is None),
             )

@@ -54,7 +54,8 @@ def save_checkpoint(
             with another spec is noticed.
     """
     with atomic_dir(path) as tmp:
-        save_policy(tmp / "policy", model, normalizer=venv, metadata={"checkpoint": True})
+        frame_stack = config.ppo.frame_stack
+        save_policy(tmp / "policy", model, normalizer=venv, metadata={"checkpoint": True}, frame_stack=frame_stack)
         opt_state = model.policy.optimizer.state_dict()
         tensors = {
             f"state.{idx}.{key}": value.detach().cpu().contiguous()

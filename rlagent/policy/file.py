@@ -74,6 +74,7 @@ __all__ = [
     "FORMAT_VERSION",
     "JSON_NAME",
     "WEIGHTS_NAME",
+    "PolicyActor",
     "PolicyFileError",
     "SavedPolicy",
     "load_policy",
@@ -82,12 +83,18 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 3
-"""Version of the policy directory layout written by :func:`save_policy`. 3: the observation
-features of :data:`rlagent.features.FEATURE_NAMES` as of rlagent 0.3 (LR relative to the run's
-start, loss relative to the start, loss and accuracy slopes, clipping-aware last action);
-2: ``policy.json`` is covered by its own ``json_sha256``; 1: no such check. Older files are
-refused with a message saying why."""
+FORMAT_VERSION = 4
+"""Newest version of the policy directory layout, read and written by this rlagent. 4: format 3
+plus ``frame_stack``, the number of consecutive observations the network sees (written only for
+a policy that stacks more than one; a one-frame policy is still written as format 3, so that
+rlagent 0.3 reads it); 3: the observation features of :data:`rlagent.features.FEATURE_NAMES` as
+of rlagent 0.3 (LR relative to the run's start, loss relative to the start, loss and accuracy
+slopes, clipping-aware last action); 2: ``policy.json`` is covered by its own ``json_sha256``; 1:
+no such check. Older files are refused with a message saying why."""
+ONE_FRAME_FORMAT = 3
+"""The format of a policy that sees one observation at a time (no ``frame_stack`` field)."""
+MAX_FRAME_STACK = 16
+"""Most observations a policy may stack."""
 _OLD_FORMATS = {
     1: "format 1 had no integrity check of policy.json and observed 18 older features",
     2: "format 2 policies observe the 18 features of rlagent 0.2; this rlagent computes 22 "
@@ -110,8 +117,10 @@ class SavedPolicy:
     Attributes:
         metadata: The whole parsed ``policy.json``.
         feature_names: Names of the observation entries, in order.
-        observation_space: The observation space the policy was trained on.
+        observation_space: The space of one observation, as the env returns it (one frame).
         action_space: The action space the policy acts in.
+        frame_stack: How many consecutive observations the network sees side by side (1: the
+            current one only); act with :meth:`actor`, which keeps them.
         policy: The rebuilt SB3 ``ActorCriticPolicy`` (CPU, eval mode).
         normalizer: The observation statistics (``mean``, ``var``, ``count``, ``clip_obs``,
             ``epsilon``) or None when observations were not normalised.
@@ -126,8 +135,10 @@ class SavedPolicy:
         action_space: spaces.MultiDiscrete | spaces.Box,
         policy: ActorCriticPolicy,
         normalizer: dict[str, Any] | None,
+        frame_stack: int = 1,
     ) -> None:
         self.metadata = metadata
+        self.frame_stack = frame_stack
         self.feature_names = feature_names
         self.observation_space = observation_space
         self.action_space = action_space
@@ -165,8 +176,14 @@ class SavedPolicy:
             The action (or a batch of actions), shaped and clipped as ``PPO.predict`` does.
 
         Raises:
-            ValueError: If the observation does not have the policy's feature count.
+            ValueError: If the observation does not have the policy's feature count, or the
+                policy stacks several observations (use :meth:`actor`, which keeps them).
         """
+        if self.frame_stack > 1:
+            raise ValueError(
+                f"this policy sees the last {self.frame_stack} observations of a run: act with "
+                "policy.actor() (one per run), which keeps them"
+            )
         obs = np.asarray(obs)
         n_features = len(self.feature_names)
         if obs.ndim not in (1, 2) or obs.shape[-1] != n_features:
@@ -175,6 +192,10 @@ class SavedPolicy:
             )
         actions, _ = self.policy.predict(self.normalize(obs), deterministic=deterministic)
         return actions
+
+    def actor(self, deterministic: bool = True) -> PolicyActor:
+        """A fresh :class:`PolicyActor` for one run (episode) of this policy."""
+        return PolicyActor(self, deterministic=deterministic)
 
     def save(self, path: str | os.PathLike[str], *, metadata: Mapping[str, Any] | None = None) -> Path:
         """Write this policy (its weights as they are now, e.g. edited or averaged) and its
@@ -188,17 +209,56 @@ class SavedPolicy:
             rms.count = float(self.normalizer["count"])
             kwargs = {"clip_obs": self.normalizer["clip_obs"], "epsilon": self.normalizer["epsilon"]}
         model = types.SimpleNamespace(
-            policy=self.policy, observation_space=self.observation_space, action_space=self.action_space
+            policy=self.policy, observation_space=self.policy.observation_space, action_space=self.action_space
         )
-        return save_policy(path, model, normalizer=rms, feature_names=self.feature_names, metadata=metadata, **kwargs)
+        return save_policy(
+            path, model, normalizer=rms, feature_names=self.feature_names, metadata=metadata,
+            frame_stack=self.frame_stack, **kwargs,
+        )  # fmt: skip
 
     def __repr__(self) -> str:
         arch = self.metadata.get("architecture", {})
         return (
             f"SavedPolicy(features={len(self.feature_names)}, action_space={self.action_space}, "
             f"net_arch={arch.get('net_arch')}, activation={arch.get('activation')!r}, "
-            f"normalized={self.normalizer is not None})"
+            f"frame_stack={self.frame_stack}, normalized={self.normalizer is not None})"
         )
+
+
+class PolicyActor:
+    """Acts for one run with a saved policy, keeping the observations its network stacks.
+
+    A policy trained with frame stacking (``PPOSettings.frame_stack`` k > 1) sees the normalised
+    observations of the last k steps side by side, oldest first, with zeros (the normalised mean)
+    in place of steps before the run's first: what SB3's ``VecFrameStack`` over ``VecNormalize``
+    fed it in training. For k = 1 this is :meth:`SavedPolicy.predict`. Use a new actor for every
+    run::
+
+        act = policy.actor()
+        obs, info = env.reset(seed=0)
+        while not done:
+            obs, reward, terminated, truncated, info = env.step(act(obs))
+    """
+
+    def __init__(self, policy: SavedPolicy, deterministic: bool = True) -> None:
+        self.policy = policy
+        self.deterministic = deterministic
+        self._n = policy.observation_space.shape[0]
+        self._frames = np.zeros(policy.frame_stack * self._n, dtype=np.float32)
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        """The action for the run's next step, given its newest raw observation.
+
+        Raises:
+            ValueError: If the observation is not one vector of the policy's feature count.
+        """
+        obs = np.asarray(obs)
+        if obs.shape != (self._n,):
+            raise ValueError(f"expected one observation of shape ({self._n},), got shape {obs.shape}")
+        self._frames = np.roll(self._frames, -self._n)
+        self._frames[-self._n :] = self.policy.normalize(obs)
+        actions, _ = self.policy.policy.predict(self._frames, deterministic=self.deterministic)
+        return actions
 
 
 # --------------------------------------------------------------------------------------------
@@ -215,6 +275,7 @@ def save_policy(
     metadata: Mapping[str, Any] | None = None,
     clip_obs: float = 10.0,
     epsilon: float = 1e-8,
+    frame_stack: int = 1,
 ) -> Path:
     """Write a trained SB3 PPO policy to a policy directory, atomically.
 
@@ -234,6 +295,8 @@ def save_policy(
             wall time, ...), stored under ``"training"``.
         clip_obs: Clipping of normalised observations; only used with a ``RunningMeanStd``.
         epsilon: Variance epsilon; only used with a ``RunningMeanStd``.
+        frame_stack: How many consecutive observations the model's input holds (SB3's
+            ``VecFrameStack`` ``n_stack``); ``feature_names`` and the normaliser describe one.
 
     Returns:
         The policy directory.
@@ -246,9 +309,12 @@ def save_policy(
     """
     target = Path(path)
     policy = model.policy
-    obs_space = model.observation_space
+    if type(frame_stack) is not int or not 1 <= frame_stack <= MAX_FRAME_STACK:
+        raise PolicyFileError(f"frame_stack must be an integer in 1..{MAX_FRAME_STACK}, got {frame_stack!r:.50}")
+    obs_space = _frame_space(model.observation_space, frame_stack)
     doc: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
+        "format_version": ONE_FRAME_FORMAT if frame_stack == 1 else FORMAT_VERSION,
+        **({"frame_stack": frame_stack} if frame_stack > 1 else {}),
         "feature_names": _check_feature_names(feature_names, obs_space),
         "observation_space": _encode_obs_space(obs_space),
         "action_space": _encode_action_space(model.action_space),
@@ -275,6 +341,36 @@ def save_policy(
         write_atomic(tmp / JSON_NAME, text)
     logger.info("saved policy to %s (sha256 %s)", target, doc["sha256"][:12])
     return target
+
+
+def _frame_space(space: Any, frame_stack: int) -> Any:
+    """The space of one frame of ``space``, the stacked input of ``frame_stack`` frames."""
+    if frame_stack == 1:
+        return space
+    if not isinstance(space, spaces.Box) or len(space.shape) != 1 or space.shape[0] % frame_stack:
+        raise PolicyFileError(
+            f"a stack of {frame_stack} frames needs a flat Box observation space whose size is a multiple of "
+            f"{frame_stack}, got {space.shape if isinstance(space, spaces.Box) else space}"
+        )
+    n = space.shape[0] // frame_stack
+    # Frames lie side by side (k x n); SB3 repeats each bound k times in place (n x k). Either
+    # layout gives the frame's bounds when all frames share them, as stacked frames do.
+    for layout in ((frame_stack, n), (n, frame_stack)):
+        low, high = space.low.reshape(layout), space.high.reshape(layout)
+        axis = 0 if layout[0] == frame_stack else 1
+        first_low, first_high = np.take(low, 0, axis=axis), np.take(high, 0, axis=axis)
+        if np.all(np.expand_dims(first_low, axis) == low) and np.all(np.expand_dims(first_high, axis) == high):
+            return spaces.Box(first_low, first_high, dtype=space.dtype)
+    raise PolicyFileError(
+        f"an observation space of shape {space.shape} is not {frame_stack} stacked copies of one frame's space"
+    )
+
+
+def _stacked_space(space: spaces.Box, frame_stack: int) -> spaces.Box:
+    """The network's input space: ``frame_stack`` frames of ``space`` side by side."""
+    if frame_stack == 1:
+        return space
+    return spaces.Box(np.tile(space.low, frame_stack), np.tile(space.high, frame_stack), dtype=space.dtype)
 
 
 def _is_replaceable(target: Path) -> bool:
@@ -313,6 +409,7 @@ def load_policy(
     doc = read_json(json_path)
     _check_version(doc, json_path)
     check_json_digest(doc, json_path)
+    frame_stack = _parse_frame_stack(doc)
 
     feature_names = _parse_feature_names(doc)
     if expected_features is not None:
@@ -323,7 +420,8 @@ def load_policy(
     _parse_training(doc)
     arch = _field(doc, "architecture", dict)
     _check_architecture(arch)
-    shapes = expected_shapes(obs_space.shape[0], action_space, arch["net_arch"])
+    net_space = _stacked_space(obs_space, frame_stack)
+    shapes = expected_shapes(net_space.shape[0], action_space, arch["net_arch"])
     check_param_count(shapes)
 
     weights_file = doc.get("weights_file", WEIGHTS_NAME)
@@ -334,7 +432,7 @@ def load_policy(
         )
     state = read_weights(directory / WEIGHTS_NAME, _field(doc, "sha256", str), shapes)
 
-    policy = _build_policy(obs_space, action_space, arch)
+    policy = _build_policy(net_space, action_space, arch)
     _load_state(policy, state)
     logger.info("loaded policy from %s", directory)
     return SavedPolicy(
@@ -344,7 +442,21 @@ def load_policy(
         action_space=action_space,
         policy=policy,
         normalizer=normalizer,
+        frame_stack=frame_stack,
     )
+
+
+def _parse_frame_stack(doc: dict[str, Any]) -> int:
+    if doc["format_version"] == ONE_FRAME_FORMAT:
+        if "frame_stack" in doc:
+            raise PolicyFileError(f"policy.json: format {ONE_FRAME_FORMAT} has no frame_stack (format 4 has)")
+        return 1
+    value = doc.get("frame_stack")
+    if type(value) is not int or not 2 <= value <= MAX_FRAME_STACK:
+        raise PolicyFileError(
+            f"policy.json: frame_stack must be an integer in 2..{MAX_FRAME_STACK} in format 4, found {value!r:.50}"
+        )
+    return value
 
 
 def _resolve(path: Path) -> tuple[Path, Path]:
@@ -366,13 +478,15 @@ def _resolve(path: Path) -> tuple[Path, Path]:
 def _check_version(doc: dict[str, Any], json_path: Path) -> None:
     found = doc.get("format_version")
     if type(found) is not int:
-        raise PolicyFileError(f"{json_path}: format_version must be the integer {FORMAT_VERSION}, found {found!r:.50}")
-    if found != FORMAT_VERSION:
+        raise PolicyFileError(
+            f"{json_path}: format_version must be the integer {ONE_FRAME_FORMAT} or {FORMAT_VERSION}, found {found!r:.50}"
+        )
+    if found not in (ONE_FRAME_FORMAT, FORMAT_VERSION):
         hint = (
             " (written by a newer rlagent?)" if found > FORMAT_VERSION else f" ({_OLD_FORMATS.get(found, 'too old')})"
         )
         raise PolicyFileError(
-            f"{json_path}: unsupported format_version: expected {FORMAT_VERSION}, found {found}{hint}"
+            f"{json_path}: unsupported format_version: expected {ONE_FRAME_FORMAT} or {FORMAT_VERSION}, found {found}{hint}"
         )
 
 

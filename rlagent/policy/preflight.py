@@ -86,7 +86,9 @@ def _plain(data: Any) -> Any:
     return json.loads(json.dumps(data, default=str))
 
 
-def check_resume(ckpt: Checkpoint, spec: EnvSpec, net_arch: Any, activation: str, *, allow_spec_change: bool) -> None:
+def check_resume(
+    ckpt: Checkpoint, spec: EnvSpec, net_arch: Any, activation: str, *, allow_spec_change: bool, frame_stack: int = 1
+) -> None:
     """Refuse to resume a checkpoint of another spec (unless allowed) or another network."""
     if ckpt.spec is not None:
         same = ckpt.spec == _plain(spec.to_dict())
@@ -106,6 +108,11 @@ def check_resume(ckpt: Checkpoint, spec: EnvSpec, net_arch: Any, activation: str
         raise RLAgentError(
             f"resume: {ckpt.path} has net_arch {arch['net_arch']} with {arch['activation']}, "
             f"this run {want} with {activation}"
+        )
+    if ckpt.policy.frame_stack != frame_stack:
+        raise RLAgentError(
+            f"resume: {ckpt.path} sees {ckpt.policy.frame_stack} stacked observations, this run "
+            f"frame_stack = {frame_stack}; resume with --frame-stack {ckpt.policy.frame_stack}"
         )
     kind = "discrete" if ckpt.policy.metadata["action_space"]["type"] == "MultiDiscrete" else "continuous"
     if kind != spec.episode.action:
@@ -141,5 +148,8 @@ def check_training(config: Any, *, check_devices_: bool = True) -> Preflight:
     if config.resume:
         clean_stale(Path(config.resume))
         ckpt = find_checkpoint(config.resume)
-        check_resume(ckpt, spec, config.ppo.net_arch, config.ppo.activation, allow_spec_change=config.allow_spec_change)
+        check_resume(
+            ckpt, spec, config.ppo.net_arch, config.ppo.activation,
+            allow_spec_change=config.allow_spec_change, frame_stack=config.ppo.frame_stack,
+        )  # fmt: skip
     return Preflight(spec, seed, out, run_dir, ckpt)

@@ -122,6 +122,7 @@ class Controller:
         lr_range = tuple(lr_range) if lr_range else trained_lr
         batch_size_range = tuple(batch_size_range) if batch_size_range else trained_bs
         self.deterministic = deterministic
+        self._actor = self.policy.actor(deterministic=deterministic)
         self.tracker = RunTracker(
             num_classes=num_classes, lr_range=lr_range, batch_size_range=batch_size_range, epochs=epochs
         )
@@ -148,7 +149,8 @@ class Controller:
 
     def act(self, obs: np.ndarray) -> tuple[float, int]:
         """The policy's next (LR, batch size) from an observation of the run (by :attr:`tracker`)."""
-        action = self.policy.predict(obs, deterministic=self.deterministic)
+        self._actor.deterministic = self.deterministic
+        action = self._actor(obs)
         lr_f, bs_f = decode_action(action, self.kind)
         self.hparams = self.hparams.scaled(lr_f, bs_f)
         return self.lr, self.batch_size
@@ -329,9 +331,10 @@ def run_policy(
     if batch_size is not None:
         options["batch_size"] = batch_size
     obs, info = env.reset(seed=seed, options=options)
+    act = saved.actor(deterministic=deterministic)
     history, done = [], False
     while not done:
-        obs, _, terminated, truncated, info = env.step(saved.predict(obs, deterministic=deterministic))
+        obs, _, terminated, truncated, info = env.step(act(obs))
         keys = ("epoch", "lr", "batch_size", "train_loss", "train_acc", "val_loss", "val_acc", "diverged")
         history.append({**{k: info[k] for k in keys}, "seconds": env.epoch_time})
         done = terminated or truncated

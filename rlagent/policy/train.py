@@ -21,7 +21,7 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.utils import LinearSchedule
-from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+from stable_baselines3.common.vec_env import VecEnv, VecFrameStack, VecNormalize
 
 from rlagent._io import optional_import
 from rlagent.errors import ClusterLostError, SpecError, is_number
@@ -35,7 +35,7 @@ from rlagent.policy.checkpoints import (
     resume_seed,
     save_checkpoint,
 )
-from rlagent.policy.file import save_policy
+from rlagent.policy.file import MAX_FRAME_STACK, save_policy
 from rlagent.policy.monitor import TrainingMonitor
 from rlagent.policy.preflight import check_training
 from rlagent.pool import make_pool
@@ -90,6 +90,9 @@ class PPOSettings:
     """``tanh`` or ``relu``."""
     normalize_obs: bool = True
     """Running mean/var observation normalisation (saved with the policy)."""
+    frame_stack: int = 1
+    """Observations of the last this many epochs the networks see side by side (SB3's
+    ``VecFrameStack`` over the normalised ones; zeros before a run's first); 1: the current one."""
 
     def __post_init__(self) -> None:
         for name in ("n_steps", "batch_size", "n_epochs"):
@@ -103,6 +106,8 @@ class PPOSettings:
             or not all(type(n) is int and 0 < n <= _MAX_WIDTH for n in layers)
         ):
             raise SpecError("ppo.net_arch", layers, f"at most {_MAX_LAYERS} layer widths, integers in 1..{_MAX_WIDTH}")
+        if type(self.frame_stack) is not int or not 1 <= self.frame_stack <= MAX_FRAME_STACK:
+            raise SpecError("ppo.frame_stack", self.frame_stack, f"an integer in 1..{MAX_FRAME_STACK}")
         if self.activation not in ACTIVATIONS:
             raise SpecError("ppo.activation", self.activation, f"one of {sorted(ACTIVATIONS)}")
         if not 0 < self.gamma <= 1:
@@ -306,7 +311,10 @@ def train_policy(config: TrainConfig, *, venv: VecEnv | None = None) -> TrainRes
         run_seed = resume_seed(seed, steps_before)
         pool.seed(run_seed)
         norm = VecNormalize(pool, norm_obs=True, norm_reward=False) if config.ppo.normalize_obs else None
-        model = build_ppo(norm or pool, config.ppo, run_seed, config.tensorboard)
+        observed: VecEnv = norm or pool
+        if config.ppo.frame_stack > 1:
+            observed = VecFrameStack(observed, n_stack=config.ppo.frame_stack)
+        model = build_ppo(observed, config.ppo, run_seed, config.tensorboard)
         done = 0
         resumed: dict[str, Any] = {}
         if checked.checkpoint is not None:
@@ -357,7 +365,7 @@ def train_policy(config: TrainConfig, *, venv: VecEnv | None = None) -> TrainRes
             **resumed,
             **config.metadata,
         }
-        save_policy(out, model, normalizer=norm, metadata=metadata)
+        save_policy(out, model, normalizer=norm, metadata=metadata, frame_stack=config.ppo.frame_stack)
         busy = monitor.update_seconds + monitor.rollout_seconds
         return TrainResult(
             policy_dir=out,

@@ -189,11 +189,12 @@ def _run_draw(policy_dir: str, spec: EnvSpec, seed: int, hide: tuple[str, ...], 
     policy: SavedPolicy = load_policy(policy_dir)
     mask = hide_mask(hide)
     env = HyperTuneEnv(spec)
+    actor = policy.actor(deterministic=True)
 
     def act(obs: np.ndarray) -> np.ndarray:
         obs = obs.copy()
         obs[mask] = 0.0
-        return policy.predict(obs, deterministic=True)
+        return actor(obs)
 
     keep = np.array([LR_FACTORS.index(1.0), BS_FACTORS.index(1.0)])
     if spec.episode.action != "discrete":

@@ -16,13 +16,14 @@ import safetensors.torch
 import torch
 from gymnasium import spaces
 from stable_baselines3 import PPO
-from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack, VecNormalize
 
 from rlagent.features import FEATURE_NAMES, OBS_HIGH, OBS_LOW
 from rlagent.policy._integrity import DIGEST_FIELD, json_digest
 from rlagent.policy.file import (
     JSON_NAME,
     WEIGHTS_NAME,
+    PolicyActor,
     PolicyFileError,
     SavedPolicy,
     load_policy,
@@ -144,6 +145,73 @@ def test_round_trip_gives_identical_actions(
     for row in obs[:20]:  # single observations come back without a batch axis
         single, _ = model.predict(venv.normalize_obs(row), deterministic=True)
         np.testing.assert_array_equal(loaded.predict(row), single)
+
+
+def test_frame_stacked_policy_acts_as_it_did_in_training(tmp_path: Path) -> None:
+    norm = VecNormalize(DummyVecEnv([lambda: _ToyEnv()]), norm_reward=True)
+    stack = VecFrameStack(norm, n_stack=3)
+    model = PPO("MlpPolicy", stack, n_steps=16, batch_size=16, n_epochs=2, policy_kwargs={"net_arch": [8]}, seed=0)
+    model.learn(total_timesteps=160)
+    path = save_policy(tmp_path / "stacked", model, normalizer=norm, frame_stack=3)
+
+    doc = json.loads((path / JSON_NAME).read_text())
+    assert (doc["format_version"], doc["frame_stack"]) == (4, 3)
+    loaded = load_policy(path)
+    assert loaded.frame_stack == 3
+    assert loaded.observation_space == norm.observation_space  # one frame, as the env returns it
+    assert loaded.policy.observation_space.shape == (3 * N_FEATURES,)
+    assert len(loaded.normalizer["mean"]) == N_FEATURES
+    with pytest.raises(ValueError, match=r"last 3 observations.*actor\(\)"):
+        loaded.predict(_random_obs(1)[0])
+
+    # A fresh actor per episode, fed the raw observations, acts as the trained model on the
+    # stacked normalised ones (zeros before the first), over whole episodes.
+    norm.training = False
+    obs = stack.reset()
+    for _episode in range(3):
+        act = loaded.actor()
+        assert isinstance(act, PolicyActor)
+        for _step in range(8):
+            expected, _ = model.predict(obs, deterministic=True)
+            np.testing.assert_array_equal(act(norm.get_original_obs()[0]), expected[0])
+            obs, _, done, _ = stack.step(expected)
+            if done[0]:
+                break
+        assert done[0], "the toy episode lasts 8 steps"
+    with pytest.raises(ValueError, match=r"one observation of shape \(22,\)"):
+        loaded.actor()(_random_obs(2))
+
+    # Saving the loaded policy again keeps the stack; a 1-frame save stays format 3.
+    again = load_policy(loaded.save(tmp_path / "again"))
+    assert again.frame_stack == 3
+    for key, value in loaded.policy.state_dict().items():
+        assert torch.equal(again.policy.state_dict()[key], value), key
+    with pytest.raises(PolicyFileError, match=r"shape \(66,\) is not 2 stacked copies"):
+        save_policy(tmp_path / "other", model, normalizer=norm, frame_stack=2)
+    with pytest.raises(PolicyFileError, match="a multiple of 4, got"):
+        save_policy(tmp_path / "other", model, normalizer=norm, frame_stack=4)
+    with pytest.raises(PolicyFileError, match="frame_stack must be an integer in 1..16"):
+        save_policy(tmp_path / "other", model, normalizer=norm, frame_stack=0)
+
+
+@pytest.mark.parametrize(
+    ("edit", "text"),
+    [
+        (lambda d: d.pop("frame_stack"), "frame_stack must be an integer in 2..16 in format 4, found None"),
+        (lambda d: d.__setitem__("frame_stack", 1), "found 1"),
+        (lambda d: d.__setitem__("frame_stack", 17), "found 17"),
+        (lambda d: d.__setitem__("frame_stack", "3"), "found '3'"),
+        (lambda d: d.__setitem__("format_version", 3), "format 3 has no frame_stack"),
+    ],
+)
+def test_bad_frame_stack_fields_are_refused(tmp_path: Path, edit: Callable[[dict], None], text: str) -> None:
+    norm = VecNormalize(DummyVecEnv([lambda: _ToyEnv()]))
+    model = PPO("MlpPolicy", VecFrameStack(norm, n_stack=2), n_steps=16, policy_kwargs={"net_arch": [8]}, seed=0)
+    path = save_policy(tmp_path / "stacked", model, normalizer=norm, frame_stack=2)
+    _edit_json(path, edit)
+    with pytest.raises(PolicyFileError, match="frame_stack") as info:
+        load_policy(path)
+    assert text in str(info.value)
 
 
 def test_policy_json_path_and_metadata(saved: Path) -> None:
@@ -313,7 +381,12 @@ def test_feature_mismatch_names_the_difference(saved: Path, expected: tuple[str,
 
 @pytest.mark.parametrize(
     ("version", "text"),
-    [(4, "expected 3, found 4"), ("3", "found '3'"), (1, "format 1 had no integrity check"), (2, "retrain the policy")],
+    [
+        (5, "expected 3 or 4, found 5"),
+        ("3", "found '3'"),
+        (1, "format 1 had no integrity check"),
+        (2, "retrain the policy"),
+    ],
 )
 def test_wrong_format_version(saved: Path, version: object, text: str) -> None:
     _edit_json(saved, lambda doc: doc.__setitem__("format_version", version))

@@ -8,12 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv
 from torch import nn
 
 from rlagent.cli import main
 from rlagent.config import load_spec
+from rlagent.env import HyperTuneEnv
 from rlagent.errors import RLAgentError, SpecError
 from rlagent.policy.reuse import Controller, resolve_policy, run_policy, train_with_policy, tune
+from rlagent.policy.train import PPOSettings, TrainConfig, train_policy
 from rlagent.training import Trainer
 from rlagent.workloads import make_run
 
@@ -38,8 +42,22 @@ def test_run_policy_from_another_start(tiny_policy: Path) -> None:
     assert first["batch_size"] in [min(128, int(64 * f)) for f in BS_FACTORS]
 
 
-def test_controller_in_a_hand_written_loop_matches_the_env(tiny_policy: Path) -> None:
-    """Same run, same policy: a user's loop with the Controller makes the env's decisions."""
+@pytest.fixture(scope="module")
+def stacked_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real PPO policy that sees the last 3 observations (``frame_stack = 3``)."""
+    tmp = tmp_path_factory.mktemp("stacked_policy")
+    config = TrainConfig(
+        spec="tiny", timesteps=64, n_envs=1, devices="cpu", out=tmp / "pol", run_dir=tmp / "run",
+        checkpoint_every=0, progress=False, ppo=PPOSettings(n_steps=32, batch_size=32, net_arch=(8,), frame_stack=3),
+    )  # fmt: skip
+    return train_policy(config, venv=DummyVecEnv([lambda: Monitor(HyperTuneEnv("tiny"))])).policy_dir
+
+
+@pytest.mark.parametrize("policy_fixture", ["tiny_policy", "stacked_policy"])
+def test_controller_in_a_hand_written_loop_matches_the_env(policy_fixture: str, request: pytest.FixtureRequest) -> None:
+    """Same run, same policy: a user's loop with the Controller makes the env's decisions (for a
+    frame-stacking policy too: both keep the run's last observations)."""
+    tiny_policy = request.getfixturevalue(policy_fixture)
     spec = load_spec("tiny")
     via_env = run_policy(tiny_policy, "tiny-wide", spec=spec, seed=5)
 

@@ -118,6 +118,28 @@ def test_resume_continues_the_step_count(trained: tuple[Path, object], tmp_path:
     assert record["resumed_from"]["seed"] == resume_seed(0, first.timesteps) != 0
 
 
+def test_frame_stacking_trains_checkpoints_and_resumes_only_with_the_same_stack(tmp_path: Path) -> None:
+    stacked = PPOSettings(n_steps=16, batch_size=16, net_arch=(8,), frame_stack=2)
+    result = train_policy(_config(tmp_path, ppo=stacked))
+    saved = load_policy(result.policy_dir)
+    assert saved.frame_stack == 2 and saved.policy.observation_space.shape == (2 * len(FEATURE_NAMES),)
+    assert saved.metadata["training"]["ppo"]["frame_stack"] == 2
+    assert load_policy(list_checkpoints(tmp_path / "run" / "checkpoints")[0][1] / "policy").frame_stack == 2
+
+    checkpoints = tmp_path / "run" / "checkpoints"
+    with pytest.raises(
+        RLAgentError, match="sees 2 stacked observations, this run frame_stack = 1; resume with --frame-stack 2"
+    ):
+        train_policy(
+            _config(tmp_path, timesteps=96, resume=checkpoints, out=tmp_path / "pol1", run_dir=tmp_path / "run1")
+        )
+    resumed = train_policy(
+        _config(tmp_path, timesteps=result.timesteps + 32, resume=checkpoints, n_envs=1, ppo=stacked,
+                out=tmp_path / "pol2", run_dir=tmp_path / "run2")
+    )  # fmt: skip
+    assert resumed.timesteps == result.timesteps + 32 and load_policy(tmp_path / "pol2").frame_stack == 2
+
+
 def test_resume_seed_is_fixed_per_step_and_differs_between_steps() -> None:
     assert resume_seed(7, 0) == 7
     assert resume_seed(7, 64) == resume_seed(7, 64)
@@ -172,6 +194,9 @@ def test_bad_ppo_settings_name_the_field() -> None:
         PPOSettings(learning_rate_end=-0.1)
     with pytest.raises(SpecError, match="ppo.learning_rate_end"):
         PPOSettings(learning_rate_end=float("nan"))
+    for bad in (0, 17, 2.0, True):
+        with pytest.raises(SpecError, match="ppo.frame_stack"):
+            PPOSettings(frame_stack=bad)
 
 
 def test_ppo_learning_rate_falls_linearly_over_the_run_and_resumes_on_schedule(tmp_path: Path) -> None:
