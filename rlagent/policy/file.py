@@ -60,6 +60,7 @@ from rlagent.policy._encode import (
     _encode_obs_space,
     _package_versions,
 )
+from rlagent.policy._frames import MAX_FRAME_STACK, PolicyActor, frame_space, stacked_space
 from rlagent.policy._integrity import (
     DIGEST_FIELD,
     check_json_digest,
@@ -93,8 +94,6 @@ slopes, clipping-aware last action); 2: ``policy.json`` is covered by its own ``
 no such check. Older files are refused with a message saying why."""
 ONE_FRAME_FORMAT = 3
 """The format of a policy that sees one observation at a time (no ``frame_stack`` field)."""
-MAX_FRAME_STACK = 16
-"""Most observations a policy may stack."""
 _OLD_FORMATS = {
     1: "format 1 had no integrity check of policy.json and observed 18 older features",
     2: "format 2 policies observe the 18 features of rlagent 0.2; this rlagent computes 22 "
@@ -225,42 +224,6 @@ class SavedPolicy:
         )
 
 
-class PolicyActor:
-    """Acts for one run with a saved policy, keeping the observations its network stacks.
-
-    A policy trained with frame stacking (``PPOSettings.frame_stack`` k > 1) sees the normalised
-    observations of the last k steps side by side, oldest first, with zeros (the normalised mean)
-    in place of steps before the run's first: what SB3's ``VecFrameStack`` over ``VecNormalize``
-    fed it in training. For k = 1 this is :meth:`SavedPolicy.predict`. Use a new actor for every
-    run::
-
-        act = policy.actor()
-        obs, info = env.reset(seed=0)
-        while not done:
-            obs, reward, terminated, truncated, info = env.step(act(obs))
-    """
-
-    def __init__(self, policy: SavedPolicy, deterministic: bool = True) -> None:
-        self.policy = policy
-        self.deterministic = deterministic
-        self._n = policy.observation_space.shape[0]
-        self._frames = np.zeros(policy.frame_stack * self._n, dtype=np.float32)
-
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
-        """The action for the run's next step, given its newest raw observation.
-
-        Raises:
-            ValueError: If the observation is not one vector of the policy's feature count.
-        """
-        obs = np.asarray(obs)
-        if obs.shape != (self._n,):
-            raise ValueError(f"expected one observation of shape ({self._n},), got shape {obs.shape}")
-        self._frames = np.roll(self._frames, -self._n)
-        self._frames[-self._n :] = self.policy.normalize(obs)
-        actions, _ = self.policy.policy.predict(self._frames, deterministic=self.deterministic)
-        return actions
-
-
 # --------------------------------------------------------------------------------------------
 # Saving
 # --------------------------------------------------------------------------------------------
@@ -311,7 +274,7 @@ def save_policy(
     policy = model.policy
     if type(frame_stack) is not int or not 1 <= frame_stack <= MAX_FRAME_STACK:
         raise PolicyFileError(f"frame_stack must be an integer in 1..{MAX_FRAME_STACK}, got {frame_stack!r:.50}")
-    obs_space = _frame_space(model.observation_space, frame_stack)
+    obs_space = frame_space(model.observation_space, frame_stack)
     doc: dict[str, Any] = {
         "format_version": ONE_FRAME_FORMAT if frame_stack == 1 else FORMAT_VERSION,
         **({"frame_stack": frame_stack} if frame_stack > 1 else {}),
@@ -341,36 +304,6 @@ def save_policy(
         write_atomic(tmp / JSON_NAME, text)
     logger.info("saved policy to %s (sha256 %s)", target, doc["sha256"][:12])
     return target
-
-
-def _frame_space(space: Any, frame_stack: int) -> Any:
-    """The space of one frame of ``space``, the stacked input of ``frame_stack`` frames."""
-    if frame_stack == 1:
-        return space
-    if not isinstance(space, spaces.Box) or len(space.shape) != 1 or space.shape[0] % frame_stack:
-        raise PolicyFileError(
-            f"a stack of {frame_stack} frames needs a flat Box observation space whose size is a multiple of "
-            f"{frame_stack}, got {space.shape if isinstance(space, spaces.Box) else space}"
-        )
-    n = space.shape[0] // frame_stack
-    # Frames lie side by side (k x n); SB3 repeats each bound k times in place (n x k). Either
-    # layout gives the frame's bounds when all frames share them, as stacked frames do.
-    for layout in ((frame_stack, n), (n, frame_stack)):
-        low, high = space.low.reshape(layout), space.high.reshape(layout)
-        axis = 0 if layout[0] == frame_stack else 1
-        first_low, first_high = np.take(low, 0, axis=axis), np.take(high, 0, axis=axis)
-        if np.all(np.expand_dims(first_low, axis) == low) and np.all(np.expand_dims(first_high, axis) == high):
-            return spaces.Box(first_low, first_high, dtype=space.dtype)
-    raise PolicyFileError(
-        f"an observation space of shape {space.shape} is not {frame_stack} stacked copies of one frame's space"
-    )
-
-
-def _stacked_space(space: spaces.Box, frame_stack: int) -> spaces.Box:
-    """The network's input space: ``frame_stack`` frames of ``space`` side by side."""
-    if frame_stack == 1:
-        return space
-    return spaces.Box(np.tile(space.low, frame_stack), np.tile(space.high, frame_stack), dtype=space.dtype)
 
 
 def _is_replaceable(target: Path) -> bool:
@@ -420,7 +353,7 @@ def load_policy(
     _parse_training(doc)
     arch = _field(doc, "architecture", dict)
     _check_architecture(arch)
-    net_space = _stacked_space(obs_space, frame_stack)
+    net_space = stacked_space(obs_space, frame_stack)
     shapes = expected_shapes(net_space.shape[0], action_space, arch["net_arch"])
     check_param_count(shapes)
 

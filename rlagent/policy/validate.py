@@ -17,7 +17,7 @@ import math
 import multiprocessing as mp
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from rlagent.env import BS_FACTORS, LR_FACTORS, HyperTuneEnv
 from rlagent.errors import SpecError, is_int, is_number
 from rlagent.features import FEATURE_NAMES
 from rlagent.policy.file import SavedPolicy, load_policy
+from rlagent.policy.reuse import action_kind
 
 logger = logging.getLogger(__name__)
 
@@ -188,6 +189,9 @@ def _run_draw(policy_dir: str, spec: EnvSpec, seed: int, hide: tuple[str, ...], 
     torch.set_num_threads(1)
     policy: SavedPolicy = load_policy(policy_dir)
     mask = hide_mask(hide)
+    # The policy's own action set (draws are the same either way): a spec's policies are judged
+    # beside others, e.g. a continuous candidate against a discrete incumbent.
+    spec = replace(spec, episode=replace(spec.episode, action=action_kind(policy)))
     env = HyperTuneEnv(spec)
     actor = policy.actor(deterministic=True)
 

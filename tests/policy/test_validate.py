@@ -64,6 +64,9 @@ def test_validation_replays_the_policy_and_the_constant_start(tiny_policy: Path)
             while not done:
                 obs, _, done, _, info = env.step(act(obs))
             assert info["val_acc"] == pytest.approx(expected) and info["workload"] == draw.workload
+    # Each policy acts in its own action set, whatever the spec names: same draws, same results.
+    continuous = dataclasses.replace(spec, episode=dataclasses.replace(spec.episode, action="continuous"))
+    assert validate_policy(tiny_policy, continuous, n_draws=3).draws == report.draws
     summary = report.summary()
     assert summary["draws"] == 3
     assert summary["mean_gain_over_constant"] == pytest.approx(

@@ -1,0 +1,87 @@
+"""Frame stacking: a policy that sees the observations of a run's last few epochs side by side.
+
+In training, SB3's ``VecFrameStack`` over ``VecNormalize`` feeds the networks the normalised
+observations of the last ``frame_stack`` steps, oldest first, with zeros before a run's first
+(``PPOSettings.frame_stack``). A saved policy records one frame's observation space and
+normaliser plus ``frame_stack`` (policy format 4); :class:`PolicyActor` rebuilds the stack when
+the policy is used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+
+from rlagent.errors import PolicyFileError
+
+MAX_FRAME_STACK = 16
+"""Most observations a policy may stack."""
+
+
+class PolicyActor:
+    """Acts for one run with a saved policy, keeping the observations its network stacks.
+
+    A policy trained with frame stacking (``PPOSettings.frame_stack`` k > 1) sees the normalised
+    observations of the last k steps side by side, oldest first, with zeros (the normalised mean)
+    in place of steps before the run's first: what SB3's ``VecFrameStack`` over ``VecNormalize``
+    fed it in training. For k = 1 this is :meth:`SavedPolicy.predict`. Use a new actor for every
+    run::
+
+        act = policy.actor()
+        obs, info = env.reset(seed=0)
+        while not done:
+            obs, reward, terminated, truncated, info = env.step(act(obs))
+    """
+
+    def __init__(self, policy: Any, deterministic: bool = True) -> None:
+        """``policy``: a :class:`~rlagent.policy.file.SavedPolicy`."""
+        self.policy = policy
+        self.deterministic = deterministic
+        self._n = policy.observation_space.shape[0]
+        self._frames = np.zeros(policy.frame_stack * self._n, dtype=np.float32)
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        """The action for the run's next step, given its newest raw observation.
+
+        Raises:
+            ValueError: If the observation is not one vector of the policy's feature count.
+        """
+        obs = np.asarray(obs)
+        if obs.shape != (self._n,):
+            raise ValueError(f"expected one observation of shape ({self._n},), got shape {obs.shape}")
+        self._frames = np.roll(self._frames, -self._n)
+        self._frames[-self._n :] = self.policy.normalize(obs)
+        actions, _ = self.policy.policy.predict(self._frames, deterministic=self.deterministic)
+        return actions
+
+
+def frame_space(space: Any, frame_stack: int) -> Any:
+    """The space of one frame of ``space``, the stacked input of ``frame_stack`` frames."""
+    if frame_stack == 1:
+        return space
+    if not isinstance(space, spaces.Box) or len(space.shape) != 1 or space.shape[0] % frame_stack:
+        raise PolicyFileError(
+            f"a stack of {frame_stack} frames needs a flat Box observation space whose size is a multiple of "
+            f"{frame_stack}, got {space.shape if isinstance(space, spaces.Box) else space}"
+        )
+    n = space.shape[0] // frame_stack
+    # Frames lie side by side (k x n); SB3 repeats each bound k times in place (n x k). Either
+    # layout gives the frame's bounds when all frames share them, as stacked frames do.
+    for layout in ((frame_stack, n), (n, frame_stack)):
+        low, high = space.low.reshape(layout), space.high.reshape(layout)
+        axis = 0 if layout[0] == frame_stack else 1
+        first_low, first_high = np.take(low, 0, axis=axis), np.take(high, 0, axis=axis)
+        if np.all(np.expand_dims(first_low, axis) == low) and np.all(np.expand_dims(first_high, axis) == high):
+            return spaces.Box(first_low, first_high, dtype=space.dtype)
+    raise PolicyFileError(
+        f"an observation space of shape {space.shape} is not {frame_stack} stacked copies of one frame's space"
+    )
+
+
+def stacked_space(space: spaces.Box, frame_stack: int) -> spaces.Box:
+    """The network's input space: ``frame_stack`` frames of ``space`` side by side."""
+    if frame_stack == 1:
+        return space
+    return spaces.Box(np.tile(space.low, frame_stack), np.tile(space.high, frame_stack), dtype=space.dtype)
