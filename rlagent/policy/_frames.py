@@ -66,22 +66,20 @@ def frame_space(space: Any, frame_stack: int) -> Any:
             f"a stack of {frame_stack} frames needs a flat Box observation space whose size is a multiple of "
             f"{frame_stack}, got {space.shape if isinstance(space, spaces.Box) else space}"
         )
-    n = space.shape[0] // frame_stack
-    # Frames lie side by side (k x n); SB3 repeats each bound k times in place (n x k). Either
-    # layout gives the frame's bounds when all frames share them, as stacked frames do.
-    for layout in ((frame_stack, n), (n, frame_stack)):
-        low, high = space.low.reshape(layout), space.high.reshape(layout)
-        axis = 0 if layout[0] == frame_stack else 1
-        first_low, first_high = np.take(low, 0, axis=axis), np.take(high, 0, axis=axis)
-        if np.all(np.expand_dims(first_low, axis) == low) and np.all(np.expand_dims(first_high, axis) == high):
-            return spaces.Box(first_low, first_high, dtype=space.dtype)
+    # SB3's VecFrameStack repeats each bound in place (n x k), as stacked_space does.
+    low = space.low.reshape(-1, frame_stack)
+    high = space.high.reshape(-1, frame_stack)
+    if np.all(low == low[:, :1]) and np.all(high == high[:, :1]):
+        return spaces.Box(low[:, 0], high[:, 0], dtype=space.dtype)
     raise PolicyFileError(
         f"an observation space of shape {space.shape} is not {frame_stack} stacked copies of one frame's space"
     )
 
 
 def stacked_space(space: spaces.Box, frame_stack: int) -> spaces.Box:
-    """The network's input space: ``frame_stack`` frames of ``space`` side by side."""
+    """The network's input space: ``frame_stack`` frames of ``space``, its bounds laid out as SB3's
+    ``VecFrameStack`` lays them out (each repeated in place; only the shape matters to the MLP)."""
     if frame_stack == 1:
         return space
-    return spaces.Box(np.tile(space.low, frame_stack), np.tile(space.high, frame_stack), dtype=space.dtype)
+    low, high = np.repeat(space.low, frame_stack), np.repeat(space.high, frame_stack)
+    return spaces.Box(low, high, dtype=space.dtype)
