@@ -129,7 +129,9 @@ def test_lost_node_with_a_replacement_costs_an_episode(cluster: Any, worker: Any
 def test_lost_node_without_replacement_checkpoints_exits_and_resumes(
     cluster: Any, worker: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    timesteps = 12 * ROLLOUT
+    # Far more steps than can run before the lost node is noticed (a fast host ran 12 rollouts in
+    # 2 s, before the removal took effect); the resume below finishes a short run instead.
+    timesteps = 4000 * ROLLOUT
     argv = ["train", "--backend", "ray", "--address", cluster.address, "--spec", "tiny", "--timesteps", str(timesteps),
             "--n-envs", "2", "--devices", "cpu", "--out", str(tmp_path / "policy"), "--run-dir", str(tmp_path / "run"),
             "--checkpoint-every", str(ROLLOUT), "--n-steps", "4", "--batch-size", "8", "--ppo-epochs", "2",
@@ -154,6 +156,9 @@ def test_lost_node_without_replacement_checkpoints_exits_and_resumes(
     assert not (tmp_path / "policy").exists()
 
     ensure_worker(cluster)  # a healthy cluster again: the run goes on from the checkpoint
-    assert main([*argv, "--resume", str(checkpoint)]) == 0
+    finish = state["num_timesteps"] + 2 * ROLLOUT
+    resume = [*argv, "--resume", str(checkpoint)]
+    resume[resume.index("--timesteps") + 1] = str(finish)
+    assert main(resume) == 0
     saved = load_policy(tmp_path / "policy")
-    assert saved.metadata["training"]["timesteps"] == timesteps
+    assert saved.metadata["training"]["timesteps"] == finish
