@@ -194,6 +194,15 @@ class EnvSpec:
     def __post_init__(self) -> None:
         _check_type("seed", self.seed, (int,), "an integer")
         _check_type("name", self.name, (str,), "a string")
+        sampler = self.workloads.sampler
+        if sampler is not None and sampler.start_lr_range is not None:
+            low, high = self.episode.lr_range or DEFAULT_LR_RANGE
+            if not low <= sampler.start_lr_range[0] <= sampler.start_lr_range[1] <= high:
+                raise SpecError(
+                    "workloads.train.start_lr_range",
+                    list(sampler.start_lr_range),
+                    f"a range inside the episode's LR range [{low:g}, {high:g}]",
+                )
 
     def workload(self, name: str) -> WorkloadSpec:
         """The workload called ``name``, with this spec's episode overrides applied."""
@@ -230,7 +239,7 @@ class EnvSpec:
         """A plain-data form (JSON/TOML-able) that :func:`spec_from_dict` reads back.
 
         The hidden LR scale's fields are left out while off (``lr_scale`` 1, ``lr_scale_range``
-        [1, 1]), and the sampler's ``first`` while ``dataset``, so a spec that does not use them
+        [1, 1]), the sampler's ``first`` while ``dataset`` and its ``start_lr_range`` while unset, so a spec that does not use them
         reads as it did before they existed: records made with it (checkpoints, benchmark trial
         files) still match.
         """
@@ -241,6 +250,8 @@ class EnvSpec:
                 del train["lr_scale_range"]
             if train.get("first") == "dataset":
                 del train["first"]
+            if train.get("start_lr_range") is None:
+                del train["start_lr_range"]
         for workload in data["workloads"].get("define", {}).values():
             if workload.get("lr_scale") == 1.0:
                 del workload["lr_scale"]

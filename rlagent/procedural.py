@@ -110,6 +110,11 @@ class ProceduralSpec:
     the range's ratio, so a policy must find the LR from how the run responds rather than
     remember one good value (domain randomisation of the LR's scale)."""
 
+    start_lr_range: tuple[float, float] | None = None
+    """Range a draw's initial LR is drawn from, log-uniform; None (the default) uses the
+    episode's whole LR range. Narrowed towards the top of that range it trains on more runs that
+    start too high (it must lie inside the episode's LR range)."""
+
     first: str = "dataset"
     """The family dimension picked first, uniformly over its allowed values; the others are then
     picked uniformly among those that fit it. ``dataset`` (the default) gives each dataset family
@@ -129,6 +134,11 @@ class ProceduralSpec:
             if not all(math.isfinite(v) for v in scales):
                 raise SpecError("workloads.train.lr_scale_range", list(scales), "a pair of finite numbers")
         object.__setattr__(self, "lr_scale_range", tuple(float(v) for v in scales))
+        if self.start_lr_range is not None:
+            check_range("workloads.train.start_lr_range", self.start_lr_range, positive=True)
+            if not all(math.isfinite(v) for v in self.start_lr_range):
+                raise SpecError("workloads.train.start_lr_range", list(self.start_lr_range), "a pair of finite numbers")
+            object.__setattr__(self, "start_lr_range", tuple(float(v) for v in self.start_lr_range))
         cap = self.max_epoch_seconds
         if not is_number(cap) or not 0 < cap < math.inf:
             raise SpecError("workloads.train.max_epoch_seconds", cap, "a number > 0")
@@ -367,7 +377,7 @@ def sample_task(
             description=f"{dataset} n={n_total}, {model} {_short(model_args)}, {optimizer} {_short(optimizer_args)}".strip(),
             family=family,
         )
-        init_lr = log_uniform(rng, lr_range)
+        init_lr = log_uniform(rng, sampler.start_lr_range or lr_range)
         sizes = powers_of_two(*batch_size_range)
         init_bs = int(sizes[int(rng.integers(len(sizes)))])
         if sampler.lr_scale_range != (1.0, 1.0):  # drawn last: the rest of a draw stays as without it

@@ -101,6 +101,8 @@ def test_default_spec_draws_only_training_families() -> None:
         ({"lr_scale_range": [2, 1]}, "workloads.train.lr_scale_range", "(2, 1)"),
         ({"lr_scale_range": 5}, "workloads.train.lr_scale_range", "a pair"),
         ({"first": "optimizer"}, "workloads.train.first", "'optimizer'"),
+        ({"start_lr_range": [0.1, 0.01]}, "workloads.train.start_lr_range", "(0.1, 0.01)"),
+        ({"start_lr_range": [1e-3, 1.0]}, "workloads.train.start_lr_range", "inside the episode's LR range"),
     ],
 )
 def test_sampler_spec_errors_name_field_value_and_allowed(train: dict[str, Any], field: str, shown: str) -> None:
@@ -133,6 +135,20 @@ def test_hidden_lr_scale_is_off_by_default_and_drawn_last_when_on() -> None:
     assert "lr_scale_range" not in default["workloads"]["train"]
     assert all("lr_scale" not in w for w in default["workloads"]["define"].values())
     assert spec_from_dict(default) == load_spec("default")
+
+
+def test_start_lr_range_moves_only_the_initial_lr() -> None:
+    high = ProceduralSpec(start_lr_range=(0.03, 0.3))
+    for seed in range(30):
+        plain, drawn = sample_task(seed), sample_task(seed, high)
+        assert 0.03 <= drawn.init_lr <= 0.3
+        assert drawn.workload == plain.workload and drawn.init_batch_size == plain.init_batch_size
+        assert sample_task(seed, high) == drawn  # seeded
+    spec = spec_from_dict({"workloads": {"train": {"start_lr_range": [0.03, 0.3]}}})
+    assert spec.draw(5).init_lr >= 0.03 and spec_from_dict(spec.to_dict()) == spec
+    assert "start_lr_range" not in load_spec("default").to_dict()["workloads"]["train"]  # unset stays out
+    with pytest.raises(SpecError, match="inside the episode's LR range"):  # checked against the episode's range
+        spec_from_dict({"episode": {"lr_range": [1e-4, 0.01]}, "workloads": {"train": {"start_lr_range": [0.03, 0.3]}}})
 
 
 def test_model_first_gives_each_model_family_an_equal_share() -> None:
