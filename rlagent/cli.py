@@ -152,6 +152,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--frame-stack", type=int, default=d.frame_stack, help="observations of the last K epochs the policy sees"
     )
+    p.add_argument(
+        "--lstm", type=int, default=d.lstm_hidden_size, metavar="UNITS",
+        help="train RecurrentPPO (sb3-contrib) with an LSTM of this many units; 0: plain PPO",
+    )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -160,7 +164,7 @@ def run_training(args: argparse.Namespace, command: str) -> TrainResult:
     ppo = PPOSettings(
         n_steps=args.n_steps, batch_size=args.batch_size, n_epochs=args.ppo_epochs, learning_rate=args.ppo_lr,
         learning_rate_end=args.ppo_lr_end, gamma=args.gamma, ent_coef=args.ent_coef, net_arch=tuple(args.net_arch),
-        frame_stack=args.frame_stack,
+        frame_stack=args.frame_stack, lstm_hidden_size=args.lstm,
     )  # fmt: skip
     config = TrainConfig(
         spec=args.spec, timesteps=args.timesteps, n_envs=args.n_envs, devices=args.devices, seed=args.seed,

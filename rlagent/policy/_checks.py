@@ -24,6 +24,10 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 _MAX_WIDTH = 4096
 _MAX_LAYERS = 8
 _MAX_ACTION_DIMS = 64
+_MAX_LSTM = 256
+RECURRENT_POLICY = "MlpLstmPolicy"
+"""The architecture name of a policy with an LSTM before its networks (sb3-contrib's
+``RecurrentActorCriticPolicy``: one layer, separate actor and critic LSTMs; policy format 5)."""
 
 
 def _field(doc: Mapping[str, Any], key: str, kind: type) -> Any:
@@ -201,15 +205,21 @@ def _parse_training(doc: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _check_architecture(arch: Mapping[str, Any]) -> None:
-    """Refuse anything but ``MlpPolicy`` with small integer layers and tanh / relu."""
+    """Refuse anything but ``MlpPolicy`` / ``MlpLstmPolicy`` with small integer layers and tanh / relu."""
     allowed = (
-        f"allowed: policy 'MlpPolicy', net_arch {{'pi': [...], 'vf': [...]}} of at most "
-        f"{_MAX_LAYERS} layers of 1..{_MAX_WIDTH} units, activation one of {sorted(_ACTIVATIONS)}"
+        f"allowed: policy 'MlpPolicy' or {RECURRENT_POLICY!r} (with lstm_hidden_size 1..{_MAX_LSTM}), "
+        f"net_arch {{'pi': [...], 'vf': [...]}} of at most {_MAX_LAYERS} layers of 1..{_MAX_WIDTH} units, "
+        f"activation one of {sorted(_ACTIVATIONS)}"
     )
-    if set(arch) != {"policy", "net_arch", "activation"}:
+    recurrent = arch.get("policy") == RECURRENT_POLICY
+    if set(arch) != {"policy", "net_arch", "activation"} | ({"lstm_hidden_size"} if recurrent else set()):
         raise PolicyFileError(f"architecture not allow-listed: fields {sorted(arch)}; {allowed}")
-    if arch["policy"] != "MlpPolicy":
+    if arch["policy"] not in ("MlpPolicy", RECURRENT_POLICY):
         raise PolicyFileError(f"architecture not allow-listed: policy {arch['policy']!r:.50}; {allowed}")
+    if recurrent and not (type(arch["lstm_hidden_size"]) is int and 0 < arch["lstm_hidden_size"] <= _MAX_LSTM):
+        raise PolicyFileError(
+            f"architecture not allow-listed: lstm_hidden_size {arch['lstm_hidden_size']!r:.50}; {allowed}"
+        )
     if not isinstance(arch["activation"], str) or arch["activation"] not in _ACTIVATIONS:
         raise PolicyFileError(f"architecture not allow-listed: activation {arch['activation']!r:.50}; {allowed}")
     net_arch = arch["net_arch"]
@@ -222,6 +232,25 @@ def _check_architecture(arch: Mapping[str, Any]) -> None:
             or not all(type(n) is int and 0 < n <= _MAX_WIDTH for n in layers)
         ):
             raise PolicyFileError(f"architecture not allow-listed: net_arch[{key!r}] = {layers!r:.100}; {allowed}")
+
+
+def build_policy(obs_space: spaces.Box, action_space: spaces.Space[Any], arch: Mapping[str, Any]) -> ActorCriticPolicy:
+    """A fresh SB3 policy of a checked architecture (its weights are to be overwritten)."""
+    kwargs: dict[str, Any] = {
+        "lr_schedule": lambda _: 0.0,
+        "net_arch": {"pi": list(arch["net_arch"]["pi"]), "vf": list(arch["net_arch"]["vf"])},
+        "activation_fn": _ACTIVATIONS[arch["activation"]],
+        "ortho_init": False,  # the weights are replaced: skip the costly orthogonal init
+    }
+    # Fork the RNG so that building does not disturb the caller's global torch random state.
+    with torch.random.fork_rng(devices=[]):
+        if arch["policy"] == RECURRENT_POLICY:
+            from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy  # imports every algorithm
+
+            return RecurrentActorCriticPolicy(
+                obs_space, action_space, lstm_hidden_size=arch["lstm_hidden_size"], **kwargs
+            )
+        return ActorCriticPolicy(obs_space, action_space, **kwargs)
 
 
 def _load_state(policy: ActorCriticPolicy, state: Mapping[str, torch.Tensor]) -> None:

@@ -20,9 +20,9 @@ from stable_baselines3.common.torch_layers import FlattenExtractor
 from stable_baselines3.common.vec_env import VecNormalize
 
 from rlagent.errors import PolicyFileError
-from rlagent.policy._checks import _ACTIVATIONS, _check_architecture
+from rlagent.policy._checks import _ACTIVATIONS, RECURRENT_POLICY, _check_architecture
 
-_VERSIONED_PACKAGES = ("torch", "stable_baselines3", "gymnasium", "numpy", "safetensors")
+_VERSIONED_PACKAGES = ("torch", "stable_baselines3", "sb3_contrib", "gymnasium", "numpy", "safetensors")
 
 
 def _check_feature_names(names: Sequence[str], obs_space: Any) -> list[str]:
@@ -101,8 +101,12 @@ def _encode_normalizer(
 
 def _architecture_of(policy: Any) -> dict[str, Any]:
     """Describe ``policy`` as an allow-listed architecture, or refuse."""
-    if type(policy) is not ActorCriticPolicy:
-        raise PolicyFileError(f"only MlpPolicy (ActorCriticPolicy) can be saved, got {type(policy).__name__}")
+    lstm = _lstm_of(policy)
+    if type(policy) is not ActorCriticPolicy and lstm is None:
+        raise PolicyFileError(
+            "only MlpPolicy (ActorCriticPolicy) and MlpLstmPolicy (sb3-contrib's RecurrentActorCriticPolicy) "
+            f"can be saved, got {type(policy).__name__}"
+        )
     if policy.features_extractor_class is not FlattenExtractor:
         raise PolicyFileError(
             f"only the default FlattenExtractor is supported, got {policy.features_extractor_class.__name__}"
@@ -118,8 +122,29 @@ def _architecture_of(policy: Any) -> dict[str, Any]:
     else:
         net_arch = {"pi": list(net_arch), "vf": list(net_arch)}
     arch = {"policy": "MlpPolicy", "net_arch": net_arch, "activation": names[policy.activation_fn]}
+    if lstm is not None:
+        arch.update(policy=RECURRENT_POLICY, lstm_hidden_size=lstm)
     _check_architecture(arch)
     return arch
+
+
+def _lstm_of(policy: Any) -> int | None:
+    """The LSTM size of an sb3-contrib ``RecurrentActorCriticPolicy`` that the format can rebuild
+    (one layer, separate actor and critic LSTMs, PyTorch's LSTM defaults); None for another class."""
+    if type(policy).__name__ != "RecurrentActorCriticPolicy":
+        return None
+    from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+
+    if type(policy) is not RecurrentActorCriticPolicy:
+        return None
+    lstm = policy.lstm_actor
+    plain = lstm.num_layers == 1 and lstm.bias and not lstm.bidirectional and not lstm.proj_size
+    if policy.shared_lstm or not policy.enable_critic_lstm or not plain:
+        raise PolicyFileError(
+            "only a recurrent policy with one plain LSTM layer each for the actor and the critic can be saved "
+            "(sb3-contrib's defaults: n_lstm_layers=1, shared_lstm=False, enable_critic_lstm=True, no lstm_kwargs)"
+        )
+    return int(lstm.hidden_size)
 
 
 def _package_versions() -> dict[str, str]:

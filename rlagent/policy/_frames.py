@@ -1,10 +1,15 @@
-"""Frame stacking: a policy that sees the observations of a run's last few epochs side by side.
+"""A run's history as a policy sees it: stacked frames and an LSTM's state.
+
+Frame stacking: a policy that sees the observations of a run's last few epochs side by side.
 
 In training, SB3's ``VecFrameStack`` over ``VecNormalize`` feeds the networks the normalised
 observations of the last ``frame_stack`` steps, oldest first, with zeros before a run's first
 (``PPOSettings.frame_stack``). A saved policy records one frame's observation space and
 normaliser plus ``frame_stack`` (policy format 4); :class:`PolicyActor` rebuilds the stack when
 the policy is used.
+
+A recurrent policy (sb3-contrib's ``RecurrentPPO``, policy format 5) instead carries an LSTM
+state from epoch to epoch; :class:`PolicyActor` keeps it, reset at a run's start as in training.
 """
 
 from __future__ import annotations
@@ -21,13 +26,14 @@ MAX_FRAME_STACK = 16
 
 
 class PolicyActor:
-    """Acts for one run with a saved policy, keeping the observations its network stacks.
+    """Acts for one run with a saved policy, keeping the history its network reads.
 
     A policy trained with frame stacking (``PPOSettings.frame_stack`` k > 1) sees the normalised
     observations of the last k steps side by side, oldest first, with zeros (the normalised mean)
     in place of steps before the run's first: what SB3's ``VecFrameStack`` over ``VecNormalize``
-    fed it in training. For k = 1 this is :meth:`SavedPolicy.predict`. Use a new actor for every
-    run::
+    fed it in training. A recurrent policy also carries its LSTM state from one step to the next,
+    starting from zeros as ``RecurrentPPO`` does at an episode's start. For a one-frame
+    feed-forward policy this is :meth:`SavedPolicy.predict`. Use a new actor for every run::
 
         act = policy.actor()
         obs, info = env.reset(seed=0)
@@ -41,6 +47,7 @@ class PolicyActor:
         self.deterministic = deterministic
         self._n = policy.observation_space.shape[0]
         self._frames = np.zeros(policy.frame_stack * self._n, dtype=np.float32)
+        self._state: tuple[np.ndarray, ...] | None = None  # the LSTM's (hidden, cell), after a first step
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         """The action for the run's next step, given its newest raw observation.
@@ -53,7 +60,13 @@ class PolicyActor:
             raise ValueError(f"expected one observation of shape ({self._n},), got shape {obs.shape}")
         self._frames = np.roll(self._frames, -self._n)
         self._frames[-self._n :] = self.policy.normalize(obs)
-        actions, _ = self.policy.policy.predict(self._frames, deterministic=self.deterministic)
+        if not self.policy.recurrent:
+            actions, _ = self.policy.policy.predict(self._frames, deterministic=self.deterministic)
+            return actions
+        first = np.array([self._state is None])
+        actions, self._state = self.policy.policy.predict(
+            self._frames, state=self._state, episode_start=first, deterministic=self.deterministic
+        )
         return actions
 
 

@@ -145,7 +145,10 @@ def _is_sha256(value: Any) -> bool:
 
 
 def expected_shapes(
-    n_obs: int, action_space: spaces.MultiDiscrete | spaces.Box, net_arch: Mapping[str, list[int]]
+    n_obs: int,
+    action_space: spaces.MultiDiscrete | spaces.Box,
+    net_arch: Mapping[str, list[int]],
+    lstm_hidden_size: int = 0,
 ) -> dict[str, tuple[int, ...]]:
     """The ``state_dict`` shapes of SB3's ``ActorCriticPolicy`` for an allow-listed MLP, without building it.
 
@@ -153,6 +156,8 @@ def expected_shapes(
         n_obs: Length of the flat observation.
         action_space: A flat ``MultiDiscrete`` or ``Box`` action space.
         net_arch: ``{"pi": [...], "vf": [...]}`` hidden widths.
+        lstm_hidden_size: For sb3-contrib's ``RecurrentActorCriticPolicy``, the units of its
+            one-layer actor and critic LSTMs, which the MLPs then read; 0 for no LSTM.
 
     Returns:
         Tensor name -> shape, in SB3's naming.
@@ -160,7 +165,7 @@ def expected_shapes(
     shapes: dict[str, tuple[int, ...]] = {}
     last = {}
     for net, key in (("policy_net", "pi"), ("value_net", "vf")):
-        width = n_obs
+        width = lstm_hidden_size or n_obs
         for i, units in enumerate(net_arch[key]):
             shapes[f"mlp_extractor.{net}.{2 * i}.weight"] = (units, width)
             shapes[f"mlp_extractor.{net}.{2 * i}.bias"] = (units,)
@@ -175,6 +180,13 @@ def expected_shapes(
     shapes["action_net.bias"] = (n_out,)
     shapes["value_net.weight"] = (1, last["vf"])
     shapes["value_net.bias"] = (1,)
+    if lstm_hidden_size:
+        gates = 4 * lstm_hidden_size  # input, forget, cell and output gates, stacked
+        for lstm in ("lstm_actor", "lstm_critic"):
+            shapes[f"{lstm}.weight_ih_l0"] = (gates, n_obs)
+            shapes[f"{lstm}.weight_hh_l0"] = (gates, lstm_hidden_size)
+            shapes[f"{lstm}.bias_ih_l0"] = (gates,)
+            shapes[f"{lstm}.bias_hh_l0"] = (gates,)
     return shapes
 
 

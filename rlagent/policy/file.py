@@ -4,7 +4,8 @@
 untrusted file with them runs arbitrary code. A saved rlagent policy is instead a directory of
 two plain files:
 
-* ``policy.safetensors`` -- the SB3 ``ActorCriticPolicy.state_dict()`` (tensors only);
+* ``policy.safetensors`` -- the SB3 ``ActorCriticPolicy.state_dict()`` (tensors only; for a
+  recurrent policy, sb3-contrib's ``RecurrentActorCriticPolicy``, LSTM weights included);
 * ``policy.json`` -- everything else: format version, feature names, observation and action
   spaces, the observation normaliser's statistics, the network architecture (from an
   allow-list), the weights file's SHA-256, free training metadata and ``json_sha256``, the
@@ -31,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import safetensors.torch
-import torch
 from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.running_mean_std import RunningMeanStd
@@ -41,7 +41,7 @@ from rlagent._io import atomic_dir, json_default, write_atomic
 from rlagent.errors import PolicyFileError
 from rlagent.features import FEATURE_NAMES
 from rlagent.policy._checks import (
-    _ACTIVATIONS,
+    RECURRENT_POLICY,
     _check_architecture,
     _compare_features,
     _field,
@@ -51,6 +51,7 @@ from rlagent.policy._checks import (
     _parse_normalizer,
     _parse_obs_space,
     _parse_training,
+    build_policy,
 )
 from rlagent.policy._encode import (
     _architecture_of,
@@ -84,16 +85,22 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 4
-"""Newest version of the policy directory layout, read and written by this rlagent. 4: format 3
-plus ``frame_stack``, the number of consecutive observations the network sees (written only for
-a policy that stacks more than one; a one-frame policy is still written as format 3, so that
-rlagent 0.3 reads it); 3: the observation features of :data:`rlagent.features.FEATURE_NAMES` as
+FORMAT_VERSION = 5
+"""Newest version of the policy directory layout, read and written by this rlagent. A policy is
+written in the oldest format that holds it, so older readers keep reading what they can. 5: the
+architecture may be ``MlpLstmPolicy`` (sb3-contrib's ``RecurrentActorCriticPolicy``, with
+``lstm_hidden_size``), and ``frame_stack`` is optional (default 1); written only for recurrent
+policies. 4: format 3 plus ``frame_stack``, the number of consecutive observations the network
+sees (required, 2 or more; written for a feed-forward policy that stacks more than one); 3: the
+observation features of :data:`rlagent.features.FEATURE_NAMES` as
 of rlagent 0.3 (LR relative to the run's start, loss relative to the start, loss and accuracy
 slopes, clipping-aware last action); 2: ``policy.json`` is covered by its own ``json_sha256``; 1:
 no such check. Older files are refused with a message saying why."""
 ONE_FRAME_FORMAT = 3
-"""The format of a policy that sees one observation at a time (no ``frame_stack`` field)."""
+"""The format of a feed-forward policy that sees one observation at a time (no ``frame_stack``)."""
+STACK_FORMAT = 4
+"""The format of a feed-forward policy that sees several observations (``frame_stack`` >= 2)."""
+_FORMATS = (ONE_FRAME_FORMAT, STACK_FORMAT, FORMAT_VERSION)
 _OLD_FORMATS = {
     1: "format 1 had no integrity check of policy.json and observed 18 older features",
     2: "format 2 policies observe the 18 features of rlagent 0.2; this rlagent computes 22 "
@@ -120,7 +127,10 @@ class SavedPolicy:
         action_space: The action space the policy acts in.
         frame_stack: How many consecutive observations the network sees side by side (1: the
             current one only); act with :meth:`actor`, which keeps them.
-        policy: The rebuilt SB3 ``ActorCriticPolicy`` (CPU, eval mode).
+        recurrent: Whether the network carries an LSTM state from epoch to epoch of a run (act
+            with :meth:`actor`, which keeps it).
+        policy: The rebuilt SB3 ``ActorCriticPolicy`` (CPU, eval mode; for a recurrent policy
+            sb3-contrib's ``RecurrentActorCriticPolicy``).
         normalizer: The observation statistics (``mean``, ``var``, ``count``, ``clip_obs``,
             ``epsilon``) or None when observations were not normalised.
     """
@@ -143,6 +153,7 @@ class SavedPolicy:
         self.action_space = action_space
         self.policy = policy
         self.normalizer = normalizer
+        self.recurrent = metadata.get("architecture", {}).get("policy") == RECURRENT_POLICY
         if normalizer is not None:
             self._mean = np.asarray(normalizer["mean"], dtype=np.float64)
             self._var = np.asarray(normalizer["var"], dtype=np.float64)
@@ -176,13 +187,12 @@ class SavedPolicy:
 
         Raises:
             ValueError: If the observation does not have the policy's feature count, or the
-                policy stacks several observations (use :meth:`actor`, which keeps them).
+                policy stacks several observations or is recurrent (use :meth:`actor`, which
+                keeps a run's history).
         """
-        if self.frame_stack > 1:
-            raise ValueError(
-                f"this policy sees the last {self.frame_stack} observations of a run: act with "
-                "policy.actor() (one per run), which keeps them"
-            )
+        if self.frame_stack > 1 or self.recurrent:
+            seen = "an LSTM state carried through" if self.recurrent else f"the last {self.frame_stack} observations of"
+            raise ValueError(f"this policy sees {seen} a run: act with policy.actor() (one per run), which keeps it")
         obs = np.asarray(obs)
         n_features = len(self.feature_names)
         if obs.ndim not in (1, 2) or obs.shape[-1] != n_features:
@@ -220,6 +230,7 @@ class SavedPolicy:
         return (
             f"SavedPolicy(features={len(self.feature_names)}, action_space={self.action_space}, "
             f"net_arch={arch.get('net_arch')}, activation={arch.get('activation')!r}, "
+            f"lstm_hidden_size={arch.get('lstm_hidden_size', 0)}, "
             f"frame_stack={self.frame_stack}, normalized={self.normalizer is not None})"
         )
 
@@ -249,7 +260,8 @@ def save_policy(
     Args:
         path: The policy directory to write.
         model: A trained ``stable_baselines3.PPO`` (or any model whose ``policy`` is a plain
-            ``ActorCriticPolicy`` with an MLP on a flat ``Box`` observation).
+            ``ActorCriticPolicy`` with an MLP on a flat ``Box`` observation), or an sb3-contrib
+            ``RecurrentPPO`` with ``MlpLstmPolicy`` (written as format 5).
         normalizer: The ``VecNormalize`` the model was trained behind (its observation
             statistics are stored; reward normalisation is not), its ``obs_rms``
             ``RunningMeanStd``, or None if observations were not normalised.
@@ -275,14 +287,16 @@ def save_policy(
     if type(frame_stack) is not int or not 1 <= frame_stack <= MAX_FRAME_STACK:
         raise PolicyFileError(f"frame_stack must be an integer in 1..{MAX_FRAME_STACK}, got {frame_stack!r:.50}")
     obs_space = frame_space(model.observation_space, frame_stack)
+    arch = _architecture_of(policy)
+    recurrent = arch["policy"] == RECURRENT_POLICY
     doc: dict[str, Any] = {
-        "format_version": ONE_FRAME_FORMAT if frame_stack == 1 else FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if recurrent else STACK_FORMAT if frame_stack > 1 else ONE_FRAME_FORMAT,
         **({"frame_stack": frame_stack} if frame_stack > 1 else {}),
         "feature_names": _check_feature_names(feature_names, obs_space),
         "observation_space": _encode_obs_space(obs_space),
         "action_space": _encode_action_space(model.action_space),
         "normalizer": _encode_normalizer(normalizer, obs_space, clip_obs, epsilon),
-        "architecture": _architecture_of(policy),
+        "architecture": arch,
         "weights_file": WEIGHTS_NAME,
         "sha256": "",
         "training": dict(metadata or {}),
@@ -353,8 +367,10 @@ def load_policy(
     _parse_training(doc)
     arch = _field(doc, "architecture", dict)
     _check_architecture(arch)
+    if arch["policy"] == RECURRENT_POLICY and doc["format_version"] < FORMAT_VERSION:
+        raise PolicyFileError(f"{json_path}: a {RECURRENT_POLICY} policy needs format {FORMAT_VERSION}")
     net_space = stacked_space(obs_space, frame_stack)
-    shapes = expected_shapes(net_space.shape[0], action_space, arch["net_arch"])
+    shapes = expected_shapes(net_space.shape[0], action_space, arch["net_arch"], arch.get("lstm_hidden_size", 0))
     check_param_count(shapes)
 
     weights_file = doc.get("weights_file", WEIGHTS_NAME)
@@ -365,7 +381,7 @@ def load_policy(
         )
     state = read_weights(directory / WEIGHTS_NAME, _field(doc, "sha256", str), shapes)
 
-    policy = _build_policy(net_space, action_space, arch)
+    policy = build_policy(net_space, action_space, arch)
     _load_state(policy, state)
     logger.info("loaded policy from %s", directory)
     return SavedPolicy(
@@ -380,14 +396,19 @@ def load_policy(
 
 
 def _parse_frame_stack(doc: dict[str, Any]) -> int:
-    if doc["format_version"] == ONE_FRAME_FORMAT:
+    version = doc["format_version"]
+    if version == ONE_FRAME_FORMAT:
         if "frame_stack" in doc:
-            raise PolicyFileError(f"policy.json: format {ONE_FRAME_FORMAT} has no frame_stack (format 4 has)")
+            raise PolicyFileError(
+                f"policy.json: format {ONE_FRAME_FORMAT} has no frame_stack (formats {STACK_FORMAT} and up have)"
+            )
+        return 1
+    if version == FORMAT_VERSION and "frame_stack" not in doc:
         return 1
     value = doc.get("frame_stack")
     if type(value) is not int or not 2 <= value <= MAX_FRAME_STACK:
         raise PolicyFileError(
-            f"policy.json: frame_stack must be an integer in 2..{MAX_FRAME_STACK} in format 4, found {value!r:.50}"
+            f"policy.json: frame_stack must be an integer in 2..{MAX_FRAME_STACK} in format {version}, found {value!r:.50}"
         )
     return value
 
@@ -410,29 +431,11 @@ def _resolve(path: Path) -> tuple[Path, Path]:
 
 def _check_version(doc: dict[str, Any], json_path: Path) -> None:
     found = doc.get("format_version")
+    expected = f"{', '.join(map(str, _FORMATS[:-1]))} or {_FORMATS[-1]}"
     if type(found) is not int:
-        raise PolicyFileError(
-            f"{json_path}: format_version must be the integer {ONE_FRAME_FORMAT} or {FORMAT_VERSION}, found {found!r:.50}"
-        )
-    if found not in (ONE_FRAME_FORMAT, FORMAT_VERSION):
+        raise PolicyFileError(f"{json_path}: format_version must be the integer {expected}, found {found!r:.50}")
+    if found not in _FORMATS:
         hint = (
             " (written by a newer rlagent?)" if found > FORMAT_VERSION else f" ({_OLD_FORMATS.get(found, 'too old')})"
         )
-        raise PolicyFileError(
-            f"{json_path}: unsupported format_version: expected {ONE_FRAME_FORMAT} or {FORMAT_VERSION}, found {found}{hint}"
-        )
-
-
-def _build_policy(obs_space: spaces.Box, action_space: spaces.Space[Any], arch: Mapping[str, Any]) -> ActorCriticPolicy:
-    # The fresh weights are overwritten below; fork the RNG so building does not disturb
-    # the caller's global torch random state.
-    with torch.random.fork_rng(devices=[]):
-        policy = ActorCriticPolicy(
-            obs_space,
-            action_space,
-            lr_schedule=lambda _: 0.0,
-            net_arch={"pi": list(arch["net_arch"]["pi"]), "vf": list(arch["net_arch"]["vf"])},
-            activation_fn=_ACTIVATIONS[arch["activation"]],
-            ortho_init=False,  # the weights are replaced: skip the costly orthogonal init
-        )
-    return policy
+        raise PolicyFileError(f"{json_path}: unsupported format_version: expected {expected}, found {found}{hint}")

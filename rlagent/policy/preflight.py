@@ -42,12 +42,13 @@ class Preflight:
     checkpoint: Checkpoint | None
 
 
-def check_net_arch(net_arch: Any, activation: str, action: str) -> None:
+def check_net_arch(net_arch: Any, activation: str, action: str, lstm_hidden_size: int = 0) -> None:
     """Refuse a PPO network the policy file format would refuse when saving it."""
     arch = {"pi": list(net_arch), "vf": list(net_arch)} if isinstance(net_arch, (list, tuple)) else net_arch
     try:
         _check_architecture({"policy": "MlpPolicy", "net_arch": arch, "activation": activation})
-        check_param_count(expected_shapes(len(FEATURE_NAMES), action_space(action), arch))
+        shapes = expected_shapes(len(FEATURE_NAMES), action_space(action), arch, lstm_hidden_size)
+        check_param_count(shapes)
     except PolicyFileError as exc:
         raise SpecError("ppo.net_arch", net_arch, str(exc).removeprefix("architecture not allow-listed: ")) from None
 
@@ -87,7 +88,14 @@ def _plain(data: Any) -> Any:
 
 
 def check_resume(
-    ckpt: Checkpoint, spec: EnvSpec, net_arch: Any, activation: str, *, allow_spec_change: bool, frame_stack: int = 1
+    ckpt: Checkpoint,
+    spec: EnvSpec,
+    net_arch: Any,
+    activation: str,
+    *,
+    allow_spec_change: bool,
+    frame_stack: int = 1,
+    lstm_hidden_size: int = 0,
 ) -> None:
     """Refuse to resume a checkpoint of another spec (unless allowed) or another network."""
     if ckpt.spec is not None:
@@ -114,6 +122,12 @@ def check_resume(
             f"resume: {ckpt.path} sees {ckpt.policy.frame_stack} stacked observations, this run "
             f"frame_stack = {frame_stack}; resume with --frame-stack {ckpt.policy.frame_stack}"
         )
+    lstm = arch.get("lstm_hidden_size", 0)
+    if lstm != lstm_hidden_size:
+        raise RLAgentError(
+            f"resume: {ckpt.path} has an LSTM of {lstm} units (0: none), this run lstm_hidden_size = "
+            f"{lstm_hidden_size}; resume with --lstm {lstm}"
+        )
     kind = "discrete" if ckpt.policy.metadata["action_space"]["type"] == "MultiDiscrete" else "continuous"
     if kind != spec.episode.action:
         raise RLAgentError(
@@ -136,7 +150,7 @@ def check_training(config: Any, *, check_devices_: bool = True) -> Preflight:
     seed = spec.seed if config.seed is None else config.seed
     out = Path(config.out)
     run_dir = Path(config.run_dir) if config.run_dir else Path("runs") / f"{spec.name}__{out.name}__{seed}"
-    check_net_arch(config.ppo.net_arch, config.ppo.activation, spec.episode.action)
+    check_net_arch(config.ppo.net_arch, config.ppo.activation, spec.episode.action, config.ppo.lstm_hidden_size)
     if check_devices_:
         check_devices(config.n_envs, config.devices)
     check_output(out)
@@ -151,5 +165,6 @@ def check_training(config: Any, *, check_devices_: bool = True) -> Preflight:
         check_resume(
             ckpt, spec, config.ppo.net_arch, config.ppo.activation,
             allow_spec_change=config.allow_spec_change, frame_stack=config.ppo.frame_stack,
+            lstm_hidden_size=config.ppo.lstm_hidden_size,
         )  # fmt: skip
     return Preflight(spec, seed, out, run_dir, ckpt)

@@ -25,7 +25,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecFrameStack, VecNormalize
 
 from rlagent._io import optional_import
 from rlagent.errors import ClusterLostError, SpecError, is_number
-from rlagent.policy._checks import _ACTIVATIONS, _MAX_LAYERS, _MAX_WIDTH
+from rlagent.policy._checks import _ACTIVATIONS, _MAX_LAYERS, _MAX_LSTM, _MAX_WIDTH
 from rlagent.policy.checkpoints import (
     CHECKPOINT_FORMAT,
     latest_checkpoint,
@@ -44,6 +44,7 @@ from rlagent.pool.devices import WorkerSlot
 logger = logging.getLogger(__name__)
 
 ACTIVATIONS = _ACTIVATIONS
+MAX_LSTM = _MAX_LSTM
 __all__ = [
     "CHECKPOINT_FORMAT",
     "PPOSettings",
@@ -93,6 +94,10 @@ class PPOSettings:
     frame_stack: int = 1
     """Observations of the last this many epochs the networks see side by side (SB3's
     ``VecFrameStack`` over the normalised ones; zeros before a run's first); 1: the current one."""
+    lstm_hidden_size: int = 0
+    """If > 0, train sb3-contrib's ``RecurrentPPO``: an LSTM of this many units (one layer, one
+    for the policy and one for the value network) reads the observations before the networks and
+    carries a state through each run; 0: plain PPO."""
 
     def __post_init__(self) -> None:
         for name in ("n_steps", "batch_size", "n_epochs"):
@@ -108,6 +113,8 @@ class PPOSettings:
             raise SpecError("ppo.net_arch", layers, f"at most {_MAX_LAYERS} layer widths, integers in 1..{_MAX_WIDTH}")
         if type(self.frame_stack) is not int or not 1 <= self.frame_stack <= MAX_FRAME_STACK:
             raise SpecError("ppo.frame_stack", self.frame_stack, f"an integer in 1..{MAX_FRAME_STACK}")
+        if type(self.lstm_hidden_size) is not int or not 0 <= self.lstm_hidden_size <= MAX_LSTM:
+            raise SpecError("ppo.lstm_hidden_size", self.lstm_hidden_size, f"an integer in 0..{MAX_LSTM} (0: no LSTM)")
         if self.activation not in ACTIVATIONS:
             raise SpecError("ppo.activation", self.activation, f"one of {sorted(ACTIVATIONS)}")
         if not 0 < self.gamma <= 1:
@@ -227,9 +234,21 @@ class CheckpointEvery(BaseCallback):
 
 
 def build_ppo(venv: VecEnv, settings: PPOSettings, seed: int, tensorboard: str | Path | None) -> PPO:
-    """PPO with rlagent's settings on ``venv`` (policy on CPU: it is tiny)."""
-    return PPO(
-        "MlpPolicy",
+    """PPO with rlagent's settings on ``venv`` (policy on CPU: it is tiny); sb3-contrib's
+    ``RecurrentPPO`` (a subclass of SB3's on-policy algorithm, not of ``PPO``) when
+    ``settings.lstm_hidden_size`` > 0."""
+    policy_kwargs: dict[str, Any] = {
+        "net_arch": list(settings.net_arch),
+        "activation_fn": ACTIVATIONS[settings.activation],
+    }
+    algorithm: Any = PPO
+    if settings.lstm_hidden_size:
+        from sb3_contrib import RecurrentPPO
+
+        algorithm = RecurrentPPO
+        policy_kwargs["lstm_hidden_size"] = settings.lstm_hidden_size
+    return algorithm(
+        "MlpLstmPolicy" if settings.lstm_hidden_size else "MlpPolicy",
         venv,
         n_steps=settings.n_steps,
         batch_size=settings.batch_size,
@@ -239,7 +258,7 @@ def build_ppo(venv: VecEnv, settings: PPOSettings, seed: int, tensorboard: str |
         gae_lambda=settings.gae_lambda,
         ent_coef=settings.ent_coef,
         clip_range=settings.clip_range,
-        policy_kwargs={"net_arch": list(settings.net_arch), "activation_fn": ACTIVATIONS[settings.activation]},
+        policy_kwargs=policy_kwargs,
         tensorboard_log=str(tensorboard) if tensorboard else None,
         seed=seed,
         device="cpu",

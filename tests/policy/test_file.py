@@ -382,7 +382,7 @@ def test_feature_mismatch_names_the_difference(saved: Path, expected: tuple[str,
 @pytest.mark.parametrize(
     ("version", "text"),
     [
-        (5, "expected 3 or 4, found 5"),
+        (6, "expected 3, 4 or 5, found 6 (written by a newer rlagent?)"),
         ("3", "found '3'"),
         (1, "format 1 had no integrity check"),
         (2, "retrain the policy"),

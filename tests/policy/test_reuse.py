@@ -53,10 +53,22 @@ def stacked_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_policy(config, venv=DummyVecEnv([lambda: Monitor(HyperTuneEnv("tiny"))])).policy_dir
 
 
-@pytest.mark.parametrize("policy_fixture", ["tiny_policy", "stacked_policy"])
+@pytest.fixture(scope="module")
+def recurrent_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real RecurrentPPO policy (an LSTM of 4 units carries a state through each run)."""
+    tmp = tmp_path_factory.mktemp("recurrent_policy")
+    config = TrainConfig(
+        spec="tiny", timesteps=64, n_envs=1, devices="cpu", out=tmp / "pol", run_dir=tmp / "run",
+        checkpoint_every=0, progress=False,
+        ppo=PPOSettings(n_steps=32, batch_size=32, net_arch=(8,), lstm_hidden_size=4),
+    )  # fmt: skip
+    return train_policy(config, venv=DummyVecEnv([lambda: Monitor(HyperTuneEnv("tiny"))])).policy_dir
+
+
+@pytest.mark.parametrize("policy_fixture", ["tiny_policy", "stacked_policy", "recurrent_policy"])
 def test_controller_in_a_hand_written_loop_matches_the_env(policy_fixture: str, request: pytest.FixtureRequest) -> None:
     """Same run, same policy: a user's loop with the Controller makes the env's decisions (for a
-    frame-stacking policy too: both keep the run's last observations)."""
+    frame-stacking and a recurrent policy too: both keep the run's history)."""
     tiny_policy = request.getfixturevalue(policy_fixture)
     spec = load_spec("tiny")
     via_env = run_policy(tiny_policy, "tiny-wide", spec=spec, seed=5)

@@ -140,6 +140,30 @@ def test_frame_stacking_trains_checkpoints_and_resumes_only_with_the_same_stack(
     assert resumed.timesteps == result.timesteps + 32 and load_policy(tmp_path / "pol2").frame_stack == 2
 
 
+def test_recurrent_ppo_trains_checkpoints_and_resumes_only_with_the_same_lstm(tmp_path: Path) -> None:
+    recurrent = PPOSettings(n_steps=16, batch_size=16, net_arch=(8,), lstm_hidden_size=4)
+    result = train_policy(_config(tmp_path, ppo=recurrent))
+    saved = load_policy(result.policy_dir)
+    assert saved.recurrent and saved.metadata["format_version"] == 5
+    assert saved.metadata["architecture"]["lstm_hidden_size"] == 4
+    assert saved.metadata["training"]["ppo"]["lstm_hidden_size"] == 4
+    first = list_checkpoints(tmp_path / "run" / "checkpoints")[0][1] / "policy"
+    assert load_policy(first).recurrent
+
+    checkpoints = tmp_path / "run" / "checkpoints"
+    with pytest.raises(
+        RLAgentError, match="has an LSTM of 4 units .*, this run lstm_hidden_size = 0; resume with --lstm 4"
+    ):
+        train_policy(
+            _config(tmp_path, timesteps=96, resume=checkpoints, out=tmp_path / "pol1", run_dir=tmp_path / "run1")
+        )
+    resumed = train_policy(
+        _config(tmp_path, timesteps=result.timesteps + 32, resume=checkpoints, n_envs=1, ppo=recurrent,
+                out=tmp_path / "pol2", run_dir=tmp_path / "run2")
+    )  # fmt: skip
+    assert resumed.timesteps == result.timesteps + 32 and load_policy(tmp_path / "pol2").recurrent
+
+
 def test_resume_seed_is_fixed_per_step_and_differs_between_steps() -> None:
     assert resume_seed(7, 0) == 7
     assert resume_seed(7, 64) == resume_seed(7, 64)
@@ -197,6 +221,9 @@ def test_bad_ppo_settings_name_the_field() -> None:
     for bad in (0, 17, 2.0, True):
         with pytest.raises(SpecError, match="ppo.frame_stack"):
             PPOSettings(frame_stack=bad)
+    for bad in (-1, 257, 4.0, True):
+        with pytest.raises(SpecError, match=r"ppo.lstm_hidden_size.*0..256"):
+            PPOSettings(lstm_hidden_size=bad)
 
 
 def test_ppo_learning_rate_falls_linearly_over_the_run_and_resumes_on_schedule(tmp_path: Path) -> None:
