@@ -34,7 +34,7 @@ from rlagent.workloads import (
     import_factory,
 )
 
-ACTIONS = ("discrete", "continuous")
+ACTIONS = ("discrete", "continuous", "discrete-wide")
 REWARDS = ("val_acc", "val_acc_change", "best_improvement", "final")
 COST_UNITS = ("steps", "seconds")
 
@@ -54,7 +54,8 @@ class EpisodeSpec:
     """Epochs per episode; None uses each workload's own budget."""
     action: str = "discrete"
     """``discrete``: MultiDiscrete([5, 3]), LR ×{¼,½,1,2,4} and batch size ×{½,1,2};
-    ``continuous``: Box(-1, 1, (2,)), LR ×4^a and batch size ×2^b."""
+    ``continuous``: Box(-1, 1, (2,)), LR ×4^a and batch size ×2^b; ``discrete-wide``:
+    MultiDiscrete([7, 3]), LR ×{1/16,¼,½,1,2,4,16} and batch size ×{½,1,2}."""
     lr_range: tuple[float, float] | None = None
     """Learning-rate range the agent moves within; None uses each workload's own."""
     batch_size_range: tuple[int, int] | None = None

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from rlagent.config import EnvSpec, load_spec, spec_from_dict
+from rlagent.config import ACTIONS, EnvSpec, load_spec, spec_from_dict
 from rlagent.errors import SpecError, is_number
 from rlagent.features import FEATURE_NAMES, OBS_HIGH, OBS_LOW, RunTracker
 from rlagent.training import HParams, Trainer, run_epoch
@@ -21,14 +21,30 @@ LR_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 """Discrete action 0: the learning rate is multiplied by one of these."""
 BS_FACTORS = (0.5, 1.0, 2.0)
 """Discrete action 1: the batch size is multiplied by one of these."""
+WIDE_LR_FACTORS = (1 / 16, 0.25, 0.5, 1.0, 2.0, 4.0, 16.0)
+"""``discrete-wide`` action 0: as :data:`LR_FACTORS` plus ×1/16 and ×16, so one epoch can undo
+a start that is far off."""
+_LR_FACTORS_OF = {"discrete": LR_FACTORS, "discrete-wide": WIDE_LR_FACTORS}
 RESET_OPTIONS = ("workload", "lr", "batch_size", "replica")
 
 
 def action_space(kind: str) -> spaces.Space:
     """The action space of an episode spec's ``action`` kind."""
-    if kind == "discrete":
-        return spaces.MultiDiscrete([len(LR_FACTORS), len(BS_FACTORS)])
+    if kind in _LR_FACTORS_OF:
+        return spaces.MultiDiscrete([len(_LR_FACTORS_OF[kind]), len(BS_FACTORS)])
     return spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+
+
+def hold_action(kind: str) -> np.ndarray:
+    """The action of ``kind`` that keeps the LR and the batch size as they are."""
+    if kind in _LR_FACTORS_OF:
+        return np.array([_LR_FACTORS_OF[kind].index(1.0), BS_FACTORS.index(1.0)])
+    return np.zeros(2, dtype=np.float32)
+
+
+def action_kind_of(space: spaces.Space) -> str | None:
+    """The ``episode.action`` kind whose action space is ``space``; None if none is."""
+    return next((kind for kind in ACTIONS if action_space(kind) == space), None)
 
 
 def decode_action(action: Any, kind: str) -> tuple[float, float]:
@@ -36,11 +52,12 @@ def decode_action(action: Any, kind: str) -> tuple[float, float]:
     a = np.asarray(action).reshape(-1)
     if a.shape != (2,):
         raise ValueError(f"action: got shape {np.asarray(action).shape}; expected (2,)")
-    if kind == "discrete":
+    if kind in _LR_FACTORS_OF:
+        lr_factors = _LR_FACTORS_OF[kind]
         i, j = int(a[0]), int(a[1])
-        if not (0 <= i < len(LR_FACTORS) and 0 <= j < len(BS_FACTORS)):
-            raise ValueError(f"action: got {a.tolist()}; expected [0..{len(LR_FACTORS) - 1}, 0..{len(BS_FACTORS) - 1}]")
-        return LR_FACTORS[i], BS_FACTORS[j]
+        if not (0 <= i < len(lr_factors) and 0 <= j < len(BS_FACTORS)):
+            raise ValueError(f"action: got {a.tolist()}; expected [0..{len(lr_factors) - 1}, 0..{len(BS_FACTORS) - 1}]")
+        return lr_factors[i], BS_FACTORS[j]
     c = np.clip(a.astype(np.float64), -1.0, 1.0)
     return float(4.0 ** c[0]), float(2.0 ** c[1])
 
@@ -59,8 +76,9 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
     ## Action Space
     ``episode.action = "discrete"`` (default): ``MultiDiscrete([5, 3])`` — the LR is multiplied
     by ``LR_FACTORS[a0]`` = ×{¼, ½, 1, 2, 4} and the batch size by ``BS_FACTORS[a1]`` = ×{½, 1, 2}.
-    ``"continuous"``: ``Box(-1, 1, (2,))`` — LR ×4^a0, batch size ×2^a1 (rounded). Both are
-    clipped to the spec's ranges (batch size also to the training-set size).
+    ``"discrete-wide"``: ``MultiDiscrete([7, 3])`` — as ``discrete`` with ×1/16 and ×16 added to
+    the LR's factors (:data:`WIDE_LR_FACTORS`). ``"continuous"``: ``Box(-1, 1, (2,))`` — LR ×4^a0,
+    batch size ×2^a1 (rounded). All are clipped to the spec's ranges (batch size also to the training-set size).
 
     ## Observation Space
     ``Box(OBS_LOW, OBS_HIGH, (22,), float32)``: scale-free features of the run named in

@@ -12,16 +12,17 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from gymnasium import spaces
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import rlagent
 from rlagent import ENV_ID, FEATURE_NAMES, HyperTuneEnv, SpecError
 from rlagent.config import EnvSpec, load_spec, resolve_spec_path
-from rlagent.env import BS_FACTORS, LR_FACTORS, decode_action
+from rlagent.env import BS_FACTORS, LR_FACTORS, action_kind_of, action_space, decode_action, hold_action
 
 ENV_IDS = [i for i in gym.registry if i.startswith("rlagent/")]
-ACTION_KINDS = ("discrete", "continuous")
+ACTION_KINDS = ("discrete", "continuous", "discrete-wide")
 RESET_KEYS = {"workload", "heldout", "epoch", "lr", "batch_size", "val_loss", "val_acc", "episode_seed"}
 STEP_KEYS = {
     "workload", "heldout", "epoch", "lr", "batch_size", "train_loss", "train_acc", "val_loss", "val_acc",
@@ -68,6 +69,8 @@ def _actions(kind: str) -> list[np.ndarray]:
     """A fixed action sequence that moves both hyperparameters."""
     if kind == "discrete":
         return [np.array(a) for a in ([4, 2], [0, 0], [2, 1], [3, 2])]
+    if kind == "discrete-wide":
+        return [np.array(a) for a in ([6, 2], [0, 0], [3, 1], [1, 2])]
     return [np.array(a, dtype=np.float32) for a in ([1.0, 1.0], [-0.7, -1.0], [0.0, 0.0], [0.3, 0.5])]
 
 
@@ -193,7 +196,9 @@ def test_observations_finite_and_inside_box(kind: str) -> None:
     env = HyperTuneEnv(_tiny(kind))
     assert env.observation_space.shape == (len(FEATURE_NAMES),)
     env.action_space.seed(0)
-    extremes = [env.action_space.low, env.action_space.high] if kind == "continuous" else [[0, 0], [4, 2]]
+    extremes = (
+        [env.action_space.low, env.action_space.high] if kind == "continuous" else [[0, 0], env.action_space.nvec - 1]
+    )
     for episode in range(4):
         obs, _ = env.reset(seed=episode)
         assert obs.dtype == np.float32 and np.isfinite(obs).all() and env.observation_space.contains(obs)
@@ -341,6 +346,25 @@ def test_invalid_action_raises_in_step() -> None:
     env.reset(seed=0)
     with pytest.raises(ValueError, match="action"):
         env.step(np.array([7, 0]))
+
+
+def test_wide_discrete_actions_add_a_sixteenfold_step_and_name_their_range() -> None:
+    assert action_space("discrete-wide") == spaces.MultiDiscrete([7, 3])
+    assert decode_action(np.array([0, 1]), "discrete-wide") == (1 / 16, 1.0)
+    assert decode_action(np.array([6, 2]), "discrete-wide") == (16.0, 2.0)
+    assert decode_action(np.array([4, 0]), "discrete-wide") == (2.0, 0.5)
+    assert decode_action(hold_action("discrete-wide"), "discrete-wide") == (1.0, 1.0)
+    assert decode_action(hold_action("discrete"), "discrete") == (1.0, 1.0)
+    with pytest.raises(ValueError, match=r"expected \[0..6, 0..2\]"):
+        decode_action(np.array([7, 0]), "discrete-wide")
+    assert [action_kind_of(action_space(k)) for k in ACTION_KINDS] == list(ACTION_KINDS)
+    assert action_kind_of(spaces.MultiDiscrete([5, 5])) is None
+    data = _tiny_dict()
+    data["episode"]["action"] = "discrete-wide"
+    env = HyperTuneEnv(data)
+    env.reset(seed=0, options={"lr": 1e-2})
+    _, _, _, _, info = env.step(np.array([0, 1]))
+    assert info["lr"] == pytest.approx(1e-2 / 16)
 
 
 def test_decode_continuous_action_clips() -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rlagent.config import EnvSpec, load_spec
-from rlagent.env import action_space
+from rlagent.env import action_kind_of, action_space
 from rlagent.errors import PolicyFileError, RLAgentError, SpecError
 from rlagent.features import FEATURE_NAMES
 from rlagent.policy._checks import _check_architecture
@@ -128,7 +128,7 @@ def check_resume(
             f"resume: {ckpt.path} has an LSTM of {lstm} units (0: none), this run lstm_hidden_size = "
             f"{lstm_hidden_size}; resume with --lstm {lstm}"
         )
-    kind = "discrete" if ckpt.policy.metadata["action_space"]["type"] == "MultiDiscrete" else "continuous"
+    kind = action_kind_of(ckpt.policy.action_space)
     if kind != spec.episode.action:
         raise RLAgentError(
             f"resume: {ckpt.path} acts {kind}, spec {spec.name!r} asks for episode.action = {spec.episode.action!r}"

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlagent.config import EnvSpec, data_dir, load_spec
-from rlagent.env import HyperTuneEnv, action_space, decode_action
+from rlagent.config import ACTIONS, EnvSpec, data_dir, load_spec
+from rlagent.env import HyperTuneEnv, action_kind_of, action_space, decode_action
 from rlagent.errors import PolicyFileError, RLAgentError, SpecError
 from rlagent.features import RunTracker
 from rlagent.policy._args import check_device, check_hparams, check_num_classes, check_split, model_width
@@ -54,17 +54,21 @@ def policy_path(policy: str | Path) -> Path:
 def resolve_policy(policy: SavedPolicy | str | Path) -> SavedPolicy:
     """A loaded policy, from a path or the name of a shipped policy (``"default"``)."""
     saved = policy if isinstance(policy, SavedPolicy) else load_policy(policy_path(policy))
-    if saved.action_space not in (action_space("discrete"), action_space("continuous")):
+    if action_kind_of(saved.action_space) is None:
         raise PolicyFileError(
-            f"policy acts in {saved.action_space}; rlagent's actions are {action_space('discrete')} "
-            f"or {action_space('continuous')}"
+            f"policy acts in {saved.action_space}; rlagent's actions are "
+            + ", ".join(f"{action_space(kind)} ({kind})" for kind in ACTIONS)
         )
     return saved
 
 
 def action_kind(policy: SavedPolicy) -> str:
-    """``discrete`` or ``continuous``, from the policy's action space."""
-    return "discrete" if policy.metadata["action_space"]["type"] == "MultiDiscrete" else "continuous"
+    """The ``episode.action`` kind the policy acts in (``discrete``, ``discrete-wide`` or
+    ``continuous``), from its action space; :func:`resolve_policy` refuses any other space."""
+    kind = action_kind_of(policy.action_space)
+    if kind is None:
+        raise PolicyFileError(f"policy acts in {policy.action_space}, which no episode.action kind of rlagent has")
+    return kind
 
 
 def _trained_ranges(policy: SavedPolicy) -> tuple[tuple[float, float], tuple[int, int]]:

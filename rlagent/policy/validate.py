@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from rlagent.config import EnvSpec, load_spec
-from rlagent.env import BS_FACTORS, LR_FACTORS, HyperTuneEnv
+from rlagent.env import HyperTuneEnv, hold_action
 from rlagent.errors import SpecError, is_int, is_number
 from rlagent.features import FEATURE_NAMES
 from rlagent.policy.file import SavedPolicy, load_policy
@@ -200,9 +200,7 @@ def _run_draw(policy_dir: str, spec: EnvSpec, seed: int, hide: tuple[str, ...], 
         obs[mask] = 0.0
         return actor(obs)
 
-    keep = np.array([LR_FACTORS.index(1.0), BS_FACTORS.index(1.0)])
-    if spec.episode.action != "discrete":
-        keep = np.zeros(2, dtype=np.float32)
+    keep = hold_action(spec.episode.action)
     val_acc, diverged, name, epochs = _episode(env, seed, act, start)
     constant, _, _, _ = _episode(env, seed, lambda _obs: keep, start)
     return DrawResult(seed, name, epochs, val_acc, constant, diverged)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -65,10 +66,24 @@ def recurrent_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_policy(config, venv=DummyVecEnv([lambda: Monitor(HyperTuneEnv("tiny"))])).policy_dir
 
 
-@pytest.mark.parametrize("policy_fixture", ["tiny_policy", "stacked_policy", "recurrent_policy"])
+@pytest.fixture(scope="module")
+def wide_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real PPO policy in the ``discrete-wide`` action set (LR ×1/16 .. ×16)."""
+    tmp = tmp_path_factory.mktemp("wide_policy")
+    tiny = load_spec("tiny")
+    spec = dataclasses.replace(tiny, episode=dataclasses.replace(tiny.episode, action="discrete-wide"))
+    config = TrainConfig(
+        spec=spec, timesteps=64, n_envs=1, devices="cpu", out=tmp / "pol", run_dir=tmp / "run",
+        checkpoint_every=0, progress=False, ppo=PPOSettings(n_steps=32, batch_size=32, net_arch=(8,)),
+    )  # fmt: skip
+    return train_policy(config, venv=DummyVecEnv([lambda: Monitor(HyperTuneEnv(spec))])).policy_dir
+
+
+@pytest.mark.parametrize("policy_fixture", ["tiny_policy", "stacked_policy", "recurrent_policy", "wide_policy"])
 def test_controller_in_a_hand_written_loop_matches_the_env(policy_fixture: str, request: pytest.FixtureRequest) -> None:
     """Same run, same policy: a user's loop with the Controller makes the env's decisions (for a
-    frame-stacking and a recurrent policy too: both keep the run's history)."""
+    frame-stacking and a recurrent policy too: both keep the run's history; and in the wide action
+    set, which the policy's action space gives)."""
     tiny_policy = request.getfixturevalue(policy_fixture)
     spec = load_spec("tiny")
     via_env = run_policy(tiny_policy, "tiny-wide", spec=spec, seed=5)
