@@ -31,7 +31,7 @@ def main() -> None:
     try:
         if args.every < 0 or args.first < 0:
             raise ValueError(f"--from and --every must be >= 0; got {args.first}, {args.every}")
-        chosen = checkpoint_policies(args.checkpoints, args.every, args.first)
+        chosen = checkpoint_policies(args.checkpoints, args.every, args.first, evenly=True)
         out = average_policies([p for _, p in chosen], args.out)
     except USER_ERRORS as err:
         print(f"average_policy.py: error: {err}", file=sys.stderr)

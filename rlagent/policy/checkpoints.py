@@ -156,15 +156,26 @@ def list_checkpoints(path: str | Path) -> list[tuple[int, Path]]:
     return [(int(p.name.removeprefix("step-")), p) for p in _candidates(Path(path), "checkpoints")[::-1]]
 
 
-def checkpoint_policies(path: str | Path, every: int = 0, first: int = 0) -> list[tuple[int, Path]]:
+def checkpoint_policies(
+    path: str | Path, every: int = 0, first: int = 0, *, evenly: bool = False
+) -> list[tuple[int, Path]]:
     """The policies inside the checkpoints at ``path`` (see :func:`list_checkpoints`) from step
     ``first`` on whose step is a multiple of ``every`` (0: all), plus the last one, oldest first,
-    as ``(env steps, policy folder)``."""
+    as ``(env steps, policy folder)``.
+
+    A run's last checkpoint usually lies a few steps past a multiple of ``every`` (26,112 after
+    26,000), so the two are nearly the same policy. ``evenly`` drops the earlier of them when the
+    last is less than half of ``every`` past it, so that an average weighs the run's stretch evenly
+    instead of counting its end twice.
+    """
     found = [(s, p) for s, p in list_checkpoints(path) if s >= first]
     if not found:
         raise RLAgentError(f"checkpoints: {path} holds none from step {first} on")
     last = found[-1][0]
-    return [(s, p / "policy") for s, p in found if not every or s % every == 0 or s == last]
+    chosen = [(s, p / "policy") for s, p in found if not every or s % every == 0 or s == last]
+    if evenly and every and len(chosen) > 1 and last - chosen[-2][0] < every / 2:
+        del chosen[-2]
+    return chosen
 
 
 def latest_checkpoint(path: str | Path) -> Path:

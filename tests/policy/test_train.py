@@ -87,6 +87,7 @@ def test_checkpoints_are_written_and_resume_restores_state(trained: tuple[Path, 
     assert checkpoint_policies(folder, first=33) == [(result.timesteps, ckpt / "policy")]
     with pytest.raises(RLAgentError, match="from step"):
         checkpoint_policies(folder, first=result.timesteps + 1)
+
     state = json.loads((ckpt / "state.json").read_text())
     assert state["num_timesteps"] == result.timesteps
     assert not list((tmp / "run" / "checkpoints").glob(".*"))  # no temp dirs left behind
@@ -138,6 +139,21 @@ def test_frame_stacking_trains_checkpoints_and_resumes_only_with_the_same_stack(
                 out=tmp_path / "pol2", run_dir=tmp_path / "run2")
     )  # fmt: skip
     assert resumed.timesteps == result.timesteps + 32 and load_policy(tmp_path / "pol2").frame_stack == 2
+
+
+def test_evenly_spaced_checkpoints_count_a_runs_end_once(tmp_path: Path) -> None:
+    def checkpoint(step: int) -> None:  # only the name and state.json are read to list them
+        (tmp_path / f"step-{step:09d}").mkdir()
+        (tmp_path / f"step-{step:09d}" / "state.json").write_text("{}")
+
+    for step in (2000, 4000, 6000, 6112):
+        checkpoint(step)
+    steps = [s for s, _ in checkpoint_policies(tmp_path, every=2000)]
+    assert steps == [2000, 4000, 6000, 6112]  # every candidate, for selection
+    assert [s for s, _ in checkpoint_policies(tmp_path, every=2000, evenly=True)] == [2000, 4000, 6112]
+    checkpoint(7500)  # a last checkpoint well past the multiple keeps both
+    assert [s for s, _ in checkpoint_policies(tmp_path, every=2000, evenly=True)] == [2000, 4000, 6000, 7500]
+    assert [s for s, _ in checkpoint_policies(tmp_path, evenly=True)] == [2000, 4000, 6000, 6112, 7500]
 
 
 def test_recurrent_ppo_trains_checkpoints_and_resumes_only_with_the_same_lstm(tmp_path: Path) -> None:
