@@ -92,10 +92,10 @@ architecture may be ``MlpLstmPolicy`` (sb3-contrib's ``RecurrentActorCriticPolic
 ``lstm_hidden_size``), and ``frame_stack`` is optional (default 1); written only for recurrent
 policies. 4: format 3 plus ``frame_stack``, the number of consecutive observations the network
 sees (required, 2 or more; written for a feed-forward policy that stacks more than one); 3: the
-observation features of :data:`rlagent.features.FEATURE_NAMES` as
-of rlagent 0.3 (LR relative to the run's start, loss relative to the start, loss and accuracy
-slopes, clipping-aware last action); 2: ``policy.json`` is covered by its own ``json_sha256``; 1:
-no such check. Older files are refused with a message saying why."""
+observation features of :data:`rlagent.features.FEATURE_NAMES` as of rlagent 0.3 (LR relative
+to the run's start, loss relative to the start, loss and accuracy slopes, clipping-aware last
+action); 2: ``policy.json`` is covered by its own ``json_sha256``; 1: no such check. Older files
+are refused with a message saying why."""
 ONE_FRAME_FORMAT = 3
 """The format of a feed-forward policy that sees one observation at a time (no ``frame_stack``)."""
 STACK_FORMAT = 4
