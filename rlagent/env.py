@@ -78,7 +78,8 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
     by ``LR_FACTORS[a0]`` = ×{¼, ½, 1, 2, 4} and the batch size by ``BS_FACTORS[a1]`` = ×{½, 1, 2}.
     ``"discrete-wide"``: ``MultiDiscrete([7, 3])`` — as ``discrete`` with ×1/16 and ×16 added to
     the LR's factors (:data:`WIDE_LR_FACTORS`). ``"continuous"``: ``Box(-1, 1, (2,))`` — LR ×4^a0,
-    batch size ×2^a1 (rounded). All are clipped to the spec's ranges (batch size also to the training-set size).
+    batch size ×2^a1 (rounded). All are clipped to the spec's ranges (batch size also to the
+    training-set size).
 
     ## Observation Space
     ``Box(OBS_LOW, OBS_HIGH, (22,), float32)``: scale-free features of the run named in

@@ -54,20 +54,23 @@ def policy_path(policy: str | Path) -> Path:
 def resolve_policy(policy: SavedPolicy | str | Path) -> SavedPolicy:
     """A loaded policy, from a path or the name of a shipped policy (``"default"``)."""
     saved = policy if isinstance(policy, SavedPolicy) else load_policy(policy_path(policy))
-    if action_kind_of(saved.action_space) is None:
-        raise PolicyFileError(
-            f"policy acts in {saved.action_space}; rlagent's actions are "
-            + ", ".join(f"{action_space(kind)} ({kind})" for kind in ACTIONS)
-        )
+    action_kind(saved)  # refuses an action space rlagent has no kind for
     return saved
 
 
 def action_kind(policy: SavedPolicy) -> str:
     """The ``episode.action`` kind the policy acts in (``discrete``, ``discrete-wide`` or
-    ``continuous``), from its action space; :func:`resolve_policy` refuses any other space."""
+    ``continuous``), from its action space.
+
+    Raises:
+        PolicyFileError: If no kind has the policy's action space.
+    """
     kind = action_kind_of(policy.action_space)
     if kind is None:
-        raise PolicyFileError(f"policy acts in {policy.action_space}, which no episode.action kind of rlagent has")
+        raise PolicyFileError(
+            f"policy acts in {policy.action_space}; rlagent's actions are "
+            + ", ".join(f"{action_space(k)} ({k})" for k in ACTIONS)
+        )
     return kind
 
 

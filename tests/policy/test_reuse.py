@@ -5,11 +5,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from gymnasium import spaces
 from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import DummyVecEnv
 from torch import nn
 
@@ -17,6 +21,8 @@ from rlagent.cli import main
 from rlagent.config import load_spec
 from rlagent.env import HyperTuneEnv
 from rlagent.errors import RLAgentError, SpecError
+from rlagent.features import OBS_HIGH, OBS_LOW
+from rlagent.policy.file import PolicyFileError, save_policy
 from rlagent.policy.reuse import Controller, resolve_policy, run_policy, train_with_policy, tune
 from rlagent.policy.train import PPOSettings, TrainConfig, train_policy
 from rlagent.training import Trainer
@@ -170,6 +176,15 @@ def test_controller_refuses_bad_input(tiny_policy: Path) -> None:
 def test_unknown_policy_gives_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(RLAgentError, match="neither a policy directory nor a shipped policy"):
         resolve_policy(tmp_path / "missing")
+
+
+def test_a_policy_in_an_action_space_rlagent_has_no_kind_for_is_refused(tmp_path: Path) -> None:
+    obs_space = spaces.Box(OBS_LOW, OBS_HIGH, dtype=np.float32)
+    policy = ActorCriticPolicy(obs_space, spaces.MultiDiscrete([5, 5]), lambda _: 0.0, net_arch=[4])
+    model = types.SimpleNamespace(policy=policy, observation_space=obs_space, action_space=policy.action_space)
+    path = save_policy(tmp_path / "pol", model, normalizer=None)
+    with pytest.raises(PolicyFileError, match=r"acts in MultiDiscrete\(\[5 5\]\); .*\(discrete-wide\)"):
+        resolve_policy(path)
 
 
 def test_cli_run_policy_prints_and_writes_json(
