@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -119,26 +121,55 @@ def test_resume_continues_the_step_count(trained: tuple[Path, object], tmp_path:
     assert record["resumed_from"]["seed"] == resume_seed(0, first.timesteps) != 0
 
 
-def test_frame_stacking_trains_checkpoints_and_resumes_only_with_the_same_stack(tmp_path: Path) -> None:
-    stacked = PPOSettings(n_steps=16, batch_size=16, net_arch=(8,), frame_stack=2)
-    result = train_policy(_config(tmp_path, ppo=stacked))
-    saved = load_policy(result.policy_dir)
-    assert saved.frame_stack == 2 and saved.policy.observation_space.shape == (2 * len(FEATURE_NAMES),)
-    assert saved.metadata["training"]["ppo"]["frame_stack"] == 2
-    assert load_policy(list_checkpoints(tmp_path / "run" / "checkpoints")[0][1] / "policy").frame_stack == 2
+def _stacked_2(saved: Any) -> bool:
+    shape = saved.policy.observation_space.shape
+    return saved.frame_stack == 2 and not saved.recurrent and shape == (2 * len(FEATURE_NAMES),)
 
+
+def _lstm_4(saved: Any) -> bool:
+    return (
+        saved.recurrent
+        and saved.metadata["format_version"] == 5
+        and saved.metadata["architecture"]["lstm_hidden_size"] == 4
+    )
+
+
+@pytest.mark.parametrize(
+    ("history", "is_trained_kind", "refusal"),
+    [
+        (
+            {"frame_stack": 2},
+            _stacked_2,
+            "sees 2 stacked observations, this run frame_stack = 1; resume with --frame-stack 2",
+        ),
+        (
+            {"lstm_hidden_size": 4},
+            _lstm_4,
+            "has an LSTM of 4 units .*, this run lstm_hidden_size = 0; resume with --lstm 4",
+        ),
+    ],
+)
+def test_a_policy_with_history_trains_checkpoints_and_resumes_only_with_the_same_history(
+    tmp_path: Path, history: dict[str, int], is_trained_kind: Callable[[Any], bool], refusal: str
+) -> None:
+    """Frame stacking and RecurrentPPO: the saved policy, its checkpoints and a resume keep them."""
+    ppo = PPOSettings(n_steps=16, batch_size=16, net_arch=(8,), **history)
+    result = train_policy(_config(tmp_path, ppo=ppo))
+    saved = load_policy(result.policy_dir)
+    assert is_trained_kind(saved)
+    assert all(saved.metadata["training"]["ppo"][key] == value for key, value in history.items())
     checkpoints = tmp_path / "run" / "checkpoints"
-    with pytest.raises(
-        RLAgentError, match="sees 2 stacked observations, this run frame_stack = 1; resume with --frame-stack 2"
-    ):
+    assert is_trained_kind(load_policy(list_checkpoints(checkpoints)[0][1] / "policy"))
+
+    with pytest.raises(RLAgentError, match=refusal):
         train_policy(
             _config(tmp_path, timesteps=96, resume=checkpoints, out=tmp_path / "pol1", run_dir=tmp_path / "run1")
         )
     resumed = train_policy(
-        _config(tmp_path, timesteps=result.timesteps + 32, resume=checkpoints, n_envs=1, ppo=stacked,
+        _config(tmp_path, timesteps=result.timesteps + 32, resume=checkpoints, n_envs=1, ppo=ppo,
                 out=tmp_path / "pol2", run_dir=tmp_path / "run2")
     )  # fmt: skip
-    assert resumed.timesteps == result.timesteps + 32 and load_policy(tmp_path / "pol2").frame_stack == 2
+    assert resumed.timesteps == result.timesteps + 32 and is_trained_kind(load_policy(tmp_path / "pol2"))
 
 
 def test_evenly_spaced_checkpoints_count_a_runs_end_once(tmp_path: Path) -> None:
@@ -154,30 +185,6 @@ def test_evenly_spaced_checkpoints_count_a_runs_end_once(tmp_path: Path) -> None
     checkpoint(7500)  # a last checkpoint well past the multiple keeps both
     assert [s for s, _ in checkpoint_policies(tmp_path, every=2000, evenly=True)] == [2000, 4000, 6000, 7500]
     assert [s for s, _ in checkpoint_policies(tmp_path, evenly=True)] == [2000, 4000, 6000, 6112, 7500]
-
-
-def test_recurrent_ppo_trains_checkpoints_and_resumes_only_with_the_same_lstm(tmp_path: Path) -> None:
-    recurrent = PPOSettings(n_steps=16, batch_size=16, net_arch=(8,), lstm_hidden_size=4)
-    result = train_policy(_config(tmp_path, ppo=recurrent))
-    saved = load_policy(result.policy_dir)
-    assert saved.recurrent and saved.metadata["format_version"] == 5
-    assert saved.metadata["architecture"]["lstm_hidden_size"] == 4
-    assert saved.metadata["training"]["ppo"]["lstm_hidden_size"] == 4
-    first = list_checkpoints(tmp_path / "run" / "checkpoints")[0][1] / "policy"
-    assert load_policy(first).recurrent
-
-    checkpoints = tmp_path / "run" / "checkpoints"
-    with pytest.raises(
-        RLAgentError, match="has an LSTM of 4 units .*, this run lstm_hidden_size = 0; resume with --lstm 4"
-    ):
-        train_policy(
-            _config(tmp_path, timesteps=96, resume=checkpoints, out=tmp_path / "pol1", run_dir=tmp_path / "run1")
-        )
-    resumed = train_policy(
-        _config(tmp_path, timesteps=result.timesteps + 32, resume=checkpoints, n_envs=1, ppo=recurrent,
-                out=tmp_path / "pol2", run_dir=tmp_path / "run2")
-    )  # fmt: skip
-    assert resumed.timesteps == result.timesteps + 32 and load_policy(tmp_path / "pol2").recurrent
 
 
 def test_resume_seed_is_fixed_per_step_and_differs_between_steps() -> None:
