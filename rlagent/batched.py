@@ -35,7 +35,14 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from rlagent.batched_optim import BatchedOptimizer, OptimizerConfig
-from rlagent.training import NOISE_WINDOW, EpochStats, Trainer, seeded_global_rng
+from rlagent.training import (
+    NOISE_WINDOW,
+    EpochStats,
+    Trainer,
+    alignment_window,
+    descent_cosine,
+    seeded_global_rng,
+)
 
 __all__ = ["MODES", "BatchPlanner", "architecture_key", "group_key", "train_batched", "train_epochs"]
 
@@ -242,6 +249,9 @@ def _train_batched(trainers: Sequence[Trainer]) -> list[EpochStats]:
     if first.measure_noise and full_steps >= NOISE_WINDOW + 1:
         lo = (full_steps - NOISE_WINDOW) // 2
         window = range(lo, lo + NOISE_WINDOW)
+    align = alignment_window(full_steps) if first.measure_noise else range(0)
+    before: dict[str, torch.Tensor] | None = None  # the parameters before the previous step
+    cosines: list[torch.Tensor] = []  # [K] each
 
     base = copy.deepcopy(models[0]).to("meta").train()
 
@@ -269,6 +279,14 @@ def _train_batched(trainers: Sequence[Trainer]) -> list[EpochStats]:
                 grad_sum = {name: g.clone() for name, g in grads.items()}
             else:
                 torch._foreach_add_(list(grad_sum.values()), list(grads.values()))
+        if step in align:
+            if before is not None:
+                delta = {name: params[name] - before[name] for name in params}
+                dot = sum((grads[name] * d).flatten(1).sum(1) for name, d in delta.items())
+                grad_sq = sum(g.square().flatten(1).sum(1) for g in grads.values())
+                delta_sq = sum(d.square().flatten(1).sum(1) for d in delta.values())
+                cosines.append(descent_cosine(dot, grad_sq, delta_sq))
+            before = {name: p.detach().clone() for name, p in params.items()} if step < align[-1] else None
         opt.step(params, grads, lr)
         losses.append(loss.detach())
         logits.append(out.detach())
@@ -311,7 +329,12 @@ def _train_batched(trainers: Sequence[Trainer]) -> list[EpochStats]:
             big_sq = sum(float(g[k].square().sum()) for g in grad_sum.values()) / NOISE_WINDOW**2
             small = float(torch.stack([s[k] for s in small_sq]).mean())
             noise = (small, big_sq, float(bs), float(bs * NOISE_WINDOW))
-        stats.append(_member_stats(loss_all[k, : stop[k]].contiguous(), correct, n, bs, noise, diverged[k], seconds))
+        alignment = None
+        if align and len(cosines) == len(align) - 1 and stop[k] > align[-1]:
+            alignment = float(torch.stack([c[k] for c in cosines]).mean())
+        stats.append(
+            _member_stats(loss_all[k, : stop[k]].contiguous(), correct, n, bs, noise, alignment, diverged[k], seconds)
+        )
     return stats
 
 
@@ -321,6 +344,7 @@ def _member_stats(
     n: int,
     bs: int,
     noise: tuple[float, float, float, float] | None,
+    alignment: float | None,
     diverged: bool,
     seconds: float,
 ) -> EpochStats:
@@ -339,5 +363,6 @@ def _member_stats(
         samples=seen,
         seconds=seconds,
         noise=noise,
+        alignment=alignment if alignment is not None and math.isfinite(alignment) else None,
         diverged=diverged or not math.isfinite(train_loss),
     )

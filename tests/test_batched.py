@@ -88,6 +88,9 @@ def _assert_same_epoch(a: Trainer, sa, b: Trainer, sb) -> None:  # noqa: ANN001
     assert (sa.noise is None) == (sb.noise is None)
     if sa.noise is not None:
         assert sa.noise == pytest.approx(sb.noise, rel=1e-4)
+    assert (sa.alignment is None) == (sb.alignment is None)
+    if sa.alignment is not None:
+        assert sa.alignment == pytest.approx(sb.alignment, abs=1e-4)
     for (name, p), q in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         torch.testing.assert_close(p.float(), q.float(), rtol=0, atol=1e-5, msg=name)
     for pa, pb in zip(a.model.parameters(), b.model.parameters()):
@@ -146,6 +149,7 @@ def test_train_batched_equals_train_epoch(name: str, optimizer: str, bs: int, lr
         for a, sa, b, sb in zip(seq, stats_seq, bat, stats_bat):
             _assert_same_epoch(a, sa, b, sb)
     assert stats_bat[0].noise is not None  # the gradient noise scale is measured batched too
+    assert stats_bat[0].alignment is not None  # and so is the gradient-update alignment
 
 
 def test_batched_dropout_is_reproducible_from_the_members_generators() -> None:
