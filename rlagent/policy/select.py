@@ -29,8 +29,8 @@ from typing import Any
 
 from rlagent.config import EnvSpec, load_spec
 from rlagent.errors import SpecError, is_int
-from rlagent.policy._integrity import DIGEST_FIELD
-from rlagent.policy.file import load_policy
+from rlagent.policy._integrity import DIGEST_FIELD, read_json
+from rlagent.policy.file import JSON_NAME
 from rlagent.policy.validate import ValidationReport, start_suffix, validate_policy
 
 logger = logging.getLogger(__name__)
@@ -218,8 +218,10 @@ def select_policy(
         if folder is not None:
             (folder / name).mkdir(parents=True, exist_ok=True)
             # the policy's own digest in the file name: a name given to another policy later
-            # does not read back the first one's reports
-            digest = str(load_policy(policy).metadata.get(DIGEST_FIELD, "unsigned"))[:12]
+            # does not read back the first one's reports. Read from policy.json alone, so an
+            # incumbent of a format this rlagent no longer loads is judged by its stored reports
+            # (made by the rlagent that reads it); without them validating it fails, saying why.
+            digest = str(read_json(Path(policy) / JSON_NAME).get(DIGEST_FIELD, "unsigned"))[:12]
             where = folder / name / f"{digest}__draws-{first}-{first + n - 1}{start_suffix(start)}.json"
         result = validate_policy(
             policy, spec, n_draws=n, first_draw=first, n_workers=n_workers, start=start, store=where
