@@ -78,7 +78,7 @@ def group_key(trainer: Trainer) -> Hashable | None:
         return None
     x = trainer.train_split.x
     shape = (tuple(x.shape[1:]), x.dtype, str(x.device), len(trainer.train_split))
-    return (arch, config, int(trainer.batch_size), shape, trainer.measure_noise)
+    return (arch, config, int(trainer.batch_size), shape, trainer.measure_noise, trainer.measure_alignment)
 
 
 class BatchPlanner:
@@ -249,7 +249,7 @@ def _train_batched(trainers: Sequence[Trainer]) -> list[EpochStats]:
     if first.measure_noise and full_steps >= NOISE_WINDOW + 1:
         lo = (full_steps - NOISE_WINDOW) // 2
         window = range(lo, lo + NOISE_WINDOW)
-    align = alignment_window(full_steps) if first.measure_noise else range(0)
+    align = alignment_window(full_steps) if first.measure_alignment else range(0)
     before: dict[str, torch.Tensor] | None = None  # the parameters before the previous step
     cosines: list[torch.Tensor] = []  # [K] each
 

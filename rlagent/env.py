@@ -109,9 +109,7 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Info
     ``workload``, ``heldout``, ``epoch``, ``lr``, ``batch_size``, ``train_loss``, ``train_acc``,
-    ``val_loss``, ``val_acc``, ``best_val_acc``, ``descent_alignment`` (the epoch's
-    ``EpochStats.alignment``: None where the epoch had too few full batches to measure it),
-    ``samples_seen``, ``steps``, ``diverged``; on
+    ``val_loss``, ``val_acc``, ``best_val_acc``, ``samples_seen``, ``steps``, ``diverged``; on
     the last step also ``test_loss`` / ``test_acc`` (for reporting only: the test split never
     reaches the observation or the reward). Info is deterministic under a seed (``check_env``
     compares it), so the epoch's wall time is kept out of it, in ``env.unwrapped.epoch_time``.
@@ -285,7 +283,6 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             "val_loss": epoch.val_loss,
             "val_acc": epoch.val_acc,
             "best_val_acc": tracker.best_val_acc,
-            "descent_alignment": epoch.stats.alignment,
             "samples_seen": self._samples,
             "steps": self._steps,
             "diverged": diverged,

@@ -220,6 +220,9 @@ class Trainer:
         generator: CPU generator that owns all shuffling randomness.
         loss_fn: Loss on (logits, labels); cross-entropy by default.
         measure_noise: Measure the gradient noise scale on a few minibatches per epoch.
+        measure_alignment: Measure the gradient-update alignment (``EpochStats.alignment``,
+            :func:`alignment_window`). Off by default: it is no observation feature yet, and
+            at ~2.5% of a small MLP's epoch it would take the env past its overhead target.
         on_step: Called after every optimiser step, e.g. a per-batch LR scheduler's ``step``
             (one-cycle, warm-up + cosine); None: nothing runs. Also settable as an attribute
             between epochs. An LR it sets holds until the next epoch's :func:`run_epoch` sets
@@ -241,6 +244,7 @@ class Trainer:
         generator: torch.Generator,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         measure_noise: bool = True,
+        measure_alignment: bool = False,
         on_step: Callable[[], None] | None = None,
         lr_scale: float = 1.0,
     ) -> None:
@@ -254,6 +258,7 @@ class Trainer:
         self.loss_fn = loss_fn if loss_fn is not None else nn.functional.cross_entropy
         self.generator = generator
         self.measure_noise = measure_noise
+        self.measure_alignment = measure_alignment
         self.on_step = on_step
         self.batch_size = batch_size
         self.lr = lr
@@ -296,7 +301,7 @@ class Trainer:
             window = range(first, first + NOISE_WINDOW)
         small_sq: list[torch.Tensor] = []
         grad_sum: list[torch.Tensor] | None = None
-        align = alignment_window(full_steps) if self.measure_noise else range(0)
+        align = alignment_window(full_steps) if self.measure_alignment else range(0)
         params = [p for p in self.model.parameters() if p.requires_grad]
         before: torch.Tensor | None = None  # the parameters before the previous step, flat
         cosines: list[torch.Tensor] = []

@@ -76,7 +76,7 @@ def _trainers(
         out.append(
             Trainer(factory(), _split(seed + i, n), optimizer=optimizer, lr=3e-3 * (i + 1), batch_size=bs,
                     generator=torch.Generator().manual_seed(100 + seed + i),
-                    lr_scale=lr_scales[i] if lr_scales else 1.0)
+                    lr_scale=lr_scales[i] if lr_scales else 1.0, measure_alignment=True)
         )  # fmt: skip
     return out
 

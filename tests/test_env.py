@@ -26,7 +26,7 @@ ACTION_KINDS = ("discrete", "continuous", "discrete-wide")
 RESET_KEYS = {"workload", "heldout", "epoch", "lr", "batch_size", "val_loss", "val_acc", "episode_seed"}
 STEP_KEYS = {
     "workload", "heldout", "epoch", "lr", "batch_size", "train_loss", "train_acc", "val_loss", "val_acc",
-    "best_val_acc", "descent_alignment", "samples_seen", "steps", "diverged",
+    "best_val_acc", "samples_seen", "steps", "diverged",
 }  # fmt: skip
 FINAL_KEYS = {"test_loss", "test_acc"}
 

@@ -160,7 +160,8 @@ def test_alignment_reads_a_too_small_lr_as_positive_and_a_too_large_one_as_negat
         torch.manual_seed(0)
         model = nn.Linear(5, 2)
         trainer = Trainer(model, Split(x, y), optimizer="sgd", lr=lr, batch_size=200,
-                          generator=torch.Generator().manual_seed(0), loss_fn=_quadratic)  # fmt: skip
+                          generator=torch.Generator().manual_seed(0), loss_fn=_quadratic,
+                          measure_alignment=True)  # fmt: skip
         trainer.train_epoch()
         stats = trainer.train_epoch()  # 2 full batches: one pair, the whole data each half
         assert stats.alignment is not None and -1.0 <= stats.alignment <= 1.0
@@ -175,8 +176,9 @@ def _quadratic(out: torch.Tensor, _y: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(("batch_size", "measure"), [(100, True), (16, False)])
-def test_no_alignment_without_two_full_batches_or_measuring(batch_size: int, measure: bool) -> None:
-    assert _trainer(_split(100), batch_size=batch_size, measure_noise=measure).train_epoch().alignment is None
+def test_no_alignment_without_two_full_batches_or_asking(batch_size: int, measure: bool) -> None:
+    trainer = _trainer(_split(100), batch_size=batch_size, measure_alignment=measure)
+    assert trainer.train_epoch().alignment is None
 
 
 def test_same_generator_same_epoch_and_global_rng_untouched() -> None:
