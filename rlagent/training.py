@@ -222,7 +222,8 @@ class Trainer:
         measure_noise: Measure the gradient noise scale on a few minibatches per epoch.
         measure_alignment: Measure the gradient-update alignment (``EpochStats.alignment``,
             :func:`alignment_window`). Off by default: it is no observation feature yet, and
-            at ~2.5% of a small MLP's epoch it would take the env past its overhead target.
+            it costs about 1.5 ms of a 55 ms MNIST-1D MLP epoch, which the env's 5% overhead
+            target cannot spare.
         on_step: Called after every optimiser step, e.g. a per-batch LR scheduler's ``step``
             (one-cycle, warm-up + cosine); None: nothing runs. Also settable as an attribute
             between epochs. An LR it sets holds until the next epoch's :func:`run_epoch` sets
