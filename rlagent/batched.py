@@ -34,15 +34,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
+from rlagent.alignment import alignment_window, descent_cosine
 from rlagent.batched_optim import BatchedOptimizer, OptimizerConfig
-from rlagent.training import (
-    NOISE_WINDOW,
-    EpochStats,
-    Trainer,
-    alignment_window,
-    descent_cosine,
-    seeded_global_rng,
-)
+from rlagent.training import NOISE_WINDOW, EpochStats, Trainer, seeded_global_rng
 
 __all__ = ["MODES", "BatchPlanner", "architecture_key", "group_key", "train_batched", "train_epochs"]
 

@@ -23,13 +23,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from rlagent.alignment import AlignmentMeter
 from rlagent.features import RunTracker
 from rlagent.workloads import OPTIMIZER_ARGS, Split
 
 NOISE_WINDOW = 4
 """Consecutive minibatches whose mean gradient stands in for one batch ``NOISE_WINDOW`` times larger."""
-ALIGN_PAIRS = 8
-"""Consecutive step pairs whose gradient-update alignment is measured each epoch (fewer in short epochs)."""
 _DIVERGENCE_CHECK_EVERY = 32
 _EVAL_CHUNK = 4096
 
@@ -54,7 +53,7 @@ class EpochStats:
     """(|G_small|², |G_big|², B_small, B_big) for the gradient noise scale, or None."""
     alignment: float | None
     """Mean cosine between each measured step's gradient and the previous update's descent
-    direction, or None (see :func:`alignment_window`)."""
+    direction, or None (see :mod:`rlagent.alignment`)."""
     diverged: bool
     """True if the loss became non-finite."""
 
@@ -68,34 +67,6 @@ def powers_of_two(low: int, high: int) -> list[int]:
 def log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
     """A value drawn log-uniformly from ``bounds``."""
     return float(np.exp(rng.uniform(math.log(bounds[0]), math.log(bounds[1]))))
-
-
-def alignment_window(full_steps: int) -> range:
-    """The steps of an epoch whose gradient-update alignment is measured: consecutive full
-    batches in the middle of the epoch, ``ALIGN_PAIRS + 1`` of them where the epoch has them.
-
-    At step ``s + 1`` of the window the fresh minibatch gradient ``g`` is compared with the
-    update ``Δθ`` that step ``s`` applied: ``cos(g, −Δθ)``. It is the normalised hypergradient of
-    the loss with respect to the last step's size (Baydin et al. 2018): positive while the loss
-    still falls along the direction just taken (a longer step would have gone further), negative
-    when the step overshot (the gradient points back). Averaged over the pairs it reads how the
-    learning rate sits for this run, with minibatch noise shrinking it towards 0.
-    """
-    pairs = min(ALIGN_PAIRS, full_steps - 1)
-    if pairs < 1:
-        return range(0)
-    first = (full_steps - pairs - 1) // 2
-    return range(first, first + pairs + 1)
-
-
-def descent_cosine(dot: torch.Tensor, grad_sq: torch.Tensor, delta_sq: torch.Tensor) -> torch.Tensor:
-    """``cos(g, −Δθ)`` from ``g·Δθ``, ``|g|²`` and ``|Δθ|²`` (0 where either vector is 0)."""
-    norm = (grad_sq * delta_sq).sqrt()
-    return torch.where(norm > 0, -dot / norm.clamp_min(torch.finfo(norm.dtype).tiny), torch.zeros_like(norm))
-
-
-def _grad_or_zeros(param: torch.Tensor) -> torch.Tensor:
-    return param.grad if param.grad is not None else torch.zeros_like(param)
 
 
 @contextlib.contextmanager
@@ -221,7 +192,7 @@ class Trainer:
         loss_fn: Loss on (logits, labels); cross-entropy by default.
         measure_noise: Measure the gradient noise scale on a few minibatches per epoch.
         measure_alignment: Measure the gradient-update alignment (``EpochStats.alignment``,
-            :func:`alignment_window`). Off by default: it is no observation feature yet, and
+            :class:`rlagent.alignment.AlignmentMeter`). Off by default: it is no observation feature yet, and
             it costs about 1.5 ms of a 55 ms MNIST-1D MLP epoch, which the env's 5% overhead
             target cannot spare.
         on_step: Called after every optimiser step, e.g. a per-batch LR scheduler's ``step``
@@ -302,10 +273,7 @@ class Trainer:
             window = range(first, first + NOISE_WINDOW)
         small_sq: list[torch.Tensor] = []
         grad_sum: list[torch.Tensor] | None = None
-        align = alignment_window(full_steps) if self.measure_alignment else range(0)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        before: torch.Tensor | None = None  # the parameters before the previous step, flat
-        cosines: list[torch.Tensor] = []
+        meter = AlignmentMeter(self.model.parameters(), full_steps, self.measure_alignment)
 
         self.model.train()
         if hasattr(self.optimizer, "train"):  # schedule-free optimisers keep two sets of weights
@@ -331,14 +299,7 @@ class Trainer:
                     grad_sum = [g.detach().clone() for g in grads]
                 else:
                     torch._foreach_add_(grad_sum, grads)
-            if step in align:
-                with torch.no_grad():
-                    flat = torch.cat([p.detach().reshape(-1) for p in params])  # a copy
-                    if before is not None:
-                        grad = torch.cat([_grad_or_zeros(p).reshape(-1) for p in params])
-                        delta = flat - before
-                        cosines.append(descent_cosine(grad @ delta, grad @ grad, delta @ delta))
-                    before = flat if step < align[-1] else None
+            meter.observe(step)
             self.optimizer.step()
             if on_step is not None:
                 on_step()
@@ -365,7 +326,6 @@ class Trainer:
         if grad_sum is not None and len(small_sq) == NOISE_WINDOW:
             big_sq = torch.nn.utils.get_total_norm(grad_sum).square() / NOISE_WINDOW**2
             noise = (float(torch.stack(small_sq).mean()), float(big_sq), float(bs), float(bs * NOISE_WINDOW))
-        alignment = float(torch.stack(cosines).mean()) if len(cosines) == len(align) - 1 > 0 else None
         diverged = diverged or not math.isfinite(train_loss)
         return EpochStats(
             train_loss=train_loss,
@@ -375,7 +335,7 @@ class Trainer:
             samples=seen,
             seconds=time.perf_counter() - start,
             noise=noise,
-            alignment=alignment if alignment is not None and math.isfinite(alignment) else None,
+            alignment=meter.result(),
             diverged=diverged,
         )
 

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from rlagent import training
-from rlagent.training import ALIGN_PAIRS, NOISE_WINDOW, Trainer, alignment_window, make_optimizer
+from rlagent.alignment import ALIGN_PAIRS, alignment_window
+from rlagent.training import NOISE_WINDOW, Trainer, make_optimizer
 from rlagent.workloads import Split
 
 
