@@ -84,21 +84,21 @@ def test_one_cycle_follows_torch_onecyclelr_every_minibatch(tmp_path: Path) -> N
 @pytest.fixture(scope="module")
 def lr_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, MethodResult]:
     ctx = _ctx(tmp_path_factory.mktemp("lrf"))
-    return {m: METHODS[m](ctx)[0] for m in ("lr-finder-steep", "lr-finder-min10", "lr-finder-best")}
+    return {r.method: r for r in METHODS["lr-finder"](ctx)}
 
 
-def test_lr_finder_methods_accounting_and_selection(lr_results: dict[str, MethodResult]) -> None:
+def test_lr_finder_reports_each_rule_and_the_better_of_both(lr_results: dict[str, MethodResult]) -> None:
+    assert list(lr_results) == ["lr-finder-steep", "lr-finder-min10", "lr-finder-best"]
     best = lr_results["lr-finder-best"]
     test_epochs = best.details["range_test"]["epochs"]
     assert 0 < test_epochs < 100
     for method, rule in (("lr-finder-steep", "steep"), ("lr-finder-min10", "min10")):
         r = lr_results[method]
         assert r.method == method and r.details["rule"] == rule
-        assert r.epochs == pytest.approx(test_epochs + E)  # the range test counts in its compute
+        assert r.epochs == pytest.approx(test_epochs + E)  # the range test counts in each rule's compute
         assert r.details["range_test"] == best.details["range_test"]  # the same test, on the same init
         assert r.details["lr"] == r.details["range_test"]["chosen"][rule]
         assert len(r.details["history"]) == E and r.details["history"][-1]["val_acc"] == r.val_acc
-        # the best-of-both's runs are these very runs
         (run,) = [x for x in best.details["runs"] if x["rule"] == rule]
         assert (run["val_acc"], run["test_acc"]) == (r.val_acc, r.test_acc)
     assert best.epochs == pytest.approx(test_epochs + 2 * E)  # two runs of compute
@@ -108,7 +108,16 @@ def test_lr_finder_methods_accounting_and_selection(lr_results: dict[str, Method
     assert best.details["rule"] == chosen["rule"] and best.test_acc == chosen["test_acc"]
 
 
+def test_a_rules_run_is_the_run_that_rule_alone_makes(lr_results: dict[str, MethodResult], tmp_path: Path) -> None:
+    """The second rule's run reuses the first one's range test: the same as testing and training afresh."""
+    ctx = _ctx(tmp_path)
+    alone = lr_finder._one_cycle_run(ctx, 32, lambda run: lr_finder.range_test(ctx, run, 32).chosen["min10"])
+    shared = lr_results["lr-finder-min10"]
+    assert (alone.val_acc, alone.test_acc) == (shared.val_acc, shared.test_acc)
+    assert alone.history == shared.details["history"]
+
+
 def test_lr_finder_is_deterministic_under_a_seed(lr_results: dict[str, MethodResult], tmp_path: Path) -> None:
-    assert _comparable(METHODS["lr-finder-best"](_ctx(tmp_path))) == _comparable([lr_results["lr-finder-best"]])
-    other = METHODS["lr-finder-steep"](_ctx(tmp_path, seed=1))[0]
+    assert _comparable(METHODS["lr-finder"](_ctx(tmp_path))) == _comparable(list(lr_results.values()))
+    other = METHODS["lr-finder"](_ctx(tmp_path, seed=1))[0]
     assert other.details["range_test"]["losses"] != lr_results["lr-finder-steep"].details["range_test"]["losses"]

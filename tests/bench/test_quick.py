@@ -16,7 +16,7 @@ def test_quick_defaults_and_overrides() -> None:
     config = quick_config()
     assert config.workloads == QUICK_WORKLOADS and config.seed_list == tuple(range(QUICK_SEEDS))
     assert config.methods == QUICK_METHODS and set(QUICK_METHODS) <= set(METHODS)
-    assert {"policy", "policy-best-4", "open-loop", "random", "pbt", "lr-finder-best"} == set(QUICK_METHODS)
+    assert {"policy", "policy-best-4", "open-loop", "random", "pbt", "lr-finder"} == set(QUICK_METHODS)
     assert str(config.results_dir).endswith("__quick")  # never the full run's folder
     assert quick_workloads(load_spec("tiny")) == ("tiny-wide",)  # a spec without them: its held-out ones
     mine = quick_config(spec="tiny", seeds=[3], methods=["constant"], results_dir="x")

@@ -6,8 +6,8 @@
 * ``pbt`` — Population Based Training with Ray Tune's default exploit/explore rules (``pbt-8``).
 * ``constant``, ``cosine``, ``plateau``, ``warmup-cosine`` — hand schedules; ``schedulefree``,
   ``prodigy`` — learning-rate-free optimisers; ``open-loop`` — a fixed per-epoch schedule replayed.
-* ``lr-finder-steep``, ``lr-finder-min10``, ``lr-finder-best`` — an LR range test
-  (torch-lr-finder), then one-cycle at the suggested LR.
+* ``lr-finder`` — an LR range test (torch-lr-finder), then one-cycle at each rule's suggested LR;
+  reported as ``lr-finder-steep``, ``lr-finder-min10`` and the better of both, ``lr-finder-best``.
 * ``policy`` — a saved tuning policy, through ``HyperTuneEnv``; ``policy-best-4`` — the best of
   four of its runs by validation accuracy.
 * ``ray-pbt``, ``ray-pb2``, ``ray-asha`` — Ray Tune's own PBT, PB2 and ASHA (with the Ray backend only).
@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from rlagent.bench.methods.base import METHOD_NEEDS, PBT_POPULATION, SEARCH_TRIALS, MethodResult, TrialContext
-from rlagent.bench.methods.lr_finder import lr_finder_best, lr_finder_min10, lr_finder_steep
+from rlagent.bench.methods.lr_finder import lr_finder_one_cycle
 from rlagent.bench.methods.pbt import pbt as pbt_method
 from rlagent.bench.methods.policy import policy as policy_method
 from rlagent.bench.methods.policy import policy_best_4
@@ -47,9 +47,7 @@ METHODS: dict[str, Callable[[TrialContext], list[MethodResult]]] = {
     "cosine": cosine,
     "plateau": plateau,
     "warmup-cosine": warmup_cosine,
-    "lr-finder-steep": lr_finder_steep,
-    "lr-finder-min10": lr_finder_min10,
-    "lr-finder-best": lr_finder_best,
+    "lr-finder": lr_finder_one_cycle,
     "schedulefree": schedulefree,
     "prodigy": prodigy,
     "open-loop": open_loop,
@@ -64,12 +62,12 @@ ALL_METHODS: dict[str, Callable[[TrialContext], list[MethodResult]]] = {**METHOD
 METHOD_RUNS: dict[str, float] = {
     "random": SEARCH_TRIALS, "tpe": SEARCH_TRIALS, "hyperband": SEARCH_TRIALS, "ray-asha": SEARCH_TRIALS,
     "pbt": PBT_POPULATION, "ray-pbt": PBT_POPULATION, "ray-pb2": PBT_POPULATION,
-    "policy-best-4": 4, "lr-finder-best": 2.1, "lr-finder-steep": 1.05, "lr-finder-min10": 1.05,
+    "policy-best-4": 4, "lr-finder": 2.1,
 }  # fmt: skip
 """Epochs a method's task spends, in runs of the workload's epoch budget (1 when not listed).
 The benchmark starts the longest tasks first, so that short ones fill the workers at the end."""
 
-QUICK_METHODS = ("policy", "policy-best-4", "open-loop", "random", "pbt", "lr-finder-best")
+QUICK_METHODS = ("policy", "policy-best-4", "open-loop", "random", "pbt", "lr-finder")
 """Method tasks of ``rlagent bench --quick``: the policy, its best-of-4, its open-loop replay (does
 it react to the run?) and the baselines a reader compares it with first (random search, PBT, the
 LR range test). The untuned schedules (Adam's default, warm-up + cosine) are left to the full
@@ -87,9 +85,7 @@ __all__ = [
     "constant",
     "cosine",
     "hyperband",
-    "lr_finder_best",
-    "lr_finder_min10",
-    "lr_finder_steep",
+    "lr_finder_one_cycle",
     "mean_schedule",
     "open_loop",
     "plateau",

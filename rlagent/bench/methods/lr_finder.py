@@ -12,7 +12,7 @@ defaults (warm-up over 30% of the steps from max_lr/25, cosine annealing to max_
 or Adam's β1 cycled 0.95 → 0.85 → 0.95), stepped after every minibatch through
 ``Trainer.on_step``, at batch size 32 (clipped).
 
-Suggestion rules, each a method:
+Suggestion rules, all reported by the one method task ``lr-finder`` from one range test:
 
 * ``lr-finder-steep`` — torch-lr-finder's own: the LR of steepest descent of the smoothed loss
   (``LRFinder.plot(skip_start=10, skip_end=5)``, i.e. ``argmin(np.gradient(loss))``).
@@ -27,6 +27,7 @@ Compute: the range test's minibatches count as ``iterations × batch size / n_tr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import math
@@ -166,10 +167,13 @@ def _one_cycle_run(ctx: TrialContext, batch_size: int, max_lr: Callable[[Run], f
     return train_run(ctx, lambda epoch, history, trainer: (trainer.lr, batch_size), prepare=prepare)
 
 
-def _lr_finder(ctx: TrialContext, rules: tuple[str, ...], method: str) -> list[MethodResult]:
-    """Range test on the first run's model, then one one-cycle run per rule; the best by validation accuracy.
+def lr_finder_one_cycle(ctx: TrialContext) -> list[MethodResult]:
+    """One range test, one one-cycle run at each rule's LR: reported per rule and as the better of both.
 
-    Every run starts from the same seeded init and shuffling order, so the test needs doing once.
+    Every run starts from the same seeded init and shuffling order, so the test needs doing once and
+    each rule's run is the run that rule alone would make: ``lr-finder-steep`` and ``lr-finder-min10``
+    count the test and their own run (E epochs + the test), ``lr-finder-best`` both runs and the test,
+    and keeps the better by validation accuracy.
     """
     bs = workload_hparams(ctx).batch_size
     found: list[RangeTest] = []
@@ -182,32 +186,26 @@ def _lr_finder(ctx: TrialContext, rules: tuple[str, ...], method: str) -> list[M
 
         return max_lr
 
-    outcomes = [_one_cycle_run(ctx, bs, peak(rule)) for rule in rules]
+    outcomes = [_one_cycle_run(ctx, bs, peak(rule)) for rule in RULES]
     rt = found[0]
-    i = best_index([o.val_acc for o in outcomes])
-    out = outcomes[i]
-    out.epochs = rt.epochs + len(rules) * ctx.workload.epochs
-    out.seconds = sum(o.seconds for o in outcomes)
-    details = {
-        "rule": rules[i], "lr": rt.chosen[rules[i]], "batch_size": bs, "schedule": "OneCycleLR (torch defaults)",
-        "range_test": {**{k: v for k, v in asdict(rt).items() if k != "seconds"}, "iterations": len(rt.lrs), "start_lr": ctx.workload.lr_range[0],
-                       "end_lr": RANGE_TEST_END_LR},
-        "runs": [{"rule": r, "lr": rt.chosen[r], "val_acc": o.val_acc, "test_acc": o.test_acc,
-                  "diverged": o.diverged} for r, o in zip(rules, outcomes)],
+    test = {
+        **{k: v for k, v in asdict(rt).items() if k != "seconds"}, "iterations": len(rt.lrs),
+        "start_lr": ctx.workload.lr_range[0], "end_lr": RANGE_TEST_END_LR,
     }  # fmt: skip
-    return [make_result(ctx, method, out, details)]
-
-
-def lr_finder_steep(ctx: TrialContext) -> list[MethodResult]:
-    """Range test, then one-cycle at torch-lr-finder's steepest-descent LR (E epochs + the test)."""
-    return _lr_finder(ctx, ("steep",), "lr-finder-steep")
-
-
-def lr_finder_min10(ctx: TrialContext) -> list[MethodResult]:
-    """Range test, then one-cycle at the minimum-loss LR ÷ 10 (E epochs + the test)."""
-    return _lr_finder(ctx, ("min10",), "lr-finder-min10")
-
-
-def lr_finder_best(ctx: TrialContext) -> list[MethodResult]:
-    """One range test, one-cycle at both rules' LRs, the better by validation accuracy (2·E epochs + the test)."""
-    return _lr_finder(ctx, RULES, "lr-finder-best")
+    schedule = "OneCycleLR (torch defaults)"
+    results = []
+    for j, (rule, out) in enumerate(zip(RULES, outcomes)):
+        own_test = 0.0 if j == 0 else rt.seconds  # the test ran in the first run's `prepare`, in its seconds
+        single = dataclasses.replace(out, epochs=rt.epochs + ctx.workload.epochs, seconds=out.seconds + own_test)
+        details = {"rule": rule, "lr": rt.chosen[rule], "batch_size": bs, "schedule": schedule, "range_test": test}
+        results.append(make_result(ctx, f"lr-finder-{rule}", single, details))
+    i = best_index([o.val_acc for o in outcomes])
+    best = dataclasses.replace(
+        outcomes[i], epochs=rt.epochs + len(RULES) * ctx.workload.epochs, seconds=sum(o.seconds for o in outcomes)
+    )
+    details = {
+        "rule": RULES[i], "lr": rt.chosen[RULES[i]], "batch_size": bs, "schedule": schedule, "range_test": test,
+        "runs": [{"rule": r, "lr": rt.chosen[r], "val_acc": o.val_acc, "test_acc": o.test_acc,
+                  "diverged": o.diverged} for r, o in zip(RULES, outcomes)],
+    }  # fmt: skip
+    return [*results, make_result(ctx, "lr-finder-best", best, details)]
