@@ -69,7 +69,7 @@ def main() -> None:
         help="a start to score from (repeat; default: own, 0.1,16, 1e-4,512)",
     )
     parser.add_argument("--select-draws", type=int, default=24)
-    parser.add_argument("--confirm-draws", type=int, default=24)
+    parser.add_argument("--confirm-draws", type=int, default=96)
     parser.add_argument("--n-workers", type=int, default=2)
     parser.add_argument("--out", required=True, help="folder for the reports, selection.md and selection.json")
     args = parser.parse_args()  # fmt: skip
