@@ -38,8 +38,10 @@ def descent_cosine(dot: torch.Tensor, grad_sq: torch.Tensor, delta_sq: torch.Ten
 class AlignmentMeter:
     """Measures one epoch's alignment over a model's parameters, in its step loop.
 
-    Call :meth:`observe` at every step after ``backward()`` and before the optimiser step, then
-    :meth:`result` after the epoch. Each measured step costs one flat copy of the parameters.
+    Call :meth:`observe` at each step of :attr:`window` (empty when disabled) after
+    ``backward()`` and before the optimiser step, then :meth:`result` after the epoch; the step
+    loop tests ``step in meter.window`` itself, so the other steps cost nothing. Each measured
+    step costs one flat copy of the parameters.
 
     Args:
         params: The model's parameters (those that do not require grad are left out).
@@ -55,9 +57,7 @@ class AlignmentMeter:
 
     @torch.no_grad()
     def observe(self, step: int) -> None:
-        """Compare step ``step``'s gradients with the previous step's update (inside the window)."""
-        if step not in self.window:
-            return
+        """Compare step ``step`` (one of :attr:`window`)'s gradients with the previous step's update."""
         flat = torch.cat([p.detach().reshape(-1) for p in self._params])  # a copy
         if self._before is not None:
             grad = torch.cat(

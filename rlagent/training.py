@@ -274,6 +274,7 @@ class Trainer:
         small_sq: list[torch.Tensor] = []
         grad_sum: list[torch.Tensor] | None = None
         meter = AlignmentMeter(self.model.parameters(), full_steps, self.measure_alignment)
+        align = meter.window
 
         self.model.train()
         if hasattr(self.optimizer, "train"):  # schedule-free optimisers keep two sets of weights
@@ -299,7 +300,8 @@ class Trainer:
                     grad_sum = [g.detach().clone() for g in grads]
                 else:
                     torch._foreach_add_(grad_sum, grads)
-            meter.observe(step)
+            if step in align:
+                meter.observe(step)
             self.optimizer.step()
             if on_step is not None:
                 on_step()
