@@ -210,7 +210,7 @@ def _cmd_run_policy(args: argparse.Namespace) -> None:
 
     result = run_policy(
         args.policy, args.workload, spec=args.spec, seed=args.seed, epochs=args.epochs,
-        device=args.device, num_threads=args.threads,
+        device=args.device, num_threads=args.threads, lr=args.lr, batch_size=args.batch_size,
     )  # fmt: skip
     role = (
         "held-out" if result["heldout"] else "TRAINED ON by this policy" if result["trained_on"] else "not in the spec"
@@ -227,6 +227,7 @@ def _cmd_run_policy(args: argparse.Namespace) -> None:
     console.print(
         f"final val acc {result['final_val_acc']:.4f}; test acc {result['test_acc']:.4f}"
         + ("; DIVERGED" if result["diverged"] else "")
+        + (f"; the probe's minimum-loss LR {result['probe_lr']:.2e}" if result["probe_lr"] is not None else "")
     )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -244,8 +245,22 @@ def _add_run_policy(sub: argparse._SubParsersAction, name: str = "run-policy", d
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--lr", type=_lr_or_probe, default=None,
+        help="first epoch's LR instead of the spec's, or 'probe': a short LR range test on a copy of the run picks it",
+    )  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=None, help="first epoch's batch size instead of the spec's")
     p.add_argument("--out", default=None, help="write the run as JSON here")
     p.set_defaults(func=_cmd_run_policy)
+
+
+def _lr_or_probe(text: str) -> float | str:
+    if text == "probe":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"got {text!r}; expected a number > 0 or 'probe'") from None
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:

@@ -61,8 +61,9 @@ class EpisodeSpec:
     batch_size_range: tuple[int, int] | None = None
     """Batch-size range the agent moves within; None uses each workload's own."""
     init_lr: float | str = 1e-3
-    """Learning rate of the first epoch, or ``"sample"`` for log-uniform in the range (a
-    procedural draw brings its own)."""
+    """Learning rate of the first epoch, ``"sample"`` for log-uniform in the range (a procedural
+    draw brings its own), or ``"probe"``: a short LR range test on a copy of the run picks it
+    (:mod:`rlagent.probe`), for procedural draws too."""
     init_batch_size: int | str = 32
     """Batch size of the first epoch, or ``"sample"`` for a power of two in the range (a
     procedural draw brings its own)."""
@@ -80,10 +81,11 @@ class EpisodeSpec:
         if self.batch_size_range is not None:
             check_range("episode.batch_size_range", self.batch_size_range, positive=True, integer=True)
             object.__setattr__(self, "batch_size_range", tuple(self.batch_size_range))
-        if self.init_lr != "sample":
-            _check_type("episode.init_lr", self.init_lr, (int, float), "a number > 0 or 'sample'")
+        if self.init_lr not in ("sample", "probe"):
+            allowed = "a number > 0, 'sample' or 'probe'"
+            _check_type("episode.init_lr", self.init_lr, (int, float), allowed)
             if not (self.init_lr > 0 and math.isfinite(self.init_lr)):
-                raise SpecError("episode.init_lr", self.init_lr, "a number > 0 or 'sample'")
+                raise SpecError("episode.init_lr", self.init_lr, allowed)
             if self.lr_range and not self.lr_range[0] <= self.init_lr <= self.lr_range[1]:
                 raise SpecError("episode.init_lr", self.init_lr, f"a value inside lr_range {self.lr_range}")
         if self.init_batch_size != "sample":

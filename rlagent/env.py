@@ -14,6 +14,7 @@ from gymnasium import spaces
 from rlagent.config import ACTIONS, EnvSpec, load_spec, spec_from_dict
 from rlagent.errors import SpecError, is_number
 from rlagent.features import FEATURE_NAMES, OBS_HIGH, OBS_LOW, RunTracker
+from rlagent.probe import probe_lr, probe_seed, probe_start_lr
 from rlagent.training import HParams, Trainer, run_epoch
 from rlagent.workloads import Data, Source, WorkloadSpec, make_run
 
@@ -100,7 +101,11 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
     ## Starting State
     A freshly initialised model (weights, data split and shuffling drawn from the episode
     seed) at ``episode.init_lr`` / ``episode.init_batch_size`` (fixed or sampled); the first
-    observation comes from evaluating the untrained model on the validation split.
+    observation comes from evaluating the untrained model on the validation split. With
+    ``init_lr = "probe"`` (or the reset option ``"lr": "probe"``) a short LR range test on a copy
+    of the run sets the first LR to its minimum-loss LR ÷ 10 (:mod:`rlagent.probe`; the run
+    itself is untouched by it); ``info`` then holds ``probe_lr`` and ``probe_samples``, and
+    those samples count in ``samples_seen``.
 
     ## Episode End
     Terminated when the epoch budget is spent — the budget is part of the task and the agent
@@ -202,7 +207,9 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             episode_seed = seed if seed is not None else int(self.np_random.integers(2**31 - 1))
             task = self.env_spec.draw(episode_seed)
             wl, name, sources = task.workload, task.workload.name, {}
-            options = {"lr": task.init_lr, "batch_size": task.init_batch_size, **options}
+            # The draw brings its own start, unless the spec asks for the probe's LR everywhere.
+            lr = "probe" if self.env_spec.episode.init_lr == "probe" else task.init_lr
+            options = {"lr": lr, "batch_size": task.init_batch_size, **options}
         else:
             if name is None:
                 name = self.workload_names[int(self.np_random.integers(len(self.workload_names)))]
@@ -210,20 +217,27 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             episode_seed = seed if seed is not None else int(self.np_random.integers(2**31 - 1))
         run = make_run(wl, episode_seed, device=self.device, sources=sources, replica=options.get("replica", 0))
         data = run.data
-        hp = self._initial_values(wl, len(data.train), options)
-        lr, bs = hp.lr, hp.batch_size
-        self.hparams = hp
+        hp, probe_start = self._initial_values(wl, len(data.train), options)
         self.trainer = Trainer(
             run.model, data.train, optimizer=wl.optimizer, optimizer_args=wl.optimizer_args,
-            lr=lr, batch_size=bs, generator=run.generator, lr_scale=wl.lr_scale,
+            lr=hp.lr, batch_size=hp.batch_size, generator=run.generator, lr_scale=wl.lr_scale,
         )  # fmt: skip
+        probe = None
+        if probe_start:
+            probe = probe_lr(self.trainer, hp.lr_range, seed=probe_seed(episode_seed, options.get("replica", 0)))
+            hp = hp.with_values(probe_start_lr(probe, hp.lr_range), hp.batch_size)
+            self.trainer.lr = hp.lr
+        lr, bs = hp.lr, hp.batch_size
+        self.hparams = hp
         self.workload, self.data = wl, data
         self.tracker = RunTracker(
             num_classes=data.num_classes, lr_range=wl.lr_range,
             batch_size_range=wl.batch_size_range, epochs=wl.epochs,
         )  # fmt: skip
         val = self.trainer.evaluate(data.val)
-        self._samples = self._steps = 0
+        # The probe's minibatches are training compute: they count towards samples_seen.
+        self._samples = probe.samples if probe else 0
+        self._steps = 0
         self._done = False
         self._val_acc = val.acc
         obs = self.tracker.start(val_loss=val.loss, val_acc=val.acc, lr=lr, batch_size=bs)
@@ -237,22 +251,28 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             "val_acc": val.acc,
             "episode_seed": episode_seed,
         }
+        if probe is not None:
+            info["probe_lr"], info["probe_samples"] = probe.lr, probe.samples
         return obs, info
 
-    def _initial_values(self, wl: WorkloadSpec, n_train: int, options: Mapping[str, Any]) -> HParams:
+    def _initial_values(self, wl: WorkloadSpec, n_train: int, options: Mapping[str, Any]) -> tuple[HParams, bool]:
+        """The first epoch's LR and batch size, and whether a probe is to replace that LR."""
         ep = self.env_spec.episode
         ranges = HParams(1.0, 1, wl.lr_range, wl.batch_size_range, n_train)
         lr = options.get("lr", ep.init_lr)
-        if lr == "sample":
+        probe = isinstance(lr, str) and lr == "probe"
+        if probe:
+            lr = ranges.lr_range[0]  # until the probe has run
+        elif lr == "sample":
             lr = ranges.sample_lr(self.np_random)
         bs = options.get("batch_size", ep.init_batch_size)
         if bs == "sample":
             bs = ranges.sample_batch_size(self.np_random)
         if not is_number(lr) or not lr > 0:
-            raise SpecError("reset options.lr", lr, "a number > 0")
+            raise SpecError("reset options.lr", lr, "a number > 0, 'sample' or 'probe'")
         if not isinstance(bs, (int, np.integer)) or isinstance(bs, bool) or bs < 1:
             raise SpecError("reset options.batch_size", bs, "an integer >= 1")
-        return ranges.with_values(float(lr), int(bs))
+        return ranges.with_values(float(lr), int(bs)), probe
 
     def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
         if self.trainer is None or self.tracker is None or self.data is None or self.workload is None:

@@ -3,7 +3,8 @@
     PYTHONPATH=$PWD python scripts/policy_starts.py --policy default --seeds 2 --out results/policy_starts.json
 
 Starts: the spec's default (LR 1e-3, batch 32 in ``default``) and the four corners LR 1e-4 / 1e-1
-× batch 16 / 512. Each run is ``rlagent.policy.reuse.run_policy`` (the env's own run of the
+× batch 16 / 512; with ``--probe`` also the LR probe's start (``lr="probe"``, :mod:`rlagent.probe`)
+at the spec's batch size and at 16 and 512. Each run is ``rlagent.policy.reuse.run_policy`` (the env's own run of the
 workload and seed, so runs pair across starts). Prints a markdown table of the mean test
 accuracy per workload and start, and each corner's difference from the default start (target,
 issue 11: within 2 points). Test accuracy is only reported here; nothing is selected on it.
@@ -26,7 +27,10 @@ from rlagent.policy.reuse import run_policy
 CORNERS = ((1e-4, 16), (1e-4, 512), (1e-1, 16), (1e-1, 512))
 
 
-def one(policy: str, spec: str, workload: str, seed: int, lr: float | None, bs: int | None) -> dict:
+PROBES = (("probe", None), ("probe", 16), ("probe", 512))
+
+
+def one(policy: str, spec: str, workload: str, seed: int, lr: float | str | None, bs: int | None) -> dict:
     torch.set_num_threads(1)
     r = run_policy(policy, workload, spec=spec, seed=seed, lr=lr, batch_size=bs)
     return {"workload": workload, "seed": seed, "lr": lr, "batch_size": bs, "test_acc": r["test_acc"],
@@ -41,10 +45,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--probe", action="store_true", help="add the LR probe's starts")
     args = parser.parse_args()
     spec = load_spec(args.spec)
     workloads = args.workloads or list(spec.workloads.heldout)
-    starts = [(None, None), *CORNERS]
+    starts = [(None, None), *CORNERS, *(PROBES if args.probe else ())]
     jobs = [(args.policy, args.spec, w, s, lr, bs) for w in workloads for s in range(args.seeds) for lr, bs in starts]
     ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
     with cf.ProcessPoolExecutor(args.workers, mp_context=ctx) as pool:
@@ -57,7 +62,13 @@ def main() -> None:
         sel = [r["test_acc"] for r in rows if (w is None or r["workload"] == w) and (r["lr"], r["batch_size"]) == start]
         return statistics.fmean(sel)
 
-    label = {s: "default" if s[0] is None else f"{s[0]:g} / {s[1]}" for s in starts}
+    def name(start: tuple) -> str:
+        lr, bs = start
+        if lr is None:
+            return "default"
+        return f"{lr if isinstance(lr, str) else f'{lr:g}'} / {bs if bs else 'default'}"
+
+    label = {s: name(s) for s in starts}
     print(f"| workload | {' | '.join(label[s] for s in starts)} | worst corner − default |")
     print(f"|---|{'---:|' * len(starts)}---:|")
     for w in [*workloads, None]:

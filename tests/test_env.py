@@ -387,3 +387,42 @@ def test_batch_size_in_step_never_exceeds_training_set() -> None:
 def test_package_exports() -> None:
     for name in rlagent.__all__:
         assert hasattr(rlagent, name)
+
+
+def test_probe_start_sets_the_first_lr_and_leaves_the_run_as_it_was() -> None:
+    """``lr="probe"``: the episode is the one started at the probe's LR, plus the probe's samples."""
+    env = HyperTuneEnv("tiny")
+    _, info = env.reset(seed=4, options={"lr": "probe", "batch_size": 16})
+    assert info["lr"] == pytest.approx(min(max(info["probe_lr"] / 10, 1e-4), 0.3))
+    assert info["probe_samples"] > 0
+    _, again = env.reset(seed=4, options={"lr": "probe", "batch_size": 16})
+    assert again == info
+    probed = [env.step(np.array([2, 1]))[4] for _ in range(2)]
+    twin = HyperTuneEnv("tiny")
+    twin.reset(seed=4, options={"lr": info["lr"], "batch_size": 16})
+    plain = [twin.step(np.array([2, 1]))[4] for _ in range(2)]
+    for a, b in zip(probed, plain):
+        assert a["val_acc"] == b["val_acc"] and a["train_loss"] == b["train_loss"]
+        assert a["samples_seen"] == b["samples_seen"] + info["probe_samples"]
+
+
+def test_spec_init_lr_may_be_probe() -> None:
+    spec = load_spec("tiny")
+    probed = dataclasses.replace(spec, episode=dataclasses.replace(spec.episode, init_lr="probe"))
+    _, info = HyperTuneEnv(probed).reset(seed=0)
+    assert "probe_lr" in info
+    with pytest.raises(SpecError, match=r"episode\.init_lr.*'probe'"):
+        dataclasses.replace(spec.episode, init_lr="fast")
+
+
+def test_a_probe_spec_probes_procedural_draws_at_their_own_batch_size() -> None:
+    """A procedural draw brings its own start; ``init_lr = "probe"`` replaces its LR, not its batch."""
+    spec = load_spec("tiny-procedural")
+    probed = dataclasses.replace(spec, episode=dataclasses.replace(spec.episode, init_lr="probe"))
+    _, own = HyperTuneEnv(spec).reset(seed=3)
+    _, info = HyperTuneEnv(probed).reset(seed=3)
+    assert "probe_lr" not in own and info["probe_lr"] > 0
+    assert info["workload"] == own["workload"] and info["batch_size"] == own["batch_size"]
+    assert info["lr"] == pytest.approx(min(max(info["probe_lr"] / 10, 1e-4), 0.3))
+    _, given = HyperTuneEnv(probed).reset(seed=3, options={"lr": 0.01})  # a reset option still wins
+    assert given["lr"] == 0.01 and "probe_lr" not in given

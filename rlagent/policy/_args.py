@@ -117,8 +117,8 @@ def check_hparams(
     _int("epochs", epochs, 1)
     _int("batch_size", batch_size, 1)
     _int("seed", seed, 0)
-    if not is_number(lr) or not (math.isfinite(lr) and lr > 0):
-        raise SpecError("lr", lr, "a finite number > 0")
+    if not (isinstance(lr, str) and lr == "probe") and (not is_number(lr) or not (math.isfinite(lr) and lr > 0)):
+        raise SpecError("lr", lr, "a finite number > 0 or 'probe'")
     if lr_range is not None:
         check_range("lr_range", lr_range, positive=True)
         if not all(math.isfinite(v) for v in lr_range):

@@ -29,6 +29,7 @@ from rlagent.errors import PolicyFileError, RLAgentError, SpecError
 from rlagent.features import RunTracker
 from rlagent.policy._args import check_device, check_hparams, check_num_classes, check_split, model_width
 from rlagent.policy.file import SavedPolicy, load_policy
+from rlagent.probe import Probe, probe_lr, probe_seed, probe_start_lr
 from rlagent.training import HParams, Trainer, run_epoch
 from rlagent.workloads import DEFAULT_BATCH_SIZE_RANGE, DEFAULT_LR_RANGE
 
@@ -135,6 +136,28 @@ class Controller:
         )
         self.hparams = HParams(lr, batch_size, lr_range, batch_size_range, n_train or batch_size_range[1]).clipped()
         self.history: list[dict[str, float]] = []
+        self.probe_result: Probe | None = None
+        """What :meth:`probe` measured, if it ran."""
+
+    def probe(self, trainer: Trainer, *, seed: int = 0) -> float:
+        """Set the first LR from a short LR range test on a copy of ``trainer``'s run.
+
+        The run itself is untouched (:func:`rlagent.probe.probe_lr`); ``trainer.lr`` is set to
+        the probe's minimum-loss LR ÷ 10, kept in the range. Call it before :meth:`start`.
+
+        Returns:
+            The new LR.
+
+        Raises:
+            RuntimeError: If the run has started.
+        """
+        if self.tracker.epoch > 0 or self.history:
+            raise RuntimeError("Controller.probe: call it before the first epoch")
+        found = probe_lr(trainer, self.lr_range, seed=seed)
+        self.probe_result = found
+        self.hparams = self.hparams.with_values(probe_start_lr(found, self.lr_range), self.batch_size)
+        trainer.lr = self.lr
+        return self.lr
 
     @property
     def lr(self) -> float:
@@ -203,6 +226,8 @@ class TuneResult:
     test_acc: float | None = None
     """Accuracy on ``test_data`` after the last epoch, if it was given (never used to decide)."""
     diverged: bool = False
+    probe_lr: float | None = None
+    """The minimum-loss LR of the probe that picked the first LR (None: ``lr`` was given)."""
 
 
 def train_with_policy(
@@ -215,7 +240,7 @@ def train_with_policy(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     device: str | torch.device | None = None,
     optimizer: str | torch.optim.Optimizer = "adam",
-    lr: float = 1e-3,
+    lr: float | str = 1e-3,
     batch_size: int = 32,
     lr_range: tuple[float, float] | None = None,
     batch_size_range: tuple[int, int] | None = None,
@@ -234,7 +259,10 @@ def train_with_policy(
         loss_fn: ``loss(logits, labels)`` with mean reduction; cross-entropy by default.
         device: Where to train; default: the model's device.
         optimizer: ``"adam"``, ``"sgd"`` or an optimiser over ``model``'s parameters.
-        lr: Learning rate before the policy's first change.
+        lr: Learning rate before the policy's first change, or ``"probe"``: a short LR range
+            test on a copy of the run picks it (:meth:`Controller.probe`; at most 48 minibatches
+            of 32), so no start has to be guessed (policies/default/README.md has what it
+            gains for each shipped policy).
         batch_size: Batch size before the policy's first change.
         lr_range: LR range; default: the range the policy was trained with.
         batch_size_range: Batch-size range; default: the policy's.
@@ -265,15 +293,18 @@ def train_with_policy(
     train, val, test = splits["train_data"], splits["val_data"], splits.get("test_data")
     model = model.to(device)
     num_classes = check_num_classes(num_classes, model_width(model, val), splits)
+    probe = isinstance(lr, str)
     ctl = Controller(
-        policy, num_classes=num_classes, epochs=epochs, lr=lr, batch_size=batch_size,
+        policy, num_classes=num_classes, epochs=epochs, lr=1e-3 if probe else lr, batch_size=batch_size,
         lr_range=lr_range, batch_size_range=batch_size_range, n_train=len(train),
     )  # fmt: skip
     trainer = Trainer(
         model, train, optimizer=optimizer, lr=ctl.lr, batch_size=ctl.batch_size,
         generator=torch.Generator().manual_seed(seed), loss_fn=loss_fn,
     )  # fmt: skip
-    result = TuneResult(model=model)
+    if probe:
+        ctl.probe(trainer, seed=probe_seed(seed))
+    result = TuneResult(model=model, probe_lr=ctl.probe_result.lr if ctl.probe_result else None)
     first = trainer.evaluate(val)
     ctl.start(val_loss=first.loss, val_acc=first.acc)
     for _ in range(epochs):
@@ -309,7 +340,7 @@ def run_policy(
     num_threads: int | None = None,
     deterministic: bool = True,
     replica: int = 0,
-    lr: float | None = None,
+    lr: float | str | None = None,
     batch_size: int | None = None,
 ) -> dict[str, Any]:
     """One training run of ``workload`` with the policy choosing LR and batch size each epoch.
@@ -317,11 +348,13 @@ def run_policy(
     Runs inside ``HyperTuneEnv``, so the run (data split, init, shuffling) is the one every other
     method gets for the same ``seed``. ``replica`` r >= 1 keeps that data split but draws other
     initial weights and shuffling (the env's ``reset`` option of that name). ``lr`` and
-    ``batch_size`` replace the spec's initial values (e.g. to check robustness to a bad start).
+    ``batch_size`` replace the spec's initial values (e.g. to check robustness to a bad start);
+    ``lr="probe"`` starts from an LR range test on a copy of the run (:mod:`rlagent.probe`).
 
     Returns:
         ``{"workload", "seed", "history": [per-epoch info], "final_val_acc", "test_acc", "diverged",
-        "heldout", "epochs"}``.
+        "heldout", "epochs", "probe_lr", "probe_epochs"}``: the last two are None and 0.0 without a
+        probe; ``probe_epochs`` is the probe's samples over the training split's size.
     """
     saved = resolve_policy(policy)
     env_spec = load_spec(spec) if not isinstance(spec, EnvSpec) else spec
@@ -338,6 +371,8 @@ def run_policy(
     if batch_size is not None:
         options["batch_size"] = batch_size
     obs, info = env.reset(seed=seed, options=options)
+    probe_lr = info.get("probe_lr")
+    probe_epochs = info.get("probe_samples", 0) / len(env.data.train)
     act = saved.actor(deterministic=deterministic)
     history, done = [], False
     while not done:
@@ -357,6 +392,8 @@ def run_policy(
         "final_val_acc": info["val_acc"],
         "test_acc": info["test_acc"],
         "diverged": info["diverged"],
+        "probe_lr": probe_lr,
+        "probe_epochs": probe_epochs,
     }
 
 

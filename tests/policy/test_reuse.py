@@ -200,6 +200,27 @@ def test_cli_run_policy_prints_and_writes_json(
     assert data["workload"] == "tiny-wide" and len(data["history"]) == 3
 
 
+def test_cli_run_policy_takes_a_start_or_the_probe(
+    tiny_policy: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    base = ["run-policy", "--policy", str(tiny_policy), "--workload", "tiny-wide", "--spec", "tiny"]
+    probed, given = tmp_path / "probed.json", tmp_path / "given.json"
+    assert main([*base, "--lr", "probe", "--batch-size", "16", "--out", str(probed)]) == 0
+    assert "the probe's minimum-loss LR" in capsys.readouterr().out
+    run = json.loads(probed.read_text())
+    assert run["probe_lr"] > 0 and run["probe_epochs"] > 0
+    low, high = load_spec("tiny").workload("tiny-wide").lr_range
+    start = min(max(run["probe_lr"] / 10, low), high)
+    assert main([*base, "--lr", repr(start), "--batch-size", "16", "--out", str(given)]) == 0
+    assert [h["val_acc"] for h in json.loads(given.read_text())["history"]] == [h["val_acc"] for h in run["history"]]
+    with pytest.raises(SystemExit) as exit_:
+        main([*base, "--lr", "fast"])
+    assert exit_.value.code == 2 and "expected a number > 0 or 'probe'" in capsys.readouterr().err
+    assert main([*base, "--lr", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "lr" in err and "Traceback" not in err
+
+
 def test_cli_run_policy_bad_workload_is_one_line(tiny_policy: Path, capsys: pytest.CaptureFixture) -> None:
     code = main(["run-policy", "--policy", str(tiny_policy), "--workload", "nope", "--spec", "tiny"])
     err = capsys.readouterr().err
@@ -214,3 +235,32 @@ def test_cli_tune_is_the_deprecated_name_of_run_policy(tiny_policy: Path, capsys
     assert deprecation == "rlagent tune is deprecated and will be removed in the next release; use rlagent run-policy"
     assert main(["run-policy", *args]) == 2
     assert capsys.readouterr().err.splitlines() == [error.replace("rlagent tune:", "rlagent run-policy:")]
+
+
+def test_train_with_policy_can_start_from_a_probe(tiny_policy: Path) -> None:
+    x, y = _users_data()
+    train, val = (x[:300], y[:300]), (x[300:], y[300:])
+    probed = train_with_policy(_users_model(), train, val, epochs=2, policy=tiny_policy, lr="probe")
+    assert probed.probe_lr is not None
+    start = min(max(probed.probe_lr / 10, 1e-4), 0.3)
+    given = train_with_policy(_users_model(), train, val, epochs=2, policy=tiny_policy, lr=start)
+    assert given.probe_lr is None
+    drop_seconds = lambda hist: [{k: v for k, v in h.items() if k != "seconds"} for h in hist]  # noqa: E731
+    assert drop_seconds(probed.history) == drop_seconds(given.history)
+    with pytest.raises(SpecError, match=r"lr.*'probe'"):
+        train_with_policy(_users_model(), train, val, epochs=2, policy=tiny_policy, lr="fast")
+
+
+def test_controller_probe_only_before_the_first_epoch(tiny_policy: Path) -> None:
+    spec = load_spec("tiny")
+    wl = spec.workload("tiny-wide")
+    run = make_run(wl, 5)
+    ctl = Controller(tiny_policy, num_classes=run.data.num_classes, epochs=wl.epochs, lr=1e-3, batch_size=16)
+    trainer = Trainer(run.model, run.data.train, lr=ctl.lr, batch_size=ctl.batch_size, generator=run.generator)
+    lr = ctl.probe(trainer, seed=1)
+    assert lr == trainer.lr == ctl.lr != 1e-3 and ctl.probe_result is not None
+    first = trainer.evaluate(run.data.val)
+    ctl.start(val_loss=first.loss, val_acc=first.acc)
+    ctl.observe(train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=0.5)
+    with pytest.raises(RuntimeError, match="before the first epoch"):
+        ctl.probe(trainer)

@@ -1,0 +1,131 @@
+"""A short LR range test on a throwaway copy of a run: where this run's learning rate belongs.
+
+A policy that reads the LR off its absolute value acts on a prior learnt from its training draws;
+a few minibatches at an exponentially rising LR (Smith 2017, "Cyclical Learning Rates") say where
+the loss of *this* network, data and optimiser stops falling. :func:`probe_lr` runs them on a deep
+copy of the model and its optimiser (settings and state), under its own generator
+and a forked global RNG, so the run itself is untouched: its weights, optimiser state, shuffling
+and dropout stream are what they were, and it trains exactly as without the probe.
+
+The LR of the minimum smoothed loss is no LR to train at (it sits just below divergence); the
+practitioner's rule divides it by 10 (:func:`probe_start_lr`).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from rlagent.datasets import Split
+from rlagent.errors import SpecError
+from rlagent.training import Trainer, seeded_global_rng
+
+logger = logging.getLogger(__name__)
+
+PROBE_STEPS = 48
+"""Minibatches in a probe: about 1 500 samples at batch 32, a fraction of one epoch of most draws."""
+PROBE_BATCH_SIZE = 32
+PROBE_SPAN = 30.0
+"""The probe's LR rises from the range's bottom to this multiple of its top."""
+PROBE_BETA = 0.9
+"""Smoothing of the probe's loss (an exponential moving average, bias-corrected)."""
+PROBE_STOP = 4.0
+"""The probe stops once the smoothed loss exceeds this multiple of its minimum."""
+START_DIVISOR = 10.0
+"""The probe's start LR is its minimum-loss LR divided by this."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What one probe measured."""
+
+    lr: float
+    """The LR (as tuners see it: before a hidden ``lr_scale``) at the minimum smoothed loss."""
+    lrs: tuple[float, ...]
+    losses: tuple[float, ...]
+    """Smoothed losses at ``lrs``; the probe stopped early when it holds fewer than PROBE_STEPS."""
+    samples: int
+
+
+def probe_lr(
+    trainer: Trainer,
+    lr_range: tuple[float, float],
+    *,
+    seed: int,
+    steps: int = PROBE_STEPS,
+    batch_size: int = PROBE_BATCH_SIZE,
+) -> Probe:
+    """Run an LR range test on a copy of ``trainer``'s model and return its minimum-loss LR.
+
+    Args:
+        trainer: The run; its model, optimiser, generator and the global RNG are left as they were.
+        lr_range: The run's LR range: the probe rises from its bottom to ``PROBE_SPAN`` × its top.
+        seed: Seeds the probe's minibatch order and dropout, so a probe is reproducible.
+        steps: Minibatches at most.
+        batch_size: Their size (capped by the training split).
+
+    Raises:
+        SpecError: Naming the argument, if ``steps`` < 2, ``batch_size`` < 1 or the range is not
+            two numbers 0 < low < high.
+    """
+    low, high = float(lr_range[0]), float(lr_range[1])
+    if not (math.isfinite(low) and math.isfinite(high) and 0 < low < high):
+        raise SpecError("lr_range", lr_range, "two finite numbers 0 < low < high")
+    if steps < 2:
+        raise SpecError("steps", steps, "an integer >= 2")
+    if batch_size < 1:
+        raise SpecError("batch_size", batch_size, "an integer >= 1")
+    split: Split = trainer.train_split
+    # One deepcopy of both: the copied optimiser then steps the copied model's parameters.
+    model, optimizer = copy.deepcopy((trainer.model, trainer.optimizer))
+    model: nn.Module
+    gen = torch.Generator().manual_seed(int(seed) % 2**63)
+    top = high * PROBE_SPAN
+    ratio = (top / low) ** (1.0 / (steps - 1))
+    n, bs = len(split), min(int(batch_size), len(split))
+    lrs: list[float] = []
+    smoothed: list[float] = []
+    avg, best, ran = 0.0, math.inf, 0
+    model.train()
+    if hasattr(optimizer, "train"):
+        optimizer.train()
+    with seeded_global_rng([gen], split.x.device):
+        for i in range(steps):
+            lr = low * ratio**i
+            for group in optimizer.param_groups:
+                group["lr"] = lr * trainer.lr_scale
+            idx = torch.randint(n, (bs,), generator=gen).to(split.x.device)
+            loss = trainer.loss_fn(model(split.x[idx]), split.y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            ran += 1
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                break
+            avg = PROBE_BETA * avg + (1 - PROBE_BETA) * value
+            s = avg / (1 - PROBE_BETA ** (i + 1))
+            lrs.append(lr)
+            smoothed.append(s)
+            best = min(best, s)
+            if s > PROBE_STOP * best:
+                break
+    if not lrs:  # the first step's loss was not finite: the bottom of the range is all it can say
+        return Probe(lr=low, lrs=(), losses=(), samples=bs * ran)
+    at = min(range(len(smoothed)), key=smoothed.__getitem__)
+    return Probe(lr=lrs[at], lrs=tuple(lrs), losses=tuple(smoothed), samples=bs * ran)
+
+
+def probe_seed(episode_seed: int, replica: int = 0) -> int:
+    """The probe's seed for an episode (and replica): apart from the run's own seed streams."""
+    return (int(episode_seed) * 7919 + 17 + 104729 * int(replica)) % 2**63
+
+
+def probe_start_lr(probe: Probe, lr_range: tuple[float, float]) -> float:
+    """The start LR a probe points to: its minimum-loss LR ÷ ``START_DIVISOR``, kept in ``lr_range``."""
+    return float(min(max(probe.lr / START_DIVISOR, lr_range[0]), lr_range[1]))
