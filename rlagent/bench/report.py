@@ -37,11 +37,11 @@ __all__ = [
 METHOD_ORDER = (
     "random-1", "random-4", "random-16", "tpe-16", "hyperband", "ray-asha", "pbt-8", "ray-pbt-8", "ray-pb2-8",
     "constant", "cosine", "plateau", "warmup-cosine", "schedulefree", "prodigy",
-    "lr-finder-steep", "lr-finder-min10", "lr-finder-best", "open-loop", "policy", "policy-best-4",
+    "lr-finder-steep", "lr-finder-min10", "lr-finder-best", "open-loop", "policy", "policy-probe", "policy-best-4",
 )  # fmt: skip
 """Order of the methods in tables and plots (others follow alphabetically): searches, then single
 runs without search, the LR range test, and the policy's rows last."""
-POLICY_METHODS = ("policy", "policy-best-4", "open-loop")
+POLICY_METHODS = ("policy", "policy-probe", "policy-best-4", "open-loop")
 """Methods whose result depends on the policy (marked when it trained on the workload)."""
 SCORE_DEFINITION = (
     "score = (test acc - chance) / (best method's test acc - chance) within each workload, "

@@ -19,6 +19,8 @@ from rlagent.bench import methods
 from rlagent.bench.methods import METHOD_NEEDS, METHODS, MethodResult, TrialContext, base, pbt, schedules, search
 from rlagent.config import load_spec
 from rlagent.errors import RLAgentError, SpecError
+from rlagent.policy import reuse as policy_reuse
+from rlagent.probe import PROBE_STEPS
 from rlagent.training import DIVERGED_LOSS, HParams
 from rlagent.workloads import make_run, run_seeds
 
@@ -233,6 +235,29 @@ def test_policy_method_runs_the_saved_policy(tiny_policy: Path, tmp_path: Path) 
     assert r.val_acc == r.details["history"][-1]["val_acc"]
     with pytest.raises(RLAgentError, match="ctx.policy"):
         METHODS["policy"](_ctx(tmp_path))
+
+
+def test_policy_probe_is_the_policy_run_from_the_probes_lr_and_pays_for_the_probe(
+    tiny_policy: Path, tmp_path: Path
+) -> None:
+    ctx = _ctx(tmp_path, policy=str(tiny_policy))
+    (r,) = METHODS["policy-probe"](ctx)
+    d = r.details
+    n_train = len(make_run(WORKLOAD, 0, sources=SOURCES).data.train)
+    assert r.method == "policy-probe" and d["probe_lr"] > 0
+    # Charged its minibatches of 32 as epochs of this (tiny) training split.
+    assert d["probe_epochs"] * n_train / 32 == pytest.approx(round(d["probe_epochs"] * n_train / 32))
+    assert 2 <= round(d["probe_epochs"] * n_train / 32) <= PROBE_STEPS
+    assert r.epochs == pytest.approx(E + d["probe_epochs"])
+    # The run `policy` makes when started by hand at a tenth of the probe's LR: the probe trained a copy.
+    low, high = SPEC.workload("tiny-mlp").lr_range
+    start = min(max(d["probe_lr"] / 10, low), high)
+    plain = policy_reuse.run_policy(str(tiny_policy), "tiny-mlp", spec=SPEC, seed=0, epochs=E, lr=start)
+    keys = ("lr", "batch_size", "val_acc", "train_loss")
+    assert [[h[k] for k in keys] for h in plain["history"]] == [[h[k] for k in keys] for h in d["history"]]
+    assert plain["test_acc"] == r.test_acc and plain["probe_lr"] is None
+    (again,) = METHODS["policy-probe"](ctx)
+    assert (again.test_acc, again.epochs, again.details["schedule"]) == (r.test_acc, r.epochs, d["schedule"])
 
 
 def test_warmup_cosine_warms_up_then_decays_per_minibatch_at_the_default_lr(tmp_path: Path) -> None:

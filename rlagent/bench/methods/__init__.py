@@ -8,8 +8,9 @@
   ``prodigy`` — learning-rate-free optimisers; ``open-loop`` — a fixed per-epoch schedule replayed.
 * ``lr-finder`` — an LR range test (torch-lr-finder), then one-cycle at each rule's suggested LR;
   reported as ``lr-finder-steep``, ``lr-finder-min10`` and the better of both, ``lr-finder-best``.
-* ``policy`` — a saved tuning policy, through ``HyperTuneEnv``; ``policy-best-4`` — the best of
-  four of its runs by validation accuracy.
+* ``policy`` — a saved tuning policy, through ``HyperTuneEnv``; ``policy-probe`` — the same run
+  started where a short LR range test points; ``policy-best-4`` — the best of four of its runs by
+  validation accuracy.
 * ``ray-pbt``, ``ray-pb2``, ``ray-asha`` — Ray Tune's own PBT, PB2 and ASHA (with the Ray backend only).
 
 A method is a function ``(ctx: TrialContext) -> list[MethodResult]`` registered in
@@ -24,7 +25,7 @@ from rlagent.bench.methods.base import METHOD_NEEDS, PBT_POPULATION, SEARCH_TRIA
 from rlagent.bench.methods.lr_finder import lr_finder_one_cycle
 from rlagent.bench.methods.pbt import pbt as pbt_method
 from rlagent.bench.methods.policy import policy as policy_method
-from rlagent.bench.methods.policy import policy_best_4
+from rlagent.bench.methods.policy import policy_best_4, policy_probe
 from rlagent.bench.methods.ray_tune import RAY_METHODS, ray_asha, ray_pb2, ray_pbt
 from rlagent.bench.methods.schedules import (
     constant,
@@ -52,6 +53,7 @@ METHODS: dict[str, Callable[[TrialContext], list[MethodResult]]] = {
     "prodigy": prodigy,
     "open-loop": open_loop,
     "policy": policy_method,
+    "policy-probe": policy_probe,
     "policy-best-4": policy_best_4,
 }
 """Every local method by name; each returns one or more reported results (``random`` returns three)."""

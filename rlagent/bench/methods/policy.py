@@ -1,6 +1,9 @@
 """The saved tuning policy as a benchmark method: runs through ``HyperTuneEnv``.
 
 * ``policy`` — one run at the task's seed.
+* ``policy-probe`` — the same run started at the LR a short range test on a copy of it points to
+  (``lr="probe"``, :mod:`rlagent.probe`) instead of the spec's initial LR; charged E epochs plus
+  the probe's minibatches.
 * ``policy-best-4`` — four runs, the best by validation accuracy (4·E epochs), against random
   best-of-4 and PBT-8 at comparable compute. The runs share the task's data split and differ in
   their initial weights and shuffling order: run 0 is ``policy``'s own run, run r >= 1 the env's
@@ -24,8 +27,9 @@ POLICY_BEST_K = 4
 """Runs of ``policy-best-4``."""
 
 
-def _runs(ctx: TrialContext, method: str, k: int) -> list[dict[str, Any]]:
-    """``k`` runs of the saved policy on ``ctx``'s task: replicas 0..k-1 of its seed."""
+def _runs(ctx: TrialContext, method: str, k: int, *, lr: str | None = None) -> list[dict[str, Any]]:
+    """``k`` runs of the saved policy on ``ctx``'s task: replicas 0..k-1 of its seed (``lr``:
+    :func:`run_policy`'s, e.g. ``"probe"``)."""
     if ctx.policy is None:
         raise RLAgentError(f"the {method!r} baseline needs ctx.policy (a policy directory or shipped name)")
     name = ctx.workload.name
@@ -34,7 +38,14 @@ def _runs(ctx: TrialContext, method: str, k: int) -> list[dict[str, Any]]:
         logger.warning("%s: %s runs with the spec's ranges, not ctx.workload's", method, name)
     return [
         run_policy(
-            ctx.policy, name, spec=ctx.spec, seed=ctx.seed, epochs=ctx.workload.epochs, device=ctx.device, replica=r
+            ctx.policy,
+            name,
+            spec=ctx.spec,
+            seed=ctx.seed,
+            epochs=ctx.workload.epochs,
+            device=ctx.device,
+            replica=r,
+            lr=lr,
         )
         for r in range(k)
     ]
@@ -64,6 +75,24 @@ def policy(ctx: TrialContext) -> list[MethodResult]:
             method="policy", workload=ctx.workload.name, seed=ctx.seed, val_acc=float(run["final_val_acc"]),
             test_acc=float(run["test_acc"]), epochs=ctx.workload.epochs, seconds=time.perf_counter() - start,
             details=_details(ctx, run),
+        )
+    ]  # fmt: skip
+
+
+def policy_probe(ctx: TrialContext) -> list[MethodResult]:
+    """One run of the saved policy from the LR probe's start (:func:`run_policy` with ``lr="probe"``).
+
+    The run is ``policy``'s (same split, weights and shuffling; the probe trains a copy), only
+    its first LR differs. Charged E epochs plus the probe's minibatches as a fraction of an epoch.
+    """
+    start = time.perf_counter()
+    (run,) = _runs(ctx, "policy-probe", 1, lr="probe")
+    details = {**_details(ctx, run), "probe_lr": run["probe_lr"], "probe_epochs": run["probe_epochs"]}
+    return [
+        MethodResult(
+            method="policy-probe", workload=ctx.workload.name, seed=ctx.seed, val_acc=float(run["final_val_acc"]),
+            test_acc=float(run["test_acc"]), epochs=ctx.workload.epochs + run["probe_epochs"],
+            seconds=time.perf_counter() - start, details=details,
         )
     ]  # fmt: skip
 
