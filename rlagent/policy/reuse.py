@@ -75,6 +75,13 @@ def action_kind(policy: SavedPolicy) -> str:
     return kind
 
 
+def trained_start(policy: SavedPolicy) -> str | None:
+    """``"probe"`` if the policy's training episodes all started at the LR probe's LR (a spec with
+    ``episode.init_lr = "probe"``), else None: then it runs from the probe unless given an LR."""
+    episode = policy.metadata.get("training", {}).get("spec", {}).get("episode", {})
+    return "probe" if episode.get("init_lr") == "probe" else None
+
+
 def _trained_ranges(policy: SavedPolicy) -> tuple[tuple[float, float], tuple[int, int]]:
     episode = policy.metadata.get("training", {}).get("spec", {}).get("episode", {})
     lr = tuple(episode.get("lr_range") or DEFAULT_LR_RANGE)
@@ -240,7 +247,7 @@ def train_with_policy(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     device: str | torch.device | None = None,
     optimizer: str | torch.optim.Optimizer = "adam",
-    lr: float | str = 1e-3,
+    lr: float | str | None = None,
     batch_size: int = 32,
     lr_range: tuple[float, float] | None = None,
     batch_size_range: tuple[int, int] | None = None,
@@ -261,8 +268,8 @@ def train_with_policy(
         optimizer: ``"adam"``, ``"sgd"`` or an optimiser over ``model``'s parameters.
         lr: Learning rate before the policy's first change, or ``"probe"``: a short LR range
             test on a copy of the run picks it (:meth:`Controller.probe`; at most 48 minibatches
-            of 32), so no start has to be guessed (policies/default/README.md has what it
-            gains for each shipped policy).
+            of 32), so no start has to be guessed. Default: ``"probe"`` for a policy trained
+            from probe starts (:func:`trained_start`), else 1e-3.
         batch_size: Batch size before the policy's first change.
         lr_range: LR range; default: the range the policy was trained with.
         batch_size_range: Batch-size range; default: the policy's.
@@ -281,6 +288,9 @@ def train_with_policy(
             empty or inverted range, a device this machine lacks, ...
         PolicyFileError: If the policy cannot be loaded.
     """
+    policy = resolve_policy(policy)
+    if lr is None:
+        lr = trained_start(policy) or 1e-3
     check_hparams(
         epochs=epochs, lr=lr, batch_size=batch_size, lr_range=lr_range, batch_size_range=batch_size_range,
         optimizer=optimizer, loss_fn=loss_fn, seed=seed, model=model,
@@ -349,7 +359,8 @@ def run_policy(
     method gets for the same ``seed``. ``replica`` r >= 1 keeps that data split but draws other
     initial weights and shuffling (the env's ``reset`` option of that name). ``lr`` and
     ``batch_size`` replace the spec's initial values (e.g. to check robustness to a bad start);
-    ``lr="probe"`` starts from an LR range test on a copy of the run (:mod:`rlagent.probe`).
+    ``lr="probe"`` starts from an LR range test on a copy of the run (:mod:`rlagent.probe`), and
+    is the default for a policy trained from probe starts (:func:`trained_start`).
 
     Returns:
         ``{"workload", "seed", "history": [per-epoch info], "final_val_acc", "test_acc", "diverged",
@@ -366,6 +377,7 @@ def run_policy(
     options: dict[str, Any] = {"workload": workload}
     if replica:
         options["replica"] = replica
+    lr = trained_start(saved) if lr is None else lr
     if lr is not None:
         options["lr"] = lr
     if batch_size is not None:

@@ -23,7 +23,7 @@ from rlagent.env import HyperTuneEnv
 from rlagent.errors import RLAgentError, SpecError
 from rlagent.features import OBS_HIGH, OBS_LOW
 from rlagent.policy.file import PolicyFileError, save_policy
-from rlagent.policy.reuse import Controller, resolve_policy, run_policy, train_with_policy, tune
+from rlagent.policy.reuse import Controller, resolve_policy, run_policy, train_with_policy, trained_start, tune
 from rlagent.policy.train import PPOSettings, TrainConfig, train_policy
 from rlagent.training import Trainer
 from rlagent.workloads import make_run
@@ -249,6 +249,28 @@ def test_train_with_policy_can_start_from_a_probe(tiny_policy: Path) -> None:
     assert drop_seconds(probed.history) == drop_seconds(given.history)
     with pytest.raises(SpecError, match=r"lr.*'probe'"):
         train_with_policy(_users_model(), train, val, epochs=2, policy=tiny_policy, lr="fast")
+
+
+def test_a_policy_trained_from_probe_starts_runs_from_the_probe_unless_given_an_lr(
+    tiny_policy: Path, tmp_path: Path
+) -> None:
+    saved = resolve_policy(tiny_policy)
+    assert trained_start(saved) is None
+    training = copy.deepcopy(saved.metadata["training"])
+    training["spec"]["episode"]["init_lr"] = "probe"
+    probe_policy = saved.save(tmp_path / "probe-pol", metadata=training)
+    assert trained_start(resolve_policy(probe_policy)) == "probe"
+    run = run_policy(probe_policy, "tiny-wide", spec="tiny", seed=2)
+    explicit = run_policy(tiny_policy, "tiny-wide", spec="tiny", seed=2, lr="probe")
+    assert (
+        run["probe_lr"] == explicit["probe_lr"] is not None and run["history"][0]["lr"] == explicit["history"][0]["lr"]
+    )
+    assert run_policy(probe_policy, "tiny-wide", spec="tiny", seed=2, lr=1e-3)["probe_lr"] is None
+    assert run_policy(tiny_policy, "tiny-wide", spec="tiny", seed=2)["probe_lr"] is None
+    x, y = _users_data()
+    train, val = (x[:300], y[:300]), (x[300:], y[300:])
+    assert train_with_policy(_users_model(), train, val, epochs=1, policy=probe_policy).probe_lr is not None
+    assert train_with_policy(_users_model(), train, val, epochs=1, policy=tiny_policy).probe_lr is None
 
 
 def test_controller_probe_only_before_the_first_epoch(tiny_policy: Path) -> None:
