@@ -53,7 +53,7 @@ def random_results(tmp_path_factory: pytest.TempPathFactory) -> list[MethodResul
 def test_registry() -> None:
     assert set(METHODS) == {"random", "tpe", "hyperband", "pbt", "constant", "cosine", "plateau",
                             "warmup-cosine", "lr-finder",
-                            "schedulefree", "prodigy", "open-loop", "policy", "policy-best-4"}  # fmt: skip
+                            "schedulefree", "prodigy", "open-loop", "policy", "policy-probe", "policy-best-4"}  # fmt: skip
     assert set(methods.QUICK_METHODS) <= set(METHODS)
     assert METHOD_NEEDS == {"cosine": "random", "open-loop": "policy"}
 
