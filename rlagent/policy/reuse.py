@@ -78,12 +78,16 @@ def action_kind(policy: SavedPolicy) -> str:
 def trained_start(policy: SavedPolicy) -> str | None:
     """``"probe"`` if the policy's training episodes all started at the LR probe's LR (a spec with
     ``episode.init_lr = "probe"``), else None: then it runs from the probe unless given an LR."""
-    episode = policy.metadata.get("training", {}).get("spec", {}).get("episode", {})
-    return "probe" if episode.get("init_lr") == "probe" else None
+    return "probe" if _trained_episode(policy).get("init_lr") == "probe" else None
+
+
+def _trained_episode(policy: SavedPolicy) -> dict[str, Any]:
+    """The ``episode`` table of the spec the policy was trained on (empty if not recorded)."""
+    return policy.metadata.get("training", {}).get("spec", {}).get("episode", {})
 
 
 def _trained_ranges(policy: SavedPolicy) -> tuple[tuple[float, float], tuple[int, int]]:
-    episode = policy.metadata.get("training", {}).get("spec", {}).get("episode", {})
+    episode = _trained_episode(policy)
     lr = tuple(episode.get("lr_range") or DEFAULT_LR_RANGE)
     bs = tuple(episode.get("batch_size_range") or DEFAULT_BATCH_SIZE_RANGE)
     return (float(lr[0]), float(lr[1])), (int(bs[0]), int(bs[1]))
