@@ -14,7 +14,7 @@ from gymnasium import spaces
 from rlagent.config import ACTIONS, EnvSpec, load_spec, spec_from_dict
 from rlagent.errors import SpecError, is_number
 from rlagent.features import FEATURE_NAMES, OBS_HIGH, OBS_LOW, RunTracker
-from rlagent.probe import probe_lr, probe_seed, probe_start_lr
+from rlagent.probe import probe_seed, start_from_probe
 from rlagent.training import HParams, Trainer, run_epoch
 from rlagent.workloads import Data, Source, WorkloadSpec, make_run
 
@@ -224,9 +224,7 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         )  # fmt: skip
         probe = None
         if probe_start:
-            probe = probe_lr(self.trainer, hp.lr_range, seed=probe_seed(episode_seed, options.get("replica", 0)))
-            hp = hp.with_values(probe_start_lr(probe, hp.lr_range), hp.batch_size)
-            self.trainer.lr = hp.lr
+            probe, hp = start_from_probe(self.trainer, hp, seed=probe_seed(episode_seed, options.get("replica", 0)))
         lr, bs = hp.lr, hp.batch_size
         self.hparams = hp
         self.workload, self.data = wl, data

@@ -23,7 +23,7 @@ from torch import nn
 
 from rlagent.datasets import Split
 from rlagent.errors import SpecError
-from rlagent.training import Trainer, seeded_global_rng
+from rlagent.training import HParams, Trainer, seeded_global_rng
 
 logger = logging.getLogger(__name__)
 
@@ -129,3 +129,13 @@ def probe_seed(episode_seed: int, replica: int = 0) -> int:
 def probe_start_lr(probe: Probe, lr_range: tuple[float, float]) -> float:
     """The start LR a probe points to: its minimum-loss LR ÷ ``START_DIVISOR``, kept in ``lr_range``."""
     return float(min(max(probe.lr / START_DIVISOR, lr_range[0]), lr_range[1]))
+
+
+def start_from_probe(trainer: Trainer, hparams: HParams, *, seed: int) -> tuple[Probe, HParams]:
+    """Probe ``trainer``'s run (:func:`probe_lr` over ``hparams``' LR range) and start it at the
+    LR the probe points to: ``trainer.lr`` is set, and the probe and ``hparams`` at that LR (batch
+    size kept) are returned."""
+    probe = probe_lr(trainer, hparams.lr_range, seed=seed)
+    hparams = hparams.with_values(probe_start_lr(probe, hparams.lr_range), hparams.batch_size)
+    trainer.lr = hparams.lr
+    return probe, hparams

@@ -29,7 +29,7 @@ from rlagent.errors import PolicyFileError, RLAgentError, SpecError
 from rlagent.features import RunTracker
 from rlagent.policy._args import check_device, check_hparams, check_num_classes, check_split, model_width
 from rlagent.policy.file import SavedPolicy, load_policy
-from rlagent.probe import Probe, probe_lr, probe_seed, probe_start_lr
+from rlagent.probe import Probe, probe_seed, start_from_probe
 from rlagent.training import HParams, Trainer, run_epoch
 from rlagent.workloads import DEFAULT_BATCH_SIZE_RANGE, DEFAULT_LR_RANGE
 
@@ -164,10 +164,7 @@ class Controller:
         """
         if self.tracker.epoch > 0 or self.history:
             raise RuntimeError("Controller.probe: call it before the first epoch")
-        found = probe_lr(trainer, self.lr_range, seed=seed)
-        self.probe_result = found
-        self.hparams = self.hparams.with_values(probe_start_lr(found, self.lr_range), self.batch_size)
-        trainer.lr = self.lr
+        self.probe_result, self.hparams = start_from_probe(trainer, self.hparams, seed=seed)
         return self.lr
 
     @property
