@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -258,6 +259,23 @@ def test_policy_probe_is_the_policy_run_from_the_probes_lr_and_pays_for_the_prob
     assert plain["test_acc"] == r.test_acc and plain["probe_lr"] is None
     (again,) = METHODS["policy-probe"](ctx)
     assert (again.test_acc, again.epochs, again.details["schedule"]) == (r.test_acc, r.epochs, d["schedule"])
+
+
+def test_a_policy_trained_from_probe_starts_is_charged_its_probe_in_policy_and_best_of_4(
+    tiny_policy: Path, tmp_path: Path
+) -> None:
+    saved = policy_reuse.resolve_policy(tiny_policy)
+    training = copy.deepcopy(saved.metadata["training"])
+    training["spec"]["episode"]["init_lr"] = "probe"
+    probed = str(saved.save(tmp_path / "probe-pol", metadata=training))
+    (one,) = METHODS["policy"](_ctx(tmp_path, policy=probed))
+    (explicit,) = METHODS["policy-probe"](_ctx(tmp_path, policy=str(tiny_policy)))
+    assert one.details["probe_lr"] == explicit.details["probe_lr"] is not None
+    assert one.epochs == explicit.epochs == pytest.approx(E + one.details["probe_epochs"]) and one.epochs > E
+    (best,) = METHODS["policy-best-4"](_ctx(tmp_path, policy=probed))
+    assert best.epochs > 4 * E  # every one of the four runs probed first
+    (plain,) = METHODS["policy"](_ctx(tmp_path, policy=str(tiny_policy)))
+    assert plain.details["probe_lr"] is None and plain.details["probe_epochs"] == 0 and plain.epochs == E
 
 
 def test_warmup_cosine_warms_up_then_decays_per_minibatch_at_the_default_lr(tmp_path: Path) -> None:

@@ -1,9 +1,13 @@
 """The saved tuning policy as a benchmark method: runs through ``HyperTuneEnv``.
 
-* ``policy`` — one run at the task's seed.
+* ``policy`` — one run at the task's seed, from the start the policy was trained from: the spec's
+  initial LR, or the LR probe's for a policy trained from probe starts
+  (:func:`rlagent.policy.reuse.trained_start`).
 * ``policy-probe`` — the same run started at the LR a short range test on a copy of it points to
-  (``lr="probe"``, :mod:`rlagent.probe`) instead of the spec's initial LR; charged E epochs plus
-  the probe's minibatches.
+  (``lr="probe"``, :mod:`rlagent.probe`) instead of the spec's initial LR.
+
+A run that starts from the probe is charged E epochs plus the probe's minibatches (as a fraction of
+an epoch of the training split).
 * ``policy-best-4`` — four runs, the best by validation accuracy (4·E epochs), against random
   best-of-4 and PBT-8 at comparable compute. The runs share the task's data split and differ in
   their initial weights and shuffling order: run 0 is ``policy``'s own run, run r >= 1 the env's
@@ -60,20 +64,29 @@ def _details(ctx: TrialContext, run: dict[str, Any]) -> dict[str, Any]:
         "diverged": run["diverged"],
         "schedule": [[h["lr"], h["batch_size"]] for h in history],
         "history": history,
+        "probe_lr": run["probe_lr"],
+        "probe_epochs": run["probe_epochs"],
     }
 
 
-def policy(ctx: TrialContext) -> list[MethodResult]:
-    """One run of the saved policy ``ctx.policy`` through ``HyperTuneEnv`` (:func:`run_policy`).
+def _charged(ctx: TrialContext, run: dict[str, Any]) -> float:
+    """Epochs one run is charged: E, plus the LR probe's samples where it started from one."""
+    return ctx.workload.epochs + run["probe_epochs"]
 
-    Charged E epochs even if the run diverges early, like every other single run.
+
+def policy(ctx: TrialContext) -> list[MethodResult]:
+    """One run of the saved policy ``ctx.policy`` through ``HyperTuneEnv`` (:func:`run_policy`),
+    from the start it was trained from.
+
+    Charged E epochs (plus the probe's, for a probe start) even if the run diverges early, like
+    every other single run.
     """
     start = time.perf_counter()
     (run,) = _runs(ctx, "policy", 1)
     return [
         MethodResult(
             method="policy", workload=ctx.workload.name, seed=ctx.seed, val_acc=float(run["final_val_acc"]),
-            test_acc=float(run["test_acc"]), epochs=ctx.workload.epochs, seconds=time.perf_counter() - start,
+            test_acc=float(run["test_acc"]), epochs=_charged(ctx, run), seconds=time.perf_counter() - start,
             details=_details(ctx, run),
         )
     ]  # fmt: skip
@@ -87,19 +100,19 @@ def policy_probe(ctx: TrialContext) -> list[MethodResult]:
     """
     start = time.perf_counter()
     (run,) = _runs(ctx, "policy-probe", 1, lr="probe")
-    details = {**_details(ctx, run), "probe_lr": run["probe_lr"], "probe_epochs": run["probe_epochs"]}
     return [
         MethodResult(
             method="policy-probe", workload=ctx.workload.name, seed=ctx.seed, val_acc=float(run["final_val_acc"]),
-            test_acc=float(run["test_acc"]), epochs=ctx.workload.epochs + run["probe_epochs"],
-            seconds=time.perf_counter() - start, details=details,
+            test_acc=float(run["test_acc"]), epochs=_charged(ctx, run), seconds=time.perf_counter() - start,
+            details=_details(ctx, run),
         )
     ]  # fmt: skip
 
 
 def policy_best(ctx: TrialContext, *, k: int = POLICY_BEST_K) -> list[MethodResult]:
     """``k`` runs of the saved policy (other init and shuffling, same split); the best final
-    validation accuracy is selected (the earliest on ties). Charged k·E epochs."""
+    validation accuracy is selected (the earliest on ties). Charged k·E epochs, plus each run's
+    probe for a policy trained from probe starts."""
     if k < 1:
         raise RLAgentError(f"policy-best: got k={k}; expected an integer >= 1")
     method = f"policy-best-{k}"
@@ -122,7 +135,8 @@ def policy_best(ctx: TrialContext, *, k: int = POLICY_BEST_K) -> list[MethodResu
     return [
         MethodResult(
             method=method, workload=ctx.workload.name, seed=ctx.seed, val_acc=float(runs[i]["final_val_acc"]),
-            test_acc=float(runs[i]["test_acc"]), epochs=k * ctx.workload.epochs, seconds=time.perf_counter() - start,
+            test_acc=float(runs[i]["test_acc"]), epochs=sum(_charged(ctx, r) for r in runs),
+            seconds=time.perf_counter() - start,
             details=details,
         )
     ]  # fmt: skip
