@@ -354,16 +354,42 @@ def spec_from_dict(data: Mapping[str, Any]) -> EnvSpec:
 def load_spec(path: str | Path) -> EnvSpec:
     """Read and validate a spec file.
 
-    ``path`` is a file path or the name of a spec shipped with rlagent (``"default"``).
+    ``path`` is a file path or the name of a spec shipped with rlagent (``"default"``). A spec
+    may start from another with ``extends = "<file or shipped name>"`` (a path relative to the
+    file): its tables are merged key by key into the other's, any other value replaces the
+    other's. ``name`` defaults to the file's stem, never to the extended spec's name.
     """
-    file = resolve_spec_path(path)
+    return spec_from_dict(_read_spec(resolve_spec_path(path), ()))
+
+
+def _read_spec(file: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """The spec file's table with its ``extends`` chain merged in (``chain``: the files extending it)."""
     try:
         data = tomllib.loads(file.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(str(file), "<file>", f"valid TOML ({exc})") from exc
-    if "name" not in data:
-        data["name"] = file.stem
-    return spec_from_dict(data)
+    data.setdefault("name", file.stem)
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise SpecError(f"{file.name}: extends", base, "a spec file path or a shipped spec name")
+    relative = file.parent / base
+    base_file = resolve_spec_path(relative if relative.is_file() else base)
+    if base_file.resolve() in (f.resolve() for f in (*chain, file)):
+        raise SpecError(f"{file.name}: extends", base, "a spec that does not extend this one (a cycle)")
+    return _merged(_read_spec(base_file, (*chain, file)), data)
+
+
+def _merged(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` merged into ``base``: tables key by key, any other value replaced."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def data_dir(kind: str) -> Path:

@@ -213,6 +213,35 @@ def test_resolve_spec_path_prefers_existing_files(tmp_path: Path, monkeypatch: p
     assert load_spec("tiny.toml").name == "mine"
 
 
+def test_a_spec_extends_another_merging_tables_and_replacing_values(tmp_path: Path) -> None:
+    path = tmp_path / "probe-final.toml"
+    path.write_text('extends = "default"\n[episode]\ninit_lr = "probe"\n[reward]\nmode = "val_acc_change"\n')
+    spec, default = load_spec(path), load_spec("default")
+    assert spec.name == "probe-final"  # the file's stem, not the extended spec's name
+    assert spec.episode.init_lr == "probe" and spec.reward.mode == "val_acc_change"
+    assert spec.episode.lr_range == default.episode.lr_range and spec.reward.cost_weight == default.reward.cost_weight
+    assert spec.workloads == default.workloads
+    child = tmp_path / "child.toml"  # extends a file, relative to the extending one
+    child.write_text('extends = "probe-final.toml"\n[episode]\ninit_batch_size = 64\n')
+    assert (load_spec(child).episode.init_lr, load_spec(child).episode.init_batch_size) == ("probe", 64)
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ('extends = "nope"\n', "spec: got 'nope'"),
+        ("extends = 3\n", "loop.toml: extends: got 3; expected a spec file path or a shipped spec name"),
+        ('extends = "loop.toml"\n', "loop.toml: extends: got 'loop.toml'; expected a spec that does not extend"),
+    ],
+)
+def test_bad_extends_names_the_field(tmp_path: Path, text: str, shown: str) -> None:
+    path = tmp_path / "loop.toml"
+    path.write_text(text)
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    assert shown in str(caught.value)
+
+
 def test_spec_error_is_a_value_error() -> None:
     err = SpecError("episode.epochs", "ten", "an integer >= 1")
     assert isinstance(err, ValueError)
