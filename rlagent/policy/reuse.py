@@ -11,6 +11,7 @@ same action decoding as the environment the policy was trained in:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import warnings
@@ -32,6 +33,8 @@ from rlagent.policy.file import SavedPolicy, load_policy
 from rlagent.probe import Probe, probe_seed, start_from_probe
 from rlagent.training import HParams, Trainer, run_epoch
 from rlagent.workloads import DEFAULT_BATCH_SIZE_RANGE, DEFAULT_LR_RANGE
+
+logger = logging.getLogger(__name__)
 
 
 def policy_path(policy: str | Path) -> Path:
@@ -110,7 +113,8 @@ class Controller:
         policy: A :class:`SavedPolicy`, a policy directory, or a shipped policy's name.
         num_classes: Number of classes of the task.
         epochs: Epoch budget of the run (the policy sees progress through it).
-        lr: Learning rate before the policy's first change.
+        lr: Learning rate before the policy's first change (default 1e-3). A policy trained from LR
+            probe starts expects :meth:`probe` before :meth:`start` when no LR is given.
         batch_size: Batch size before the policy's first change.
         lr_range: Range the LR is kept in; default: the range the policy was trained with.
         batch_size_range: Range the batch size is kept in; default: the policy's.
@@ -124,7 +128,7 @@ class Controller:
         *,
         num_classes: int,
         epochs: int,
-        lr: float = 1e-3,
+        lr: float | None = None,
         batch_size: int = 32,
         lr_range: tuple[float, float] | None = None,
         batch_size_range: tuple[int, int] | None = None,
@@ -145,6 +149,8 @@ class Controller:
         self.tracker = RunTracker(
             num_classes=num_classes, lr_range=lr_range, batch_size_range=batch_size_range, epochs=epochs
         )
+        self._expects_probe = lr is None and trained_start(self.policy) == "probe"
+        lr = 1e-3 if lr is None else lr
         self.hparams = HParams(lr, batch_size, lr_range, batch_size_range, n_train or batch_size_range[1]).clipped()
         self.history: list[dict[str, float]] = []
         self.probe_result: Probe | None = None
@@ -195,6 +201,12 @@ class Controller:
 
     def start(self, *, val_loss: float, val_acc: float) -> tuple[float, int]:
         """Metrics of the untrained model; returns (LR, batch size) for the first epoch."""
+        if self._expects_probe and self.probe_result is None:
+            logger.warning(
+                "Controller: this policy was trained from LR-probe starts; call probe(trainer) before start(), "
+                "or pass lr=, to start where it expects (starting at lr=%g)",
+                self.lr,
+            )
         obs = self.tracker.start(val_loss=val_loss, val_acc=val_acc, lr=self.lr, batch_size=self.batch_size)
         return self.act(obs)
 

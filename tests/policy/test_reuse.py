@@ -5,8 +5,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import types
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -271,6 +273,34 @@ def test_a_policy_trained_from_probe_starts_runs_from_the_probe_unless_given_an_
     train, val = (x[:300], y[:300]), (x[300:], y[300:])
     assert train_with_policy(_users_model(), train, val, epochs=1, policy=probe_policy).probe_lr is not None
     assert train_with_policy(_users_model(), train, val, epochs=1, policy=tiny_policy).probe_lr is None
+
+
+def test_controller_of_a_probe_trained_policy_warns_when_started_without_probe_or_lr(
+    tiny_policy: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    saved = resolve_policy(tiny_policy)
+    training = copy.deepcopy(saved.metadata["training"])
+    training["spec"]["episode"]["init_lr"] = "probe"
+    probe_policy = saved.save(tmp_path / "probe-pol", metadata=training)
+    spec = load_spec("tiny")
+    wl = spec.workload("tiny-wide")
+
+    def started(policy: Path, probe: bool = False, **kwargs: Any) -> list[str]:
+        caplog.clear()
+        run = make_run(wl, 5)
+        ctl = Controller(policy, num_classes=run.data.num_classes, epochs=wl.epochs, **kwargs)
+        if probe:
+            ctl.probe(Trainer(run.model, run.data.train, lr=ctl.lr, batch_size=ctl.batch_size, generator=run.generator))
+        with caplog.at_level(logging.WARNING, logger="rlagent.policy.reuse"):
+            ctl.start(val_loss=1.0, val_acc=0.5)
+        return [r.getMessage() for r in caplog.records]
+
+    (message,) = started(probe_policy)
+    assert "trained from LR-probe starts; call probe(trainer) before start(), or pass lr=" in message
+    assert "lr=0.001" in message
+    assert started(probe_policy, lr=1e-3) == []  # an LR given: the user chose the start
+    assert started(probe_policy, probe=True) == []
+    assert started(tiny_policy) == []  # trained from the draws' own starts
 
 
 def test_controller_probe_only_before_the_first_epoch(tiny_policy: Path) -> None:
