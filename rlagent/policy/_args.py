@@ -125,6 +125,11 @@ def check_hparams(
             raise SpecError("lr_range", lr_range, "finite numbers")
     if batch_size_range is not None:
         check_range("batch_size_range", batch_size_range, positive=True, integer=True)
+    check_optimizer(optimizer, loss_fn)
+
+
+def check_optimizer(optimizer: Any, loss_fn: Any) -> None:
+    """``optimizer`` is a known name or a torch optimiser; ``loss_fn`` is None or callable."""
     if isinstance(optimizer, str):
         if optimizer not in _OPTIMIZERS:
             raise SpecError("optimizer", optimizer, f"one of {_OPTIMIZERS} or a torch optimizer")
@@ -134,4 +139,4 @@ def check_hparams(
         raise SpecError("loss_fn", loss_fn, "a callable loss(logits, labels)")
 
 
-__all__ = ["check_device", "check_hparams", "check_num_classes", "check_split", "model_width"]
+__all__ = ["check_device", "check_hparams", "check_optimizer", "check_num_classes", "check_split", "model_width"]

@@ -28,7 +28,14 @@ from rlagent.config import ACTIONS, EnvSpec, data_dir, load_spec
 from rlagent.env import HyperTuneEnv, action_kind_of, action_space, decode_action
 from rlagent.errors import PolicyFileError, RLAgentError, SpecError
 from rlagent.features import RunTracker
-from rlagent.policy._args import check_device, check_hparams, check_num_classes, check_split, model_width
+from rlagent.policy._args import (
+    check_device,
+    check_hparams,
+    check_num_classes,
+    check_optimizer,
+    check_split,
+    model_width,
+)
 from rlagent.policy.file import SavedPolicy, load_policy
 from rlagent.probe import Probe, probe_seed, start_from_probe
 from rlagent.training import HParams, Trainer, run_epoch
@@ -172,6 +179,34 @@ class Controller:
             raise RuntimeError("Controller.probe: call it before the first epoch")
         self.probe_result, self.hparams = start_from_probe(trainer, self.hparams, seed=seed)
         return self.lr
+
+    def probe_model(
+        self,
+        model: nn.Module,
+        train_data: Any,
+        *,
+        optimizer: str | torch.optim.Optimizer = "adam",
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        seed: int = 0,
+    ) -> float:
+        """:meth:`probe` for your own loop: the range test runs on a copy of ``model`` trained on
+        ``train_data`` (``(x, y)`` tensors or arrays, or a ``TensorDataset``) with ``optimizer``
+        (``"adam"``, ``"sgd"`` or an optimiser over ``model``'s parameters) at :attr:`batch_size`.
+        ``model`` is untouched; an optimiser given is set to the new LR.
+
+        Returns:
+            The new LR.
+        """
+        if not isinstance(model, nn.Module):
+            raise SpecError("model", type(model).__name__, "a torch nn.Module")
+        check_optimizer(optimizer, loss_fn)
+        device = next(iter(model.parameters()), torch.empty(0)).device
+        train = check_split(train_data, "train_data", device)
+        trainer = Trainer(
+            model, train, optimizer=optimizer, lr=self.lr, batch_size=min(self.batch_size, len(train)),
+            generator=torch.Generator().manual_seed(seed), loss_fn=loss_fn,
+        )  # fmt: skip
+        return self.probe(trainer, seed=seed)
 
     @property
     def lr(self) -> float:

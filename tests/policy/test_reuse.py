@@ -21,6 +21,7 @@ from torch import nn
 
 from rlagent.cli import main
 from rlagent.config import load_spec
+from rlagent.datasets import Split
 from rlagent.env import HyperTuneEnv
 from rlagent.errors import RLAgentError, SpecError
 from rlagent.features import OBS_HIGH, OBS_LOW
@@ -301,6 +302,27 @@ def test_controller_of_a_probe_trained_policy_warns_when_started_without_probe_o
     assert started(probe_policy, lr=1e-3) == []  # an LR given: the user chose the start
     assert started(probe_policy, probe=True) == []
     assert started(tiny_policy) == []  # trained from the draws' own starts
+
+
+def test_controller_probe_model_probes_a_users_model_and_data_untouched(tiny_policy: Path) -> None:
+    x, y = _users_data()
+    model = _users_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ctl = Controller(tiny_policy, num_classes=2, epochs=3, batch_size=16)
+    lr = ctl.probe_model(model, (x[:300], y[:300]), seed=3)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert lr == ctl.lr and ctl.probe_result is not None and ctl.batch_size == 16
+    by_hand = Controller(tiny_policy, num_classes=2, epochs=3, batch_size=16)
+    trainer = Trainer(
+        _users_model(), Split(x[:300], y[:300]), lr=1e-3, batch_size=16,
+        generator=torch.Generator().manual_seed(3),
+    )  # fmt: skip
+    trainer.model.load_state_dict(before)
+    assert by_hand.probe(trainer, seed=3) == lr
+    with pytest.raises(SpecError, match=r"optimizer: got 'lion'"):
+        Controller(tiny_policy, num_classes=2, epochs=3).probe_model(model, (x, y), optimizer="lion")
+    with pytest.raises(SpecError, match=r"train_data"):
+        Controller(tiny_policy, num_classes=2, epochs=3).probe_model(model, (x[:0], y[:0]))
 
 
 def test_controller_probe_only_before_the_first_epoch(tiny_policy: Path) -> None:
