@@ -53,11 +53,25 @@ DEFAULT_STARTS: tuple[dict[str, Any] | None, ...] = (
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
+def start_as_run(policy: str | Path, start: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """The start ``policy`` runs from where a user starts a run at ``start`` without knowing the LR:
+    a policy trained from LR-probe starts (``episode.init_lr = "probe"`` in its ``policy.json``)
+    takes the probe's LR and keeps the start's batch size, as :func:`rlagent.policy.reuse.run_policy`
+    does when given no LR; any other policy starts at ``start`` itself. Read from ``policy.json``
+    alone, as the report digests are."""
+    training = read_json(Path(policy) / JSON_NAME).get("training") or {}
+    episode = (training.get("spec") or {}).get("episode") or {}
+    if episode.get("init_lr") != "probe":
+        return start
+    return {"lr": "probe", **({"batch_size": start["batch_size"]} if start and "batch_size" in start else {})}
+
+
 def start_label(start: Mapping[str, Any] | None) -> str:
     """``None`` -> ``"own start"``; ``{"lr": 0.1, "batch_size": 16}`` -> ``"LR 0.1 / batch 16"``."""
     if not start:
         return "own start"
-    parts = [f"LR {start['lr']:g}"] if "lr" in start else []
+    lr = start.get("lr")
+    parts = [] if lr is None else [f"LR {lr}" if isinstance(lr, str) else f"LR {lr:g}"]
     return " / ".join(parts + ([f"batch {start['batch_size']}"] if "batch_size" in start else []))
 
 
@@ -189,7 +203,9 @@ def select_policy(
         incumbent: The policy in use (e.g. the shipped one); kept unless beaten on fresh draws.
         spec: The spec the policies were trained on; its sampler gives the draws.
         starts: Where every draw starts: ``None`` for the draw's own random start, else
-            ``{"lr": ..., "batch_size": ...}`` as in :func:`validate_policy`.
+            ``{"lr": ..., "batch_size": ...}`` as in :func:`validate_policy`. A policy trained
+            from LR-probe starts runs each from the probe at the start's batch size
+            (:func:`start_as_run`): each policy is judged as a user who does not know the LR runs it.
         n_select: Draws the choice is made on (draws ``0 .. n_select - 1``).
         n_confirm: Fresh draws the chosen policy must win on (the next ``n_confirm``; see above).
         n_workers: Processes running draws side by side.
@@ -219,6 +235,7 @@ def select_policy(
     folder = Path(store) if store is not None else None
 
     def report(name: str, policy: str | Path, start: Mapping[str, Any] | None, first: int, n: int) -> ValidationReport:
+        start = start_as_run(policy, start)
         where = None
         if folder is not None:
             (folder / name).mkdir(parents=True, exist_ok=True)

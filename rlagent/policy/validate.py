@@ -144,8 +144,12 @@ def parse_start(text: str) -> dict[str, Any]:
 
 
 def start_suffix(start: Mapping[str, Any] | None) -> str:
-    """The file-name suffix of results from that start: ``""``, or e.g. ``"__start-0.1-16"``."""
-    return f"__start-{start['lr']:g}-{start['batch_size']}" if start else ""
+    """The file-name suffix of results from that start: ``""``, or e.g. ``"__start-0.1-16"``,
+    ``"__start-probe-16"``, ``"__start-probe-own"`` (the draw's own batch size)."""
+    if not start:
+        return ""
+    lr = start.get("lr", "own")
+    return f"__start-{lr if isinstance(lr, str) else f'{lr:g}'}-{start.get('batch_size', 'own')}"
 
 
 def compare_training_seeds(candidate: Sequence[float], baseline: Sequence[float]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -12,8 +13,14 @@ import torch
 from rlagent.config import load_spec
 from rlagent.errors import SpecError
 from rlagent.policy.file import load_policy
-from rlagent.policy.select import INCUMBENT, Selection, paired, select_policy, start_label
-from rlagent.policy.validate import DrawResult, ValidationReport, validate_policy, validation_seeds
+from rlagent.policy.select import INCUMBENT, Selection, paired, select_policy, start_as_run, start_label
+from rlagent.policy.validate import (
+    DrawResult,
+    ValidationReport,
+    start_suffix,
+    validate_policy,
+    validation_seeds,
+)
 
 SPEC = "tiny-procedural"
 STARTS = (None, {"lr": 0.01, "batch_size": 16})
@@ -105,6 +112,31 @@ def test_the_better_policy_is_chosen_and_confirmed_on_fresh_draws(
     assert list(renamed.scores[INCUMBENT]) == pytest.approx(expected[better])  # not the edited file
 
 
+def test_a_policy_trained_from_probe_starts_is_judged_from_the_probe_at_each_starts_batch(
+    tiny_policy: Path, tmp_path: Path
+) -> None:
+    saved = load_policy(tiny_policy)
+    training = copy.deepcopy(saved.metadata["training"])
+    training["spec"]["episode"]["init_lr"] = "probe"
+    probed = saved.save(tmp_path / "probe-pol", metadata=training)
+    assert start_as_run(probed, None) == {"lr": "probe"}
+    assert start_as_run(probed, {"lr": 0.01, "batch_size": 16}) == {"lr": "probe", "batch_size": 16}
+    assert start_as_run(tiny_policy, {"lr": 0.01, "batch_size": 16}) == {"lr": 0.01, "batch_size": 16}
+    sel = select_policy(
+        {"p": probed}, tiny_policy, SPEC, starts=STARTS, n_select=2, n_confirm=1, store=tmp_path / "sel"
+    )  # fmt: skip
+    expected = [validate_policy(probed, SPEC, n_draws=2, start=start_as_run(probed, s)).mean_val_acc for s in STARTS]
+    assert list(sel.scores["p"]) == pytest.approx(expected)
+    assert list(sel.scores[INCUMBENT]) == pytest.approx(
+        [validate_policy(tiny_policy, SPEC, n_draws=2, start=s).mean_val_acc for s in STARTS]
+    )
+    names = sorted(f.name.split("__", 1)[1] for f in (tmp_path / "sel" / "p").iterdir())
+    assert [n for n in names if n.startswith("draws-0-1")] == [
+        "draws-0-1__start-probe-16.json",
+        "draws-0-1__start-probe-own.json",
+    ]
+
+
 def test_paired_differences_and_their_error() -> None:
     pair = paired("own start", _report([0.8, 0.6, 0.9]), _report([0.7, 0.7, 0.7]))
     assert pair.difference == pytest.approx(0.2 / 3) and pair.wins == 2 and pair.draws == 3
@@ -133,6 +165,10 @@ def test_bad_arguments_are_named(kwargs: dict, field: str) -> None:
 
 def test_start_labels_and_the_verdict_of_a_candidate_behind_on_one_start() -> None:
     assert start_label(None) == "own start" and start_label({"batch_size": 16, "lr": 0.1}) == "LR 0.1 / batch 16"
+    assert start_label({"lr": "probe", "batch_size": 16}) == "LR probe / batch 16"
+    assert [start_suffix(s) for s in (None, {"lr": 0.1, "batch_size": 16}, {"lr": "probe"})] == [
+        "", "__start-0.1-16", "__start-probe-own",
+    ]  # fmt: skip
     ahead = paired("own start", _report([0.9, 0.8]), _report([0.8, 0.7]))
     behind = paired("LR 0.1 / batch 16", _report([0.5, 0.5]), _report([0.6, 0.5]))
     sel = Selection(("own start", "LR 0.1 / batch 16"), {INCUMBENT: (0.7, 0.6), "c": (0.8, 0.6)}, "c",
