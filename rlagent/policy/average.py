@@ -66,7 +66,10 @@ def average_policies(policies: Sequence[str | Path], out: str | Path) -> Path:
         key: torch.stack([s[key].double() for s in states]).mean(0).to(value.dtype) for key, value in states[-1].items()
     }
     last.policy.load_state_dict(mean)
-    metadata = {"averaged_from": [str(p) for p in policies], "last": last.metadata.get("training", {})}
+    last_training = dict(last.metadata.get("training", {}))
+    # The training spec stays where reuse reads it (its ranges and start), not under "last".
+    spec = {key: last_training.pop(key) for key in ("spec_name", "spec") if key in last_training}
+    metadata = {**spec, "averaged_from": [str(p) for p in policies], "last": last_training}
     target = last.save(out, metadata=metadata)
     logger.info("averaged %d policies into %s", len(policies), target)
     return target

@@ -51,11 +51,16 @@ def save_checkpoint(
         venv: Its observation normaliser, if any.
         config: The run's ``TrainConfig`` (recorded).
         spec: The run's spec as plain data (``EnvSpec.to_dict()``), recorded so that a resume
-            with another spec is noticed.
+            with another spec is noticed, and in the checkpoint's policy as in a finished run's, so
+            that the policy runs with the ranges and from the start it was trained with
+            (:func:`rlagent.policy.reuse.trained_start`).
     """
+    training: dict[str, Any] = {"checkpoint": True, "timesteps": int(model.num_timesteps)}
+    if spec is not None:
+        training.update(spec_name=spec.get("name"), spec=spec)
     with atomic_dir(path) as tmp:
         frame_stack = config.ppo.frame_stack
-        save_policy(tmp / "policy", model, normalizer=venv, metadata={"checkpoint": True}, frame_stack=frame_stack)
+        save_policy(tmp / "policy", model, normalizer=venv, metadata=training, frame_stack=frame_stack)
         opt_state = model.policy.optimizer.state_dict()
         tensors = {
             f"state.{idx}.{key}": value.detach().cpu().contiguous()

@@ -27,6 +27,11 @@ def _shifted(source: Path, out: Path, shift: float, *, mean_factor: float = 1.0,
     return saved.save(out, metadata={"checkpoint": True})
 
 
+def saved_with(source: Path, training: dict, out: Path) -> Path:
+    """``source`` re-saved with ``training`` as its training record."""
+    return load_policy(source).save(out, metadata=training)
+
+
 def test_the_average_holds_the_mean_weights_and_the_newest_normaliser(tiny_policy: Path, tmp_path: Path) -> None:
     a = _shifted(tiny_policy, tmp_path / "a", 0.0)
     b = _shifted(tiny_policy, tmp_path / "b", 0.3)
@@ -39,6 +44,11 @@ def test_the_average_holds_the_mean_weights_and_the_newest_normaliser(tiny_polic
     assert avg.feature_names == ref.feature_names
     training = json.loads((out / "policy.json").read_text())["training"]
     assert training["averaged_from"] == [str(a), str(b), str(c)] and training["last"] == {"checkpoint": True}
+    # The last checkpoint's training spec stays where reuse reads the ranges and start from.
+    spec = load_policy(tiny_policy).metadata["training"]["spec"]
+    d = saved_with(c, {"checkpoint": True, "spec_name": "tiny", "spec": spec}, tmp_path / "c-spec")
+    training = json.loads((average_policies([a, d], tmp_path / "avg2") / "policy.json").read_text())["training"]
+    assert training["spec"] == spec and training["spec_name"] == "tiny" and training["last"] == {"checkpoint": True}
     obs = np.zeros(len(ref.feature_names), dtype=np.float32)
     assert avg.predict(obs).shape == ref.predict(obs).shape
 

@@ -106,6 +106,10 @@ def test_checkpoints_are_written_and_resume_restores_state(trained: tuple[Path, 
     assert venv.obs_rms.count == saved.normalizer["count"]
     assert model.policy.optimizer.state_dict()["state"], "optimizer moments restored"
     venv.close()
+    # A checkpoint's policy records the run's spec as the final one does: reuse reads its ranges and start.
+    in_ckpt = load_policy(ckpt / "policy").metadata["training"]
+    assert in_ckpt["spec"] == saved.metadata["training"]["spec"] and in_ckpt["spec_name"] == "tiny"
+    assert in_ckpt["checkpoint"] is True and in_ckpt["timesteps"] == result.timesteps
 
 
 def test_resume_continues_the_step_count(trained: tuple[Path, object], tmp_path: Path) -> None:
