@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,15 +85,19 @@ def action_kind(policy: SavedPolicy) -> str:
     return kind
 
 
-def trained_start(policy: SavedPolicy) -> str | None:
+def trained_start(policy: SavedPolicy | Mapping[str, Any]) -> str | None:
     """``"probe"`` if the policy's training episodes all started at the LR probe's LR (a spec with
-    ``episode.init_lr = "probe"``), else None: then it runs from the probe unless given an LR."""
+    ``episode.init_lr = "probe"``), else None: then it runs from the probe unless given an LR.
+
+    ``policy``: a loaded policy, or its ``policy.json`` as read (for a policy this version may not load).
+    """
     return "probe" if _trained_episode(policy).get("init_lr") == "probe" else None
 
 
-def _trained_episode(policy: SavedPolicy) -> dict[str, Any]:
+def _trained_episode(policy: SavedPolicy | Mapping[str, Any]) -> dict[str, Any]:
     """The ``episode`` table of the spec the policy was trained on (empty if not recorded)."""
-    return policy.metadata.get("training", {}).get("spec", {}).get("episode", {})
+    metadata = policy.metadata if isinstance(policy, SavedPolicy) else policy
+    return (metadata.get("training") or {}).get("spec", {}).get("episode", {})
 
 
 def _trained_ranges(policy: SavedPolicy) -> tuple[tuple[float, float], tuple[int, int]]:

@@ -36,6 +36,7 @@ from rlagent.config import EnvSpec, load_spec
 from rlagent.errors import SpecError, is_int
 from rlagent.policy._integrity import DIGEST_FIELD, read_json
 from rlagent.policy.file import JSON_NAME
+from rlagent.policy.reuse import trained_start
 from rlagent.policy.validate import ValidationReport, start_suffix, validate_policy
 
 logger = logging.getLogger(__name__)
@@ -59,9 +60,7 @@ def start_as_run(policy: str | Path, start: Mapping[str, Any] | None) -> Mapping
     takes the probe's LR and keeps the start's batch size, as :func:`rlagent.policy.reuse.run_policy`
     does when given no LR; any other policy starts at ``start`` itself. Read from ``policy.json``
     alone, as the report digests are."""
-    training = read_json(Path(policy) / JSON_NAME).get("training") or {}
-    episode = (training.get("spec") or {}).get("episode") or {}
-    if episode.get("init_lr") != "probe":
+    if trained_start(read_json(Path(policy) / JSON_NAME)) != "probe":
         return start
     return {"lr": "probe", **({"batch_size": start["batch_size"]} if start and "batch_size" in start else {})}
 
