@@ -55,14 +55,15 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def start_as_run(policy: str | Path, start: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
-    """The start ``policy`` runs from where a user starts a run at ``start`` without knowing the LR:
-    a policy trained from LR-probe starts (``episode.init_lr = "probe"`` in its ``policy.json``)
-    takes the probe's LR and keeps the start's batch size, as :func:`rlagent.policy.reuse.run_policy`
-    does when given no LR; any other policy starts at ``start`` itself. Read from ``policy.json``
-    alone, as the report digests are."""
-    if trained_start(read_json(Path(policy) / JSON_NAME)) != "probe":
-        return start
-    return {"lr": "probe", **({"batch_size": start["batch_size"]} if start and "batch_size" in start else {})}
+    """The start ``policy`` runs from: a policy trained from LR-probe starts (``episode.init_lr =
+    "probe"`` in its ``policy.json``) runs the draws' own starts (``None``) from the probe at each
+    draw's batch size, as :func:`rlagent.policy.reuse.run_policy` does when given no LR. A start
+    that gives an LR is kept for every policy: the far-off starts test whether a policy corrects a
+    bad LR it is handed (issue 11's robustness target), which a probe would hide. Read from
+    ``policy.json`` alone, as the report digests are."""
+    if start is None and trained_start(read_json(Path(policy) / JSON_NAME)) == "probe":
+        return {"lr": "probe"}
+    return start
 
 
 def start_label(start: Mapping[str, Any] | None) -> str:
@@ -203,8 +204,8 @@ def select_policy(
         spec: The spec the policies were trained on; its sampler gives the draws.
         starts: Where every draw starts: ``None`` for the draw's own random start, else
             ``{"lr": ..., "batch_size": ...}`` as in :func:`validate_policy`. A policy trained
-            from LR-probe starts runs each from the probe at the start's batch size
-            (:func:`start_as_run`): each policy is judged as a user who does not know the LR runs it.
+            from LR-probe starts runs the draws' own starts from the probe, and the given ones as
+            given (:func:`start_as_run`).
         n_select: Draws the choice is made on (draws ``0 .. n_select - 1``).
         n_confirm: Fresh draws the chosen policy must win on (the next ``n_confirm``; see above).
         n_workers: Processes running draws side by side.

@@ -112,7 +112,7 @@ def test_the_better_policy_is_chosen_and_confirmed_on_fresh_draws(
     assert list(renamed.scores[INCUMBENT]) == pytest.approx(expected[better])  # not the edited file
 
 
-def test_a_policy_trained_from_probe_starts_is_judged_from_the_probe_at_each_starts_batch(
+def test_a_policy_trained_from_probe_starts_runs_the_own_starts_from_the_probe_and_given_lrs_as_given(
     tiny_policy: Path, tmp_path: Path
 ) -> None:
     saved = load_policy(tiny_policy)
@@ -120,19 +120,19 @@ def test_a_policy_trained_from_probe_starts_is_judged_from_the_probe_at_each_sta
     training["spec"]["episode"]["init_lr"] = "probe"
     probed = saved.save(tmp_path / "probe-pol", metadata=training)
     assert start_as_run(probed, None) == {"lr": "probe"}
-    assert start_as_run(probed, {"lr": 0.01, "batch_size": 16}) == {"lr": "probe", "batch_size": 16}
+    assert start_as_run(probed, {"lr": 0.01, "batch_size": 16}) == {"lr": 0.01, "batch_size": 16}
     assert start_as_run(tiny_policy, {"lr": 0.01, "batch_size": 16}) == {"lr": 0.01, "batch_size": 16}
     sel = select_policy(
         {"p": probed}, tiny_policy, SPEC, starts=STARTS, n_select=2, n_confirm=1, store=tmp_path / "sel"
     )  # fmt: skip
-    expected = [validate_policy(probed, SPEC, n_draws=2, start=start_as_run(probed, s)).mean_val_acc for s in STARTS]
+    expected = [validate_policy(probed, SPEC, n_draws=2, start=s).mean_val_acc for s in ({"lr": "probe"}, STARTS[1])]
     assert list(sel.scores["p"]) == pytest.approx(expected)
     assert list(sel.scores[INCUMBENT]) == pytest.approx(
         [validate_policy(tiny_policy, SPEC, n_draws=2, start=s).mean_val_acc for s in STARTS]
     )
     names = sorted(f.name.split("__", 1)[1] for f in (tmp_path / "sel" / "p").iterdir())
     assert [n for n in names if n.startswith("draws-0-1")] == [
-        "draws-0-1__start-probe-16.json",
+        "draws-0-1__start-0.01-16.json",
         "draws-0-1__start-probe-own.json",
     ]
 
