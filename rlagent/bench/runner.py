@@ -62,7 +62,7 @@ from rlagent.bench.report import (
 )
 from rlagent.config import EnvSpec, load_spec
 from rlagent.errors import RLAgentError, SpecError, is_int
-from rlagent.policy.reuse import policy_path, resolve_policy
+from rlagent.policy.controller import policy_path, resolve_policy
 from rlagent.pool import BACKENDS
 from rlagent.pool.ray import import_ray
 from rlagent.workloads import load_source, source_key, split_data

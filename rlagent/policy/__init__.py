@@ -11,8 +11,9 @@
 
 from __future__ import annotations
 
+from rlagent.policy.controller import Controller, resolve_policy
 from rlagent.policy.file import PolicyFileError, SavedPolicy, load_policy, save_policy
-from rlagent.policy.reuse import Controller, TuneResult, resolve_policy, run_policy, train_with_policy, tune
+from rlagent.policy.reuse import TuneResult, run_policy, train_with_policy, tune
 from rlagent.policy.train import PPOSettings, TrainConfig, TrainResult, train_policy
 
 __all__ = [

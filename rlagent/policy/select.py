@@ -35,8 +35,8 @@ from typing import Any
 from rlagent.config import EnvSpec, load_spec
 from rlagent.errors import SpecError, is_int
 from rlagent.policy._integrity import DIGEST_FIELD, read_json
+from rlagent.policy.controller import trained_start
 from rlagent.policy.file import JSON_NAME
-from rlagent.policy.reuse import trained_start
 from rlagent.policy.validate import ValidationReport, start_suffix, validate_policy
 
 logger = logging.getLogger(__name__)

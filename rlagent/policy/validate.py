@@ -28,8 +28,8 @@ from rlagent.config import EnvSpec, load_spec
 from rlagent.env import HyperTuneEnv, hold_action
 from rlagent.errors import SpecError, is_int, is_number
 from rlagent.features import FEATURE_NAMES
+from rlagent.policy.controller import action_kind
 from rlagent.policy.file import SavedPolicy, load_policy
-from rlagent.policy.reuse import action_kind
 
 logger = logging.getLogger(__name__)
 
