@@ -29,7 +29,7 @@ test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	$(BIN)/rlagent train --spec default-probe-final --gamma 1 --timesteps 3000 --out runs/demo/policy --run-dir runs/demo/run --checkpoint-every 1000
+	$(BIN)/rlagent train --spec default --timesteps 3000 --out runs/demo/policy --run-dir runs/demo/run --checkpoint-every 1000
 	$(BIN)/rlagent bench --spec default --policy runs/demo/policy --workloads mnist1d-cnn --seeds 2 \
 		--methods policy random constant schedulefree --results runs/demo/bench
 
