@@ -12,7 +12,6 @@ same action decoding as the environment the policy was trained in:
 from __future__ import annotations
 
 import dataclasses
-import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,8 +40,6 @@ from rlagent.policy.controller import (
 from rlagent.policy.file import SavedPolicy
 from rlagent.probe import probe_seed
 from rlagent.training import Trainer, run_epoch
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
