@@ -97,7 +97,7 @@ def test_integral_float_labels_are_accepted(tiny_policy: Path) -> None:
 
 _BAD_VALUES: dict[str, list[Any]] = {
     "epochs": [0, -1, 1.5, "3", True, None],
-    "lr": [0, -1e-3, float("nan"), float("inf"), "1e-3", None],
+    "lr": [0, -1e-3, float("nan"), float("inf"), "1e-3", "fast"],  # None is the default (the trained start)
     "batch_size": [0, -4, 2.5, "32"],
     "lr_range": [(0.3, 1e-4), (0.0, 1.0), (1e-4,), "ab", (float("nan"), 1.0), (1e-4, float("inf")), (1, 1)],
     "batch_size_range": [(0, 0), (8, 4), (1.5, 8), (4,), "x"],
