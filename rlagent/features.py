@@ -139,7 +139,7 @@ def clip_features(values: dict[str, float]) -> np.ndarray:
 class RunTracker:
     """Turns the per-epoch metrics of one training run into observation vectors.
 
-    Shared by the environment and by :class:`rlagent.policy.reuse.Controller`, so a policy sees exactly
+    Shared by the environment and by :class:`rlagent.policy.controller.Controller`, so a policy sees exactly
     the same features in a user's own training loop as it saw during its training. The last
     action is derived from the LR and batch size actually trained with, so a change that the
     ranges clipped away reads as no change.

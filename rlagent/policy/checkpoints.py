@@ -53,7 +53,7 @@ def save_checkpoint(
         spec: The run's spec as plain data (``EnvSpec.to_dict()``), recorded so that a resume
             with another spec is noticed, and in the checkpoint's policy as in a finished run's, so
             that the policy runs with the ranges and from the start it was trained with
-            (:func:`rlagent.policy.reuse.trained_start`).
+            (:func:`rlagent.policy.controller.trained_start`).
     """
     training: dict[str, Any] = {"checkpoint": True, "timesteps": int(model.num_timesteps)}
     if spec is not None:

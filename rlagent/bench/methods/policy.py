@@ -2,7 +2,7 @@
 
 * ``policy`` — one run at the task's seed, from the start the policy was trained from: the spec's
   initial LR, or the LR probe's for a policy trained from probe starts
-  (:func:`rlagent.policy.reuse.trained_start`).
+  (:func:`rlagent.policy.controller.trained_start`).
 * ``policy-probe`` — the same run started at the LR a short range test on a copy of it points to
   (``lr="probe"``, :mod:`rlagent.probe`) instead of the spec's initial LR.
 
