@@ -21,6 +21,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rlagent.errors import SpecError
 from rlagent.procedural import ProceduralSpec, Task, sample_task
 from rlagent.workloads import (
@@ -37,6 +39,9 @@ from rlagent.workloads import (
 ACTIONS = ("discrete", "continuous", "discrete-wide")
 REWARDS = ("val_acc", "val_acc_change", "best_improvement", "final")
 COST_UNITS = ("steps", "seconds")
+
+
+_PROBE_STREAM = 0x9B0BE  # seeds the probe-or-own-start coin of a draw
 
 
 def _check_type(name: str, value: Any, types_: tuple[type, ...], allowed: str) -> None:
@@ -67,6 +72,10 @@ class EpisodeSpec:
     init_batch_size: int | str = 32
     """Batch size of the first epoch, or ``"sample"`` for a power of two in the range (a
     procedural draw brings its own)."""
+    probe_fraction: float = 1.0
+    """With ``init_lr = "probe"``: the share of procedural draws that start from the probe; the
+    others keep the draw's own start (LR and batch size), so one policy trains from both the
+    probe's LR and from LRs it is given. Which draws probe is fixed by the episode seed."""
 
     def __post_init__(self) -> None:
         if self.epochs is not None:
@@ -88,6 +97,13 @@ class EpisodeSpec:
                 raise SpecError("episode.init_lr", self.init_lr, allowed)
             if self.lr_range and not self.lr_range[0] <= self.init_lr <= self.lr_range[1]:
                 raise SpecError("episode.init_lr", self.init_lr, f"a value inside lr_range {self.lr_range}")
+        _check_type("episode.probe_fraction", self.probe_fraction, (int, float), "a number in [0, 1]")
+        if not 0.0 <= self.probe_fraction <= 1.0:
+            raise SpecError("episode.probe_fraction", self.probe_fraction, "a number in [0, 1]")
+        if self.probe_fraction != 1.0 and self.init_lr != "probe":
+            raise SpecError(
+                "episode.probe_fraction", self.probe_fraction, '1 unless init_lr = "probe" (it splits probe starts)'
+            )
         if self.init_batch_size != "sample":
             _check_type("episode.init_batch_size", self.init_batch_size, (int,), "an integer >= 1 or 'sample'")
             if self.init_batch_size < 1:
@@ -97,6 +113,16 @@ class EpisodeSpec:
                 raise SpecError(
                     "episode.init_batch_size", self.init_batch_size, f"a value inside batch_size_range {bs}"
                 )
+
+
+    def probes(self, episode_seed: int) -> bool:
+        """Whether a procedural draw with this episode seed starts from the probe's LR."""
+        if self.init_lr != "probe":
+            return False
+        if self.probe_fraction >= 1.0:
+            return True
+        # A stream of its own: the draw (and the run) from the same seed are unchanged by it.
+        return bool(np.random.default_rng([int(episode_seed), _PROBE_STREAM]).random() < self.probe_fraction)
 
 
 @dataclass(frozen=True)

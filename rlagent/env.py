@@ -207,8 +207,9 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             episode_seed = seed if seed is not None else int(self.np_random.integers(2**31 - 1))
             task = self.env_spec.draw(episode_seed)
             wl, name, sources = task.workload, task.workload.name, {}
-            # The draw brings its own start, unless the spec asks for the probe's LR everywhere.
-            lr = "probe" if self.env_spec.episode.init_lr == "probe" else task.init_lr
+            # The draw brings its own start, unless the spec asks for the probe's LR (on all
+            # draws, or on the share ``probe_fraction`` of them, chosen by the episode seed).
+            lr = "probe" if self.env_spec.episode.probes(episode_seed) else task.init_lr
             options = {"lr": lr, "batch_size": task.init_batch_size, **options}
         else:
             if name is None:

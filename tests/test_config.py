@@ -162,6 +162,9 @@ def test_minimal_spec_uses_defaults() -> None:
         ("episode.init_lr", 0, "episode.init_lr", "0"),
         ("episode.init_lr", 0.5, "episode.init_lr", "0.5"),  # outside lr_range
         ("episode.init_batch_size", 1024, "episode.init_batch_size", "1024"),  # outside batch_size_range
+        ("episode.probe_fraction", 1.5, "episode.probe_fraction", "1.5"),
+        ("episode.probe_fraction", "half", "episode.probe_fraction", "'half'"),
+        ("episode.probe_fraction", 0.5, "episode.probe_fraction", "0.5"),  # init_lr is not "probe"
         ("reward.cost_weight", -1.0, "reward.cost_weight", "-1.0"),
         ("workloads.define.w.val_fraction", 1.5, "val_fraction", "1.5"),
         # bad choices

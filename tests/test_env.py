@@ -426,3 +426,27 @@ def test_a_probe_spec_probes_procedural_draws_at_their_own_batch_size() -> None:
     assert info["lr"] == pytest.approx(min(max(info["probe_lr"] / 10, 1e-4), 0.3))
     _, given = HyperTuneEnv(probed).reset(seed=3, options={"lr": 0.01})  # a reset option still wins
     assert given["lr"] == 0.01 and "probe_lr" not in given
+
+
+def test_probe_fraction_splits_draws_between_the_probe_and_their_own_start() -> None:
+    """``probe_fraction``: a share of the draws, fixed by the episode seed, starts from the probe;
+    the others keep the draw's own LR and batch size, and the draw itself is the same either way."""
+    spec = load_spec("tiny-procedural")
+    mixed = dataclasses.replace(spec, episode=dataclasses.replace(spec.episode, init_lr="probe", probe_fraction=0.5))
+    seeds = range(12)
+    probed = [mixed.episode.probes(s) for s in seeds]
+    assert 0 < sum(probed) < len(probed)
+    assert probed == [mixed.episode.probes(s) for s in seeds]  # fixed by the seed
+    for seed in (probed.index(True), probed.index(False)):
+        _, own = HyperTuneEnv(spec).reset(seed=seed)
+        _, info = HyperTuneEnv(mixed).reset(seed=seed)
+        assert info["workload"] == own["workload"] and info["batch_size"] == own["batch_size"]
+        if probed[seed]:
+            assert info["lr"] == pytest.approx(min(max(info["probe_lr"] / 10, 1e-4), 0.3))
+        else:
+            assert "probe_lr" not in info and info["lr"] == own["lr"]
+    share = np.mean([mixed.episode.probes(s) for s in range(2000)])
+    assert share == pytest.approx(0.5, abs=0.05)
+    everywhere = dataclasses.replace(mixed.episode, probe_fraction=1.0)
+    nowhere = dataclasses.replace(mixed.episode, probe_fraction=0.0)
+    assert all(everywhere.probes(s) for s in seeds) and not any(nowhere.probes(s) for s in seeds)
