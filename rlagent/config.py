@@ -114,7 +114,6 @@ class EpisodeSpec:
                     "episode.init_batch_size", self.init_batch_size, f"a value inside batch_size_range {bs}"
                 )
 
-
     def probes(self, episode_seed: int) -> bool:
         """Whether a procedural draw with this episode seed starts from the probe's LR."""
         if self.init_lr != "probe":
