@@ -131,6 +131,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--allow-spec-change", action="store_true", help="resume a checkpoint of another spec (both are recorded)"
     )
+    p.add_argument(
+        "--init-from", default=None, metavar="POLICY",
+        help="start from this saved policy's weights (fine-tune it); fresh optimiser and step count",
+    )  # fmt: skip
+    p.add_argument(
+        "--fresh-critic", action="store_true",
+        help="with --init-from, start a new value network (for another reward or gamma)",
+    )  # fmt: skip
     p.add_argument("--tensorboard", default=None, help="TensorBoard log directory")
     p.add_argument(
         "--checkpoint-every", type=int, default=c.checkpoint_every, help="env steps between checkpoints (0: none)"
@@ -171,7 +179,7 @@ def run_training(args: argparse.Namespace, command: str) -> TrainResult:
         out=args.out, run_dir=args.run_dir, resume=args.resume, tensorboard=args.tensorboard,
         checkpoint_every=args.checkpoint_every, ppo=ppo, progress=not args.no_progress,
         metadata={"command": command}, max_minutes=args.max_minutes, allow_spec_change=args.allow_spec_change,
-        population=args.population,
+        population=args.population, init_from=args.init_from, init_critic=not args.fresh_critic,
     )  # fmt: skip
     venv = None
     if args.backend == "ray":

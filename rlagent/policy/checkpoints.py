@@ -210,12 +210,40 @@ def find_checkpoint(path: str | Path) -> Checkpoint:
     raise RLAgentError(f"resume: no intact checkpoint in {path}: " + "; ".join(errors))
 
 
+CRITIC_PREFIXES = ("mlp_extractor.value_net.", "value_net.", "lstm_critic.")
+"""State-dict keys of the value network (the critic) of SB3's ``ActorCriticPolicy`` and
+sb3-contrib's ``RecurrentActorCriticPolicy``; the rest is the actor."""
+
+
+def copy_policy(saved: SavedPolicy, model: PPO, venv: VecNormalize | None, *, what: str, critic: bool = True) -> None:
+    """Copy a saved policy's weights and observation statistics into ``model`` and ``venv``.
+
+    Args:
+        saved: The policy to copy (read whole and checked).
+        model: A PPO (or RecurrentPPO) built with the same network and spaces.
+        venv: The ``VecNormalize`` the model trains behind, or None.
+        critic: Copy the value network too; False keeps ``model``'s own (freshly initialised).
+        what: What errors start with (the setting and the path it names).
+    """
+    state = saved.policy.state_dict()
+    if not critic:
+        state = {k: v for k, v in state.items() if not k.startswith(CRITIC_PREFIXES)}
+    try:
+        missing, unexpected = model.policy.load_state_dict(state, strict=critic)
+    except RuntimeError as exc:
+        raise RLAgentError(f"{what} was trained with another network or action space ({exc})") from exc
+    if unexpected or any(not k.startswith(CRITIC_PREFIXES) for k in missing):
+        raise RLAgentError(f"{what} has another network (missing {missing}, unexpected {unexpected})")
+    normalizer = saved.normalizer
+    if venv is not None and normalizer is not None:
+        venv.obs_rms.mean = np.asarray(normalizer["mean"], dtype=np.float64)
+        venv.obs_rms.var = np.asarray(normalizer["var"], dtype=np.float64)
+        venv.obs_rms.count = float(normalizer["count"])
+
+
 def restore_checkpoint(ckpt: Checkpoint, model: PPO, venv: VecNormalize | None) -> int:
     """Restore policy, optimiser, normaliser and step count from a read checkpoint; returns the steps."""
-    try:
-        model.policy.load_state_dict(ckpt.policy.policy.state_dict(), strict=True)
-    except RuntimeError as exc:
-        raise RLAgentError(f"resume: {ckpt.path} was trained with another network or action space ({exc})") from exc
+    copy_policy(ckpt.policy, model, venv, what=f"resume: {ckpt.path}")
     opt_state: dict[str, Any] = {"state": {}, "param_groups": ckpt.state["param_groups"]}
     for key, value in ckpt.optimizer.items():
         _, idx, name = key.split(".", 2)
@@ -224,11 +252,6 @@ def restore_checkpoint(ckpt: Checkpoint, model: PPO, venv: VecNormalize | None) 
         model.policy.optimizer.load_state_dict(opt_state)
     except (ValueError, KeyError, RuntimeError) as exc:
         raise RLAgentError(f"resume: {ckpt.path} holds an optimiser state of another network ({exc})") from exc
-    normalizer = ckpt.policy.normalizer
-    if venv is not None and normalizer is not None:
-        venv.obs_rms.mean = np.asarray(normalizer["mean"], dtype=np.float64)
-        venv.obs_rms.var = np.asarray(normalizer["var"], dtype=np.float64)
-        venv.obs_rms.count = float(normalizer["count"])
     model.num_timesteps = int(ckpt.state["num_timesteps"])
     model._n_updates = int(ckpt.state["n_updates"])
     return model.num_timesteps

@@ -2,8 +2,9 @@
 
 :func:`check_training` is called by ``train_policy`` (and by the CLI before it builds a Ray
 pool): the network is allow-listed and small enough to be saved, the output and run folders are
-writable, ``--out`` is not an existing file, the devices exist, and a checkpoint to resume from is
-intact and was trained with the same spec and network. Each failure is one
+writable, ``--out`` is not an existing file, the devices exist, a checkpoint to resume from is
+intact and was trained with the same spec and network, and a policy to start from
+(``init_from``) is intact and has the run's network. Each failure is one
 :class:`~rlagent.errors.RLAgentError` (usually a :class:`~rlagent.errors.SpecError`) naming the
 setting, its value and what is allowed -- raised before any epoch is trained.
 """
@@ -25,7 +26,7 @@ from rlagent.features import FEATURE_NAMES
 from rlagent.policy._checks import _check_architecture
 from rlagent.policy._integrity import check_param_count, expected_shapes
 from rlagent.policy.checkpoints import Checkpoint, clean_stale, find_checkpoint
-from rlagent.policy.file import JSON_NAME
+from rlagent.policy.file import JSON_NAME, SavedPolicy, load_policy
 from rlagent.pool.devices import plan_workers
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ class Preflight:
     out: Path
     run_dir: Path
     checkpoint: Checkpoint | None
+    init: SavedPolicy | None = None
+    """The saved policy whose weights start the run (``init_from``), or None."""
 
 
 def check_net_arch(net_arch: Any, activation: str, action: str, lstm_hidden_size: int = 0) -> None:
@@ -110,29 +113,69 @@ def check_resume(
         if not allow_spec_change:
             raise RLAgentError(f"{message}; resume with the same spec, or pass --allow-spec-change to record both")
         logger.warning("%s; continuing (allow_spec_change)", message)
-    arch = ckpt.policy.metadata["architecture"]
+    check_same_network(
+        ckpt.policy, f"resume: {ckpt.path}", spec, net_arch, activation,
+        frame_stack=frame_stack, lstm_hidden_size=lstm_hidden_size,
+    )  # fmt: skip
+
+
+def check_same_network(
+    saved: SavedPolicy,
+    label: str,
+    spec: EnvSpec,
+    net_arch: Any,
+    activation: str,
+    *,
+    frame_stack: int = 1,
+    lstm_hidden_size: int = 0,
+    normalize_obs: bool | None = None,
+) -> None:
+    """Refuse a saved policy whose network, history, actions (or, if given, observation
+    normalisation) differ from this run's; errors start with ``label``."""
+    option = "resume" if label.startswith("resume") else "start from it"
+    arch = saved.metadata["architecture"]
     want = {"pi": list(net_arch), "vf": list(net_arch)}
     if arch["net_arch"] != want or arch["activation"] != activation:
         raise RLAgentError(
-            f"resume: {ckpt.path} has net_arch {arch['net_arch']} with {arch['activation']}, "
-            f"this run {want} with {activation}"
+            f"{label} has net_arch {arch['net_arch']} with {arch['activation']}, this run {want} with {activation}"
         )
-    if ckpt.policy.frame_stack != frame_stack:
+    if saved.frame_stack != frame_stack:
         raise RLAgentError(
-            f"resume: {ckpt.path} sees {ckpt.policy.frame_stack} stacked observations, this run "
-            f"frame_stack = {frame_stack}; resume with --frame-stack {ckpt.policy.frame_stack}"
+            f"{label} sees {saved.frame_stack} stacked observations, this run frame_stack = {frame_stack}; "
+            f"{option} with --frame-stack {saved.frame_stack}"
         )
     lstm = arch.get("lstm_hidden_size", 0)
     if lstm != lstm_hidden_size:
         raise RLAgentError(
-            f"resume: {ckpt.path} has an LSTM of {lstm} units (0: none), this run lstm_hidden_size = "
-            f"{lstm_hidden_size}; resume with --lstm {lstm}"
+            f"{label} has an LSTM of {lstm} units (0: none), this run lstm_hidden_size = "
+            f"{lstm_hidden_size}; {option} with --lstm {lstm}"
         )
-    kind = action_kind_of(ckpt.policy.action_space)
+    kind = action_kind_of(saved.action_space)
     if kind != spec.episode.action:
+        raise RLAgentError(f"{label} acts {kind}, spec {spec.name!r} asks for episode.action = {spec.episode.action!r}")
+    if normalize_obs is not None and (saved.normalizer is not None) != normalize_obs:
         raise RLAgentError(
-            f"resume: {ckpt.path} acts {kind}, spec {spec.name!r} asks for episode.action = {spec.episode.action!r}"
+            f"{label} was trained {'with' if saved.normalizer is not None else 'without'} observation "
+            f"normalisation, this run normalize_obs = {normalize_obs}"
         )
+
+
+def check_init(config: Any, spec: EnvSpec) -> SavedPolicy:
+    """The saved policy ``config.init_from`` names, checked to fit this run's network."""
+    if config.resume:
+        raise SpecError(
+            "init_from", str(config.init_from), "not given with resume (a checkpoint already holds the weights)"
+        )
+    try:
+        saved = load_policy(config.init_from)
+    except PolicyFileError as exc:
+        raise RLAgentError(f"init_from: {exc}") from None
+    check_same_network(
+        saved, f"init_from: {config.init_from}", spec, config.ppo.net_arch, config.ppo.activation,
+        frame_stack=config.ppo.frame_stack, lstm_hidden_size=config.ppo.lstm_hidden_size,
+        normalize_obs=config.ppo.normalize_obs,
+    )  # fmt: skip
+    return saved
 
 
 def check_training(config: Any, *, check_devices_: bool = True) -> Preflight:
@@ -167,4 +210,5 @@ def check_training(config: Any, *, check_devices_: bool = True) -> Preflight:
             allow_spec_change=config.allow_spec_change, frame_stack=config.ppo.frame_stack,
             lstm_hidden_size=config.ppo.lstm_hidden_size,
         )  # fmt: skip
-    return Preflight(spec, seed, out, run_dir, ckpt)
+    init = check_init(config, spec) if getattr(config, "init_from", None) else None
+    return Preflight(spec, seed, out, run_dir, ckpt, init)

@@ -28,6 +28,7 @@ from rlagent.errors import ClusterLostError, SpecError, is_number
 from rlagent.policy._checks import _ACTIVATIONS, _MAX_LAYERS, _MAX_LSTM, _MAX_WIDTH
 from rlagent.policy.checkpoints import (
     CHECKPOINT_FORMAT,
+    copy_policy,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -35,7 +36,7 @@ from rlagent.policy.checkpoints import (
     resume_seed,
     save_checkpoint,
 )
-from rlagent.policy.file import MAX_FRAME_STACK, save_policy
+from rlagent.policy.file import MAX_FRAME_STACK, SavedPolicy, save_policy
 from rlagent.policy.monitor import TrainingMonitor
 from rlagent.policy.preflight import check_training
 from rlagent.pool import make_pool
@@ -152,6 +153,13 @@ class TrainConfig:
     """Where checkpoints and logs go; None: ``runs/{spec}__{out name}__{seed}``."""
     resume: str | Path | None = None
     """A checkpoint directory (or a folder of them: the latest is used) to continue from."""
+    init_from: str | Path | None = None
+    """A saved policy directory whose weights and observation statistics start this run
+    (fine-tuning it, e.g. on another spec or reward); PPO's optimiser, step count and learning
+    rate schedule start afresh. The network settings must match the policy's. Not with ``resume``."""
+    init_critic: bool = True
+    """With ``init_from``, copy the value network too; False starts a fresh one, for a run whose
+    returns differ from the saved policy's (another reward or γ: its critic predicts the wrong thing)."""
     tensorboard: str | Path | None = None
     """TensorBoard log directory, or None."""
     checkpoint_every: int = 2_000
@@ -290,6 +298,20 @@ def _checkpoint_lost_run(
     )
 
 
+def _init_record(saved: SavedPolicy, config: TrainConfig) -> dict[str, Any]:
+    """What the saved policy record says of the policy a run started from."""
+    training = saved.metadata.get("training", {})
+    return {
+        "policy": str(config.init_from),
+        "sha256": saved.metadata.get("sha256"),
+        "critic": "copied" if config.init_critic else "fresh",
+        "spec_name": training.get("spec_name"),
+        "timesteps": training.get("timesteps"),
+        "reward": training.get("spec", {}).get("reward"),
+        "gamma": training.get("ppo", {}).get("gamma"),
+    }
+
+
 def train_policy(config: TrainConfig, *, venv: VecEnv | None = None) -> TrainResult:
     """Train a tuning policy with PPO and save it to ``config.out``.
 
@@ -336,6 +358,12 @@ def train_policy(config: TrainConfig, *, venv: VecEnv | None = None) -> TrainRes
         model = build_ppo(observed, config.ppo, run_seed, config.tensorboard)
         done = 0
         resumed: dict[str, Any] = {}
+        if checked.init is not None:
+            copy_policy(checked.init, model, norm, critic=config.init_critic, what=f"init_from: {config.init_from}")
+            logger.info(
+                "started from policy %s (critic %s)", config.init_from, "copied" if config.init_critic else "fresh"
+            )
+            resumed = {"initialised_from": _init_record(checked.init, config)}
         if checked.checkpoint is not None:
             ckpt = checked.checkpoint
             done = restore_checkpoint(ckpt, model, norm)

@@ -127,6 +127,36 @@ def test_resume_with_another_spec_is_refused_naming_both(run: Path, tmp_path: Pa
     assert allowed.checkpoint is not None and allowed.checkpoint.spec_name == "tiny"
 
 
+def test_a_policy_to_start_from_must_fit_the_run(run: Path, tmp_path: Path) -> None:
+    policy = run / "pol"
+    assert check_training(_config(tmp_path, init_from=policy)).init is not None
+    refusals = {
+        "not given with resume": dict(resume=run / "run" / "checkpoints"),
+        r"has net_arch \{'pi': \[8\], 'vf': \[8\]\} with tanh, this run \{'pi': \[16\]": dict(
+            ppo=PPOSettings(net_arch=(16,))
+        ),
+        "sees 1 stacked observations, this run frame_stack = 2; start from it with --frame-stack 1": dict(
+            ppo=PPOSettings(net_arch=(8,), frame_stack=2)
+        ),
+        "trained with observation normalisation, this run normalize_obs = False": dict(
+            ppo=PPOSettings(net_arch=(8,), normalize_obs=False)
+        ),
+        "policy not found": dict(init_from=tmp_path / "nowhere"),
+    }
+    for message, change in refusals.items():
+        kw = {"init_from": policy, **change}
+        with pytest.raises(RLAgentError, match="init_from: .*" + message):
+            check_training(_config(tmp_path, **kw))
+
+
+def test_cli_start_from_a_missing_policy_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "p"
+    code = main(["train", "--spec", "tiny", "--out", str(out), "--init-from", str(tmp_path / "nope")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "init_from" in err and "Traceback" not in err
+    assert not out.exists()
+
+
 def test_stale_temporary_checkpoint_folders_are_removed(run: Path, tmp_path: Path) -> None:
     stale = tmp_path / "run" / "checkpoints" / ".step-000000016.tmp-abcd"
     (stale / "policy").mkdir(parents=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from rlagent.config import load_spec
 from rlagent.errors import RLAgentError, SpecError
 from rlagent.features import FEATURE_NAMES
-from rlagent.policy.checkpoints import checkpoint_policies
+from rlagent.policy.checkpoints import CRITIC_PREFIXES, checkpoint_policies, copy_policy
 from rlagent.policy.file import load_policy
 from rlagent.policy.train import (
     PPOSettings,
@@ -123,6 +124,48 @@ def test_resume_continues_the_step_count(trained: tuple[Path, object], tmp_path:
     # the continuation draws episodes of its own, not the ones the run started with
     assert record["resumed_from"]["at_step"] == first.timesteps
     assert record["resumed_from"]["seed"] == resume_seed(0, first.timesteps) != 0
+
+
+@pytest.mark.parametrize("critic", [True, False])
+def test_copying_a_saved_policy_takes_its_actor_normaliser_and_optionally_its_critic(
+    trained: tuple[Path, object], critic: bool
+) -> None:
+    tmp, _ = trained
+    saved = load_policy(tmp / "pol")
+    venv = VecNormalize(DummyVecEnv([lambda: EnvFactory(load_spec("tiny"), ("tiny-mlp",))(WorkerSlot("cpu", 1))]))
+    model = build_ppo(venv, TINY_PPO, seed=5, tensorboard=None)
+    fresh = {k: v.clone() for k, v in model.policy.state_dict().items()}
+    critic_keys = [k for k in fresh if k.startswith(CRITIC_PREFIXES)]
+    assert critic_keys and len(critic_keys) < len(fresh)  # the split names real parameters
+    assert not any(torch.equal(fresh[k], saved.policy.state_dict()[k]) for k in critic_keys if k.endswith("weight"))
+
+    copy_policy(saved, model, venv, critic=critic, what="init_from: pol")
+    state = model.policy.state_dict()
+    for key, value in saved.policy.state_dict().items():
+        expected = fresh[key] if key in critic_keys and not critic else value
+        assert torch.equal(state[key], expected), key
+    np.testing.assert_array_equal(venv.obs_rms.mean, np.asarray(saved.normalizer["mean"]))
+    assert venv.obs_rms.count == saved.normalizer["count"]
+    assert not model.policy.optimizer.state_dict()["state"]  # the optimiser starts afresh
+    venv.close()
+
+
+def test_a_run_started_from_a_saved_policy_fine_tunes_it_from_step_zero(
+    trained: tuple[Path, object], tmp_path: Path
+) -> None:
+    tmp, first = trained
+    start = load_policy(tmp / "pol")
+    ppo = dataclasses.replace(TINY_PPO, gamma=1.0)
+    result = train_policy(_config(tmp_path, timesteps=32, n_envs=1, ppo=ppo, init_from=tmp / "pol", init_critic=False))
+    assert result.timesteps == 32  # a new run: its own step count, not the saved policy's
+    tuned = load_policy(tmp_path / "pol")
+    record = tuned.metadata["training"]["initialised_from"]
+    assert record["sha256"] == start.metadata["sha256"] and record["critic"] == "fresh"
+    assert record["timesteps"] == first.timesteps and record["gamma"] == 0.99 and record["reward"]["mode"] == "val_acc"
+    changed = [k for k, v in start.policy.state_dict().items() if not torch.equal(tuned.policy.state_dict()[k], v)]
+    assert changed, "the PPO update moved the weights"
+    # the normaliser went on from the saved statistics
+    assert tuned.normalizer["count"] > start.normalizer["count"]
 
 
 def _stacked_2(saved: Any) -> bool:
