@@ -90,16 +90,7 @@ def _plain(data: Any) -> Any:
     return json.loads(json.dumps(data, default=str))
 
 
-def check_resume(
-    ckpt: Checkpoint,
-    spec: EnvSpec,
-    net_arch: Any,
-    activation: str,
-    *,
-    allow_spec_change: bool,
-    frame_stack: int = 1,
-    lstm_hidden_size: int = 0,
-) -> None:
+def check_resume(ckpt: Checkpoint, spec: EnvSpec, ppo: Any, *, allow_spec_change: bool) -> None:
     """Refuse to resume a checkpoint of another spec (unless allowed) or another network."""
     if ckpt.spec is not None:
         same = ckpt.spec == _plain(spec.to_dict())
@@ -113,25 +104,13 @@ def check_resume(
         if not allow_spec_change:
             raise RLAgentError(f"{message}; resume with the same spec, or pass --allow-spec-change to record both")
         logger.warning("%s; continuing (allow_spec_change)", message)
-    check_same_network(
-        ckpt.policy, f"resume: {ckpt.path}", spec, net_arch, activation,
-        frame_stack=frame_stack, lstm_hidden_size=lstm_hidden_size,
-    )  # fmt: skip
+    check_same_network(ckpt.policy, f"resume: {ckpt.path}", spec, ppo)
 
 
-def check_same_network(
-    saved: SavedPolicy,
-    label: str,
-    spec: EnvSpec,
-    net_arch: Any,
-    activation: str,
-    *,
-    frame_stack: int = 1,
-    lstm_hidden_size: int = 0,
-    normalize_obs: bool | None = None,
-) -> None:
-    """Refuse a saved policy whose network, history, actions (or, if given, observation
-    normalisation) differ from this run's; errors start with ``label``."""
+def check_same_network(saved: SavedPolicy, label: str, spec: EnvSpec, ppo: Any) -> None:
+    """Refuse a saved policy whose network, history, actions or observation normalisation differ
+    from this run's (``ppo``: its ``PPOSettings``); errors start with ``label``."""
+    net_arch, activation, frame_stack = ppo.net_arch, ppo.activation, ppo.frame_stack
     option = "resume" if label.startswith("resume") else "start from it"
     arch = saved.metadata["architecture"]
     want = {"pi": list(net_arch), "vf": list(net_arch)}
@@ -145,18 +124,18 @@ def check_same_network(
             f"{option} with --frame-stack {saved.frame_stack}"
         )
     lstm = arch.get("lstm_hidden_size", 0)
-    if lstm != lstm_hidden_size:
+    if lstm != ppo.lstm_hidden_size:
         raise RLAgentError(
             f"{label} has an LSTM of {lstm} units (0: none), this run lstm_hidden_size = "
-            f"{lstm_hidden_size}; {option} with --lstm {lstm}"
+            f"{ppo.lstm_hidden_size}; {option} with --lstm {lstm}"
         )
     kind = action_kind_of(saved.action_space)
     if kind != spec.episode.action:
         raise RLAgentError(f"{label} acts {kind}, spec {spec.name!r} asks for episode.action = {spec.episode.action!r}")
-    if normalize_obs is not None and (saved.normalizer is not None) != normalize_obs:
+    if (saved.normalizer is not None) != ppo.normalize_obs:
         raise RLAgentError(
             f"{label} was trained {'with' if saved.normalizer is not None else 'without'} observation "
-            f"normalisation, this run normalize_obs = {normalize_obs}"
+            f"normalisation, this run normalize_obs = {ppo.normalize_obs}"
         )
 
 
@@ -170,11 +149,7 @@ def check_init(config: Any, spec: EnvSpec) -> SavedPolicy:
         saved = load_policy(config.init_from)
     except PolicyFileError as exc:
         raise RLAgentError(f"init_from: {exc}") from None
-    check_same_network(
-        saved, f"init_from: {config.init_from}", spec, config.ppo.net_arch, config.ppo.activation,
-        frame_stack=config.ppo.frame_stack, lstm_hidden_size=config.ppo.lstm_hidden_size,
-        normalize_obs=config.ppo.normalize_obs,
-    )  # fmt: skip
+    check_same_network(saved, f"init_from: {config.init_from}", spec, config.ppo)
     return saved
 
 
@@ -205,10 +180,6 @@ def check_training(config: Any, *, check_devices_: bool = True) -> Preflight:
     if config.resume:
         clean_stale(Path(config.resume))
         ckpt = find_checkpoint(config.resume)
-        check_resume(
-            ckpt, spec, config.ppo.net_arch, config.ppo.activation,
-            allow_spec_change=config.allow_spec_change, frame_stack=config.ppo.frame_stack,
-            lstm_hidden_size=config.ppo.lstm_hidden_size,
-        )  # fmt: skip
+        check_resume(ckpt, spec, config.ppo, allow_spec_change=config.allow_spec_change)
     init = check_init(config, spec) if getattr(config, "init_from", None) else None
     return Preflight(spec, seed, out, run_dir, ckpt, init)
