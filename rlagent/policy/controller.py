@@ -75,8 +75,9 @@ def action_kind(policy: SavedPolicy) -> str:
 
 
 def trained_start(policy: SavedPolicy | Mapping[str, Any]) -> str | None:
-    """``"probe"`` if the policy's training episodes all started at the LR probe's LR (a spec with
-    ``episode.init_lr = "probe"``), else None: then it runs from the probe unless given an LR.
+    """``"probe"`` if the policy's spec starts runs at the LR probe's LR (``episode.init_lr =
+    "probe"``: every named workload, and the ``probe_fraction`` share of procedural draws), else
+    None. A policy trained so runs from the probe unless given an LR.
 
     ``policy``: a loaded policy, or its ``policy.json`` as read (for a policy this version may not load).
     """
