@@ -141,10 +141,6 @@ def check_same_network(saved: SavedPolicy, label: str, spec: EnvSpec, ppo: Any) 
 
 def check_init(config: Any, spec: EnvSpec) -> SavedPolicy:
     """The saved policy ``config.init_from`` names, checked to fit this run's network."""
-    if config.resume:
-        raise SpecError(
-            "init_from", str(config.init_from), "not given with resume (a checkpoint already holds the weights)"
-        )
     try:
         saved = load_policy(config.init_from)
     except PolicyFileError as exc:
@@ -181,5 +177,5 @@ def check_training(config: Any, *, check_devices_: bool = True) -> Preflight:
         clean_stale(Path(config.resume))
         ckpt = find_checkpoint(config.resume)
         check_resume(ckpt, spec, config.ppo, allow_spec_change=config.allow_spec_change)
-    init = check_init(config, spec) if getattr(config, "init_from", None) else None
+    init = check_init(config, spec) if config.init_from else None
     return Preflight(spec, seed, out, run_dir, ckpt, init)

@@ -191,6 +191,10 @@ class TrainConfig:
             raise SpecError("population", self.population, "an integer >= 1, or None")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise SpecError("max_minutes", self.max_minutes, "a number > 0")
+        if self.init_from is not None and self.resume:
+            raise SpecError("init_from", str(self.init_from), "not given with resume (a checkpoint holds the weights)")
+        if not self.init_critic and self.init_from is None:
+            raise SpecError("init_critic (--fresh-critic)", self.init_critic, "True unless init_from is given")
 
 
 @dataclass

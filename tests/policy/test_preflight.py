@@ -131,7 +131,6 @@ def test_a_policy_to_start_from_must_fit_the_run(run: Path, tmp_path: Path) -> N
     policy = run / "pol"
     assert check_training(_config(tmp_path, init_from=policy)).init is not None
     refusals = {
-        "not given with resume": dict(resume=run / "run" / "checkpoints"),
         r"has net_arch \{'pi': \[8\], 'vf': \[8\]\} with tanh, this run \{'pi': \[16\]": dict(
             ppo=PPOSettings(net_arch=(16,))
         ),

@@ -277,6 +277,13 @@ def test_bad_training_config_names_the_field(field: str, value: object) -> None:
         TrainConfig(**{field: value})
 
 
+def test_a_start_policy_is_refused_with_resume_and_a_fresh_critic_without_one(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="init_from: .*not given with resume"):
+        _config(tmp_path, init_from=tmp_path / "pol", resume=tmp_path / "run")
+    with pytest.raises(SpecError, match=r"init_critic \(--fresh-critic\): got False; expected True unless init_from"):
+        _config(tmp_path, init_critic=False)
+
+
 def test_bad_ppo_settings_name_the_field() -> None:
     with pytest.raises(SpecError, match="ppo.activation"):
         PPOSettings(activation="sigmoid")
