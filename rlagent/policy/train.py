@@ -364,10 +364,8 @@ def train_policy(config: TrainConfig, *, venv: VecEnv | None = None) -> TrainRes
         resumed: dict[str, Any] = {}
         if checked.init is not None:
             copy_policy(checked.init, model, norm, critic=config.init_critic, what=f"init_from: {config.init_from}")
-            logger.info(
-                "started from policy %s (critic %s)", config.init_from, "copied" if config.init_critic else "fresh"
-            )
             resumed = {"initialised_from": _init_record(checked.init, config)}
+            logger.info("started from policy %s (critic %s)", config.init_from, resumed["initialised_from"]["critic"])
         if checked.checkpoint is not None:
             ckpt = checked.checkpoint
             done = restore_checkpoint(ckpt, model, norm)
