@@ -139,6 +139,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "--fresh-critic", action="store_true",
         help="with --init-from, start a new value network (for another reward or gamma)",
     )  # fmt: skip
+    p.add_argument(
+        "--critic-warmup", type=int, default=c.critic_warmup, metavar="STEPS",
+        help="with --init-from, train only the value network for the first STEPS env steps",
+    )  # fmt: skip
     p.add_argument("--tensorboard", default=None, help="TensorBoard log directory")
     p.add_argument(
         "--checkpoint-every", type=int, default=c.checkpoint_every, help="env steps between checkpoints (0: none)"
@@ -180,6 +184,7 @@ def run_training(args: argparse.Namespace, command: str) -> TrainResult:
         checkpoint_every=args.checkpoint_every, ppo=ppo, progress=not args.no_progress,
         metadata={"command": command}, max_minutes=args.max_minutes, allow_spec_change=args.allow_spec_change,
         population=args.population, init_from=args.init_from, init_critic=not args.fresh_critic,
+        critic_warmup=args.critic_warmup,
     )  # fmt: skip
     venv = None
     if args.backend == "ray":

@@ -28,6 +28,7 @@ from rlagent.errors import ClusterLostError, SpecError, is_number
 from rlagent.policy._checks import _ACTIVATIONS, _MAX_LAYERS, _MAX_LSTM, _MAX_WIDTH
 from rlagent.policy.checkpoints import (
     CHECKPOINT_FORMAT,
+    CRITIC_PREFIXES,
     copy_policy,
     latest_checkpoint,
     list_checkpoints,
@@ -160,6 +161,11 @@ class TrainConfig:
     init_critic: bool = True
     """With ``init_from``, copy the value network too; False starts a fresh one, for a run whose
     returns differ from the saved policy's (another reward or γ: its critic predicts the wrong thing)."""
+    critic_warmup: int = 0
+    """With ``init_from``: for this many env steps at the start only the value network learns; the
+    actor's weights and the observation statistics stay as saved, so the first policy updates
+    follow advantages from a critic fitted to the saved policy's own returns, not a fresh one's noise.
+    A run resumed from a checkpoint inside the warm-up trains everything from there."""
     tensorboard: str | Path | None = None
     """TensorBoard log directory, or None."""
     checkpoint_every: int = 2_000
@@ -195,6 +201,10 @@ class TrainConfig:
             raise SpecError("init_from", str(self.init_from), "not given with resume (a checkpoint holds the weights)")
         if not self.init_critic and self.init_from is None:
             raise SpecError("init_critic (--fresh-critic)", self.init_critic, "True unless init_from is given")
+        if not isinstance(self.critic_warmup, int) or not 0 <= self.critic_warmup < self.timesteps:
+            raise SpecError("critic_warmup", self.critic_warmup, f"an integer in [0, timesteps={self.timesteps})")
+        if self.critic_warmup and self.init_from is None:
+            raise SpecError("critic_warmup", self.critic_warmup, "0 unless init_from is given")
 
 
 @dataclass
@@ -213,6 +223,47 @@ class TrainResult:
     mean_final_val_acc: float
     """Mean final validation accuracy over the last 50 training episodes."""
     slots: list[WorkerSlot]
+
+
+class CriticWarmup(BaseCallback):
+    """Trains only the value network until ``steps`` env steps: the actor's parameters get no
+    gradient and the observation normaliser stops updating, so the rollouts come from the start
+    policy exactly as saved. From the first rollout that ends at or past ``steps`` on, all learns."""
+
+    def __init__(self, steps: int, venv: VecNormalize | None) -> None:
+        super().__init__()
+        self.steps = steps
+        self.venv = venv
+        self.frozen = False
+        if venv is not None:  # now: ``learn`` resets the envs before any callback hook runs
+            venv.training = False
+
+    def _actor(self) -> list[torch.nn.Parameter]:
+        return [p for name, p in self.model.policy.named_parameters() if not name.startswith(CRITIC_PREFIXES)]
+
+    def _set(self, frozen: bool) -> None:
+        for param in self._actor():
+            param.requires_grad_(not frozen)
+        if self.venv is not None:
+            self.venv.training = not frozen
+        self.frozen = frozen
+
+    def _on_training_start(self) -> None:
+        self._set(self.num_timesteps < self.steps)
+        if self.frozen:
+            logger.info("critic warm-up: only the value network learns for the first %d env steps", self.steps)
+
+    def _on_rollout_end(self) -> None:
+        if self.frozen and self.num_timesteps >= self.steps:
+            self._set(False)
+            logger.info("critic warm-up over at %d env steps: the actor learns from here", self.num_timesteps)
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_training_end(self) -> None:
+        if self.frozen:
+            self._set(False)
 
 
 class CheckpointEvery(BaseCallback):
@@ -309,6 +360,7 @@ def _init_record(saved: SavedPolicy, config: TrainConfig) -> dict[str, Any]:
         "policy": str(config.init_from),
         "sha256": saved.metadata.get("sha256"),
         "critic": "copied" if config.init_critic else "fresh",
+        "critic_warmup": config.critic_warmup,
         "spec_name": training.get("spec_name"),
         "timesteps": training.get("timesteps"),
         "reward": training.get("spec", {}).get("reward"),
@@ -379,6 +431,8 @@ def train_policy(config: TrainConfig, *, venv: VecEnv | None = None) -> TrainRes
         max_seconds = 60.0 * config.max_minutes if config.max_minutes else None
         monitor = TrainingMonitor(config.timesteps, run_dir / "training_log.csv", config.progress, max_seconds)
         callbacks: list[BaseCallback] = [monitor]
+        if config.critic_warmup:
+            callbacks.append(CriticWarmup(config.critic_warmup, norm))
         if config.checkpoint_every:
             callbacks.append(
                 CheckpointEvery(config.checkpoint_every, run_dir / "checkpoints", norm, config, spec_record)

@@ -17,7 +17,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from rlagent.config import load_spec
 from rlagent.errors import RLAgentError, SpecError
 from rlagent.features import FEATURE_NAMES
-from rlagent.policy.checkpoints import CRITIC_PREFIXES, checkpoint_policies, copy_policy
+from rlagent.policy.checkpoints import CRITIC_PREFIXES, checkpoint_policies, copy_policy, read_checkpoint
 from rlagent.policy.file import load_policy
 from rlagent.policy.train import (
     PPOSettings,
@@ -166,6 +166,39 @@ def test_a_run_started_from_a_saved_policy_fine_tunes_it_from_step_zero(
     assert changed, "the PPO update moved the weights"
     # the normaliser went on from the saved statistics
     assert tuned.normalizer["count"] > start.normalizer["count"]
+
+
+def test_a_critic_warmup_keeps_the_start_actor_and_statistics_until_its_step_count(
+    trained: tuple[Path, object], tmp_path: Path
+) -> None:
+    tmp, _ = trained
+    start = load_policy(tmp / "pol")
+    ppo = dataclasses.replace(TINY_PPO, gamma=1.0)
+    config = _config(
+        tmp_path, timesteps=48, n_envs=1, ppo=ppo, init_from=tmp / "pol", init_critic=False, critic_warmup=32
+    )
+    train_policy(config)
+    # rollouts of 16 steps: the one ending at 16 trains the critic alone; the checkpoint at step 32
+    # is written before the rollout ending there is trained on, so it holds that state
+    at_32 = read_checkpoint(tmp_path / "run" / "checkpoints" / "step-000000032").policy
+    tuned = load_policy(tmp_path / "pol")
+    assert tuned.metadata["training"]["initialised_from"]["critic_warmup"] == 32
+    start_state, warm_state, end_state = (p.policy.state_dict() for p in (start, at_32, tuned))
+    actor = [k for k in start_state if not k.startswith(CRITIC_PREFIXES)]
+    critic = [k for k in start_state if k.startswith(CRITIC_PREFIXES)]
+    assert all(torch.equal(warm_state[k], start_state[k]) for k in actor)
+    assert any(not torch.equal(warm_state[k], end_state[k]) for k in critic)
+    assert at_32.normalizer["count"] == start.normalizer["count"]
+    # past the warm-up, both learn and the statistics go on
+    assert any(not torch.equal(end_state[k], start_state[k]) for k in actor)
+    assert tuned.normalizer["count"] > start.normalizer["count"]
+
+
+def test_a_critic_warmup_needs_a_start_policy_and_fewer_steps_than_the_run(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="critic_warmup: got 8; expected 0 unless init_from"):
+        _config(tmp_path, critic_warmup=8)
+    with pytest.raises(SpecError, match=r"critic_warmup: got 64; expected an integer in \[0, timesteps=64\)"):
+        _config(tmp_path, critic_warmup=64, init_from=tmp_path / "pol")
 
 
 def _stacked_2(saved: Any) -> bool:
