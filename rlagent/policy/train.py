@@ -1,7 +1,7 @@
 """Train a tuning policy: stable-baselines3 PPO over a pool of HyperTune envs.
 
 PPO is used as-is; rlagent adds, through SB3's documented extension points, a progress/metrics
-callback, atomic checkpoints that never pickle, and a saved policy in the safe format of
+callback, atomic checkpoints that never pickle (:mod:`rlagent.policy.callbacks`), and a saved policy in the safe format of
 :mod:`rlagent.policy.file`.
 """
 
@@ -26,9 +26,9 @@ from stable_baselines3.common.vec_env import VecEnv, VecFrameStack, VecNormalize
 from rlagent._io import optional_import
 from rlagent.errors import ClusterLostError, SpecError, is_number
 from rlagent.policy._checks import _ACTIVATIONS, _MAX_LAYERS, _MAX_LSTM, _MAX_WIDTH
+from rlagent.policy.callbacks import CheckpointEvery, CriticWarmup
 from rlagent.policy.checkpoints import (
     CHECKPOINT_FORMAT,
-    CRITIC_PREFIXES,
     copy_policy,
     latest_checkpoint,
     list_checkpoints,
@@ -74,7 +74,7 @@ class PPOSettings:
     """Passes over each rollout."""
     learning_rate: float = 1e-3
     """Adam learning rate of the policy and value networks (1e-3 beat SB3's 3e-4 here: see
-    policies/default/README.md); with ``learning_rate_end``, the rate at the run's first step."""
+    policies/auc/README.md); with ``learning_rate_end``, the rate at the run's first step."""
     learning_rate_end: float | None = None
     """If set, the learning rate falls linearly from ``learning_rate`` at step 0 to this at the
     run's last step (``timesteps``), as SB3's ``LinearSchedule``; a resumed run is at the point of
@@ -223,77 +223,6 @@ class TrainResult:
     mean_final_val_acc: float
     """Mean final validation accuracy over the last 50 training episodes."""
     slots: list[WorkerSlot]
-
-
-class CriticWarmup(BaseCallback):
-    """Trains only the value network until ``steps`` env steps: the actor's parameters get no
-    gradient and the observation normaliser stops updating, so the rollouts come from the start
-    policy exactly as saved. From the first rollout that ends at or past ``steps`` on, all learns."""
-
-    def __init__(self, steps: int, venv: VecNormalize | None) -> None:
-        super().__init__()
-        self.steps = steps
-        self.venv = venv
-        self.frozen = False
-        if venv is not None:  # now: ``learn`` resets the envs before any callback hook runs
-            venv.training = False
-
-    def _actor(self) -> list[torch.nn.Parameter]:
-        return [p for name, p in self.model.policy.named_parameters() if not name.startswith(CRITIC_PREFIXES)]
-
-    def _set(self, frozen: bool) -> None:
-        for param in self._actor():
-            param.requires_grad_(not frozen)
-        if self.venv is not None:
-            self.venv.training = not frozen
-        self.frozen = frozen
-
-    def _on_training_start(self) -> None:
-        self._set(self.num_timesteps < self.steps)
-        if self.frozen:
-            logger.info("critic warm-up: only the value network learns for the first %d env steps", self.steps)
-
-    def _on_rollout_end(self) -> None:
-        if self.frozen and self.num_timesteps >= self.steps:
-            self._set(False)
-            logger.info("critic warm-up over at %d env steps: the actor learns from here", self.num_timesteps)
-
-    def _on_step(self) -> bool:
-        return True
-
-    def _on_training_end(self) -> None:
-        if self.frozen:
-            self._set(False)
-
-
-class CheckpointEvery(BaseCallback):
-    """Writes a checkpoint every ``every`` env steps (atomically; see :func:`save_checkpoint`)."""
-
-    def __init__(
-        self,
-        every: int,
-        directory: Path,
-        venv: VecNormalize | None,
-        config: TrainConfig,
-        spec: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__()
-        self.every = every
-        self.directory = directory
-        self.venv = venv
-        self.config = config
-        self.spec = spec
-        self._next = 0
-
-    def _on_training_start(self) -> None:
-        self._next = (self.num_timesteps // self.every + 1) * self.every
-
-    def _on_step(self) -> bool:
-        if self.num_timesteps >= self._next:
-            path = self.directory / f"step-{self.num_timesteps:09d}"
-            save_checkpoint(path, self.model, self.venv, self.config, self.spec)
-            self._next += self.every
-        return True
 
 
 def build_ppo(venv: VecEnv, settings: PPOSettings, seed: int, tensorboard: str | Path | None) -> PPO:
