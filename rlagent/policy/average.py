@@ -1,7 +1,7 @@
 """Average the weights of several checkpoints of one PPO run into one policy.
 
 Checkpoints of one run a few thousand steps apart score several points apart on validation
-draws (policies/default/README.md): PPO's iterate wanders around a region of good policies. The
+draws (policies/auc/README.md): PPO's iterate wanders around a region of good policies. The
 mean of the weights of the last few checkpoints (stochastic weight averaging, Izmailov et al.
 2018; Polyak averaging) sits nearer that region's centre than any one iterate, and is one more
 candidate for :func:`rlagent.policy.select.select_policy` to choose on validation draws, not a

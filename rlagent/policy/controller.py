@@ -105,6 +105,7 @@ class Controller:
     :meth:`observe`, which returns the LR and batch size for the next epoch::
 
         ctl = Controller("default", num_classes=10, epochs=15)
+        ctl.probe_model(model, (x_train, y_train))  # the default policy starts from the LR probe
         lr, bs = ctl.start(val_loss=2.30, val_acc=0.10)
         for epoch in range(15):
             ...  # one epoch at lr, bs

@@ -1,7 +1,7 @@
 """Choose a policy among candidates on validation draws, then confirm the choice on fresh draws.
 
 Checkpoints of one PPO run a few thousand steps apart score several points apart on the same
-validation draws (policies/default/README.md), so "which checkpoint, which run" is a choice to
+validation draws (policies/auc/README.md), so "which checkpoint, which run" is a choice to
 make on data, not the step where a time limit stopped training. But the best of many candidates
 on the draws it was picked on is flattered by that pick (the winner's curse): its score there is
 partly noise that happened to favour it. So the choice is made in two stages on disjoint draws of

@@ -157,7 +157,7 @@ def compare_training_seeds(candidate: Sequence[float], baseline: Sequence[float]
 
     Each entry is one training run's mean final validation accuracy on the same draws. Pairing by
     draw removes the draws' noise but not the training run's: two runs that see the same
-    information can differ by several points (policies/default/README.md), so the standard error
+    information can differ by several points (policies/auc/README.md), so the standard error
     is Welch's, across training seeds: ``sqrt(var_c / n_c + var_b / n_b)``.
 
     Returns:
