@@ -150,15 +150,21 @@ def test_copying_a_saved_policy_takes_its_actor_normaliser_and_optionally_its_cr
     venv.close()
 
 
+def _fine_tune(trained: tuple[Path, object], tmp_path: Path, **kw: Any) -> tuple[Any, Any, Any]:
+    """Fine-tune the module's trained policy (fresh critic, γ 1): (start policy, result, tuned policy)."""
+    tmp, _ = trained
+    start = load_policy(tmp / "pol")
+    ppo = dataclasses.replace(TINY_PPO, gamma=1.0)
+    result = train_policy(_config(tmp_path, n_envs=1, ppo=ppo, init_from=tmp / "pol", init_critic=False, **kw))
+    return start, result, load_policy(tmp_path / "pol")
+
+
 def test_a_run_started_from_a_saved_policy_fine_tunes_it_from_step_zero(
     trained: tuple[Path, object], tmp_path: Path
 ) -> None:
-    tmp, first = trained
-    start = load_policy(tmp / "pol")
-    ppo = dataclasses.replace(TINY_PPO, gamma=1.0)
-    result = train_policy(_config(tmp_path, timesteps=32, n_envs=1, ppo=ppo, init_from=tmp / "pol", init_critic=False))
+    first = trained[1]
+    start, result, tuned = _fine_tune(trained, tmp_path, timesteps=32)
     assert result.timesteps == 32  # a new run: its own step count, not the saved policy's
-    tuned = load_policy(tmp_path / "pol")
     record = tuned.metadata["training"]["initialised_from"]
     assert record["sha256"] == start.metadata["sha256"] and record["critic"] == "fresh"
     assert record["timesteps"] == first.timesteps and record["gamma"] == 0.99 and record["reward"]["mode"] == "val_acc"
@@ -171,26 +177,21 @@ def test_a_run_started_from_a_saved_policy_fine_tunes_it_from_step_zero(
 def test_a_critic_warmup_keeps_the_start_actor_and_statistics_until_its_step_count(
     trained: tuple[Path, object], tmp_path: Path
 ) -> None:
-    tmp, _ = trained
-    start = load_policy(tmp / "pol")
-    ppo = dataclasses.replace(TINY_PPO, gamma=1.0)
-    config = _config(
-        tmp_path, timesteps=48, n_envs=1, ppo=ppo, init_from=tmp / "pol", init_critic=False, critic_warmup=32
-    )
-    train_policy(config)
-    # rollouts of 16 steps: the one ending at 16 trains the critic alone; the checkpoint at step 32
-    # is written before the rollout ending there is trained on, so it holds that state
-    at_32 = read_checkpoint(tmp_path / "run" / "checkpoints" / "step-000000032").policy
-    tuned = load_policy(tmp_path / "pol")
+    start, _, tuned = _fine_tune(trained, tmp_path, timesteps=48, critic_warmup=32, checkpoint_every=16)
+    # rollouts of 16 steps; a checkpoint at step N is written before the rollout ending there is
+    # trained on: step 16 holds the untrained run, step 32 the run after one critic-only update
+    at_16, at_32 = (
+        read_checkpoint(tmp_path / "run" / "checkpoints" / f"step-{n:09d}").policy for n in (16, 32)
+    )  # fmt: skip
     assert tuned.metadata["training"]["initialised_from"]["critic_warmup"] == 32
-    start_state, warm_state, end_state = (p.policy.state_dict() for p in (start, at_32, tuned))
+    start_state, before, warm, end = (p.policy.state_dict() for p in (start, at_16, at_32, tuned))
     actor = [k for k in start_state if not k.startswith(CRITIC_PREFIXES)]
     critic = [k for k in start_state if k.startswith(CRITIC_PREFIXES)]
-    assert all(torch.equal(warm_state[k], start_state[k]) for k in actor)
-    assert any(not torch.equal(warm_state[k], end_state[k]) for k in critic)
+    assert all(torch.equal(warm[k], start_state[k]) and torch.equal(before[k], start_state[k]) for k in actor)
+    assert any(not torch.equal(warm[k], before[k]) for k in critic), "the critic learnt during the warm-up"
     assert at_32.normalizer["count"] == start.normalizer["count"]
     # past the warm-up, both learn and the statistics go on
-    assert any(not torch.equal(end_state[k], start_state[k]) for k in actor)
+    assert any(not torch.equal(end[k], start_state[k]) for k in actor)
     assert tuned.normalizer["count"] > start.normalizer["count"]
 
 
