@@ -1,8 +1,8 @@
 """Train a tuning policy: stable-baselines3 PPO over a pool of HyperTune envs.
 
 PPO is used as-is; rlagent adds, through SB3's documented extension points, a progress/metrics
-callback, atomic checkpoints that never pickle (:mod:`rlagent.policy.callbacks`), and a saved policy in the safe format of
-:mod:`rlagent.policy.file`.
+callback, atomic checkpoints that never pickle and a critic warm-up (:mod:`rlagent.policy.callbacks`),
+and a saved policy in the safe format of :mod:`rlagent.policy.file`.
 """
 
 from __future__ import annotations
