@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import gymnasium as gym
@@ -362,6 +364,23 @@ USER_ERRORS = (RLAgentError, ValueError, OSError, ImportError)
 """Errors a command reports in one line (bad input, a missing file or extra); anything else is a bug."""
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Within the block, SIGTERM (``kill``, a scheduler's stop) ends the command as Ctrl-C does:
+    ``finally`` blocks and context managers run, so worker pools are shut down with it instead of
+    left running. The previous handler is restored on leaving. For a command's main thread only;
+    library code installs no handlers."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -369,7 +388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
-        args.func(args)
+        with sigterm_interrupts():
+            args.func(args)
     except USER_ERRORS as exc:
         print(f"rlagent {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -22,7 +22,7 @@ import logging
 import sys
 from pathlib import Path
 
-from rlagent.cli import USER_ERRORS
+from rlagent.cli import USER_ERRORS, sigterm_interrupts
 from rlagent.errors import SpecError
 from rlagent.policy.checkpoints import checkpoint_policies
 from rlagent.policy.select import DEFAULT_STARTS, select_policy
@@ -76,20 +76,27 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("rlagent.policy.validate").setLevel(logging.WARNING)
     try:
-        if args.every < 0 or args.n_workers < 1:
-            raise SpecError("--every / --n-workers", (args.every, args.n_workers), ">= 0 and >= 1")
-        starts = DEFAULT_STARTS
-        if args.start:
-            starts = tuple(None if s == "own" else parse_start(s) for s in args.start)
-        candidates = expand(args.candidates, args.every)
-        out = Path(args.out)
-        selection = select_policy(
-            candidates, args.incumbent, args.spec, starts=starts, n_select=args.select_draws,
-            n_confirm=args.confirm_draws, n_workers=args.n_workers, store=out,
-        )  # fmt: skip
+        with sigterm_interrupts():
+            if args.every < 0 or args.n_workers < 1:
+                raise SpecError("--every / --n-workers", (args.every, args.n_workers), ">= 0 and >= 1")
+            starts = DEFAULT_STARTS
+            if args.start:
+                starts = tuple(None if s == "own" else parse_start(s) for s in args.start)
+            candidates = expand(args.candidates, args.every)
+            out = Path(args.out)
+            selection = select_policy(
+                candidates, args.incumbent, args.spec, starts=starts, n_select=args.select_draws,
+                n_confirm=args.confirm_draws, n_workers=args.n_workers, store=out,
+            )  # fmt: skip
     except USER_ERRORS as err:
         print(f"select_policy.py: error: {err}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print(
+            f"select_policy.py: interrupted; the finished reports in {args.out} are read back on the next run",
+            file=sys.stderr,
+        )
+        sys.exit(130)
     (out / "selection.md").write_text(selection.to_markdown())
     (out / "selection.json").write_text(json.dumps(selection.to_dict(), indent=1))
     print(selection.to_markdown())

@@ -24,7 +24,7 @@ import logging
 import sys
 from pathlib import Path
 
-from rlagent.cli import USER_ERRORS
+from rlagent.cli import USER_ERRORS, sigterm_interrupts
 from rlagent.config import load_spec
 from rlagent.policy.checkpoints import checkpoint_policies
 from rlagent.policy.validate import parse_start, start_suffix, validate_policy
@@ -44,23 +44,30 @@ def main() -> None:
     if args.every < 0 or args.draws < 1 or args.n_workers < 1:
         parser.error(f"--every >= 0, --draws >= 1, --n-workers >= 1; got {args.every}, {args.draws}, {args.n_workers}")
     try:
-        start = parse_start(args.start) if args.start else None
-        spec = load_spec(args.spec)
-        chosen = checkpoint_policies(args.checkpoints, args.every)
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        suffix = start_suffix(start)
-        rows = []
-        for step, path in chosen:
-            report = validate_policy(
-                path, spec, n_draws=args.draws, n_workers=args.n_workers, start=start,
-                store=out / f"{path.parent.name}{suffix}.json",
-            )  # fmt: skip
-            rows.append({"step": step, **report.summary()})
-            print(json.dumps(rows[-1]), flush=True)
+        with sigterm_interrupts():
+            start = parse_start(args.start) if args.start else None
+            spec = load_spec(args.spec)
+            chosen = checkpoint_policies(args.checkpoints, args.every)
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            suffix = start_suffix(start)
+            rows = []
+            for step, path in chosen:
+                report = validate_policy(
+                    path, spec, n_draws=args.draws, n_workers=args.n_workers, start=start,
+                    store=out / f"{path.parent.name}{suffix}.json",
+                )  # fmt: skip
+                rows.append({"step": step, **report.summary()})
+                print(json.dumps(rows[-1]), flush=True)
     except USER_ERRORS as err:
         print(f"validate_checkpoints.py: error: {err}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print(
+            f"validate_checkpoints.py: interrupted; the finished results in {args.out} are read back on the next run",
+            file=sys.stderr,
+        )
+        sys.exit(130)
     where = f", all from LR {start['lr']:g} / batch {start['batch_size']}" if start else ""
     lines = [
         f"Checkpoints of `{args.checkpoints}` on {args.draws} validation draws of `{spec.name}`{where}.",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
 
-from rlagent.cli import main
+from rlagent.cli import main, sigterm_interrupts
 
 
 def test_workloads_json(capsys: pytest.CaptureFixture[str]) -> None:
@@ -64,3 +66,11 @@ def test_bad_spec_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["rollout", "--spec", str(path)]) == 2
     err = capsys.readouterr().err
     assert "episode.epochs: got 'ten'" in err and err.count("\n") == 1
+
+
+def test_sigterm_interrupts_within_the_block_and_the_previous_handler_returns() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"), sigterm_interrupts():
+        os.kill(os.getpid(), signal.SIGTERM)
+        pytest.fail("SIGTERM did not interrupt")  # the handler raises before this line
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -10,7 +10,6 @@ size held constant, so a score says how much the policy adds on that draw.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import json
 import logging
 import math
@@ -261,8 +260,11 @@ def validate_policy(
         draws = [_run_draw(*a) for a in args]
     else:
         ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
-        with cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
-            draws = list(pool.map(_run_draw, *zip(*args)))
+        # A multiprocessing pool, not a concurrent.futures one: leaving its block terminates the
+        # workers, so an interrupted validation (Ctrl-C, or SIGTERM through the scripts'
+        # handler) stops their draws instead of leaving them running.
+        with ctx.Pool(n_workers) as pool:
+            draws = pool.starmap(_run_draw, args, chunksize=1)
     for d in draws:
         logger.info("draw %d %s: policy %.3f, constant %.3f", d.seed, d.workload, d.val_acc, d.constant_val_acc)
     report = ValidationReport(draws)

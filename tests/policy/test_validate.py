@@ -6,6 +6,10 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -145,3 +149,62 @@ def test_compare_training_seeds_refuses_bad_scores(candidate: list, baseline: li
         compare_training_seeds(candidate, baseline)
     for word in words:
         assert word in str(info.value)
+
+
+def _process_tree(root: int) -> dict[int, int]:
+    """Live descendants of ``root`` by depth (1: children), read from /proc; zombies left out."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                state, ppid = (entry / "stat").read_text().rpartition(")")[2].split()[:2]
+            except OSError:
+                continue  # gone meanwhile
+            if state != "Z":
+                parents[int(entry.name)] = int(ppid)
+    depth: dict[int, int] = {}
+    frontier = {root: 0}
+    while frontier:
+        frontier = {pid: d + 1 for pid, ppid in parents.items() for p, d in frontier.items() if ppid == p}
+        depth.update(frontier)
+    return depth
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads the process tree from /proc")
+def test_sigterm_stops_a_selection_and_its_draw_workers(tiny_policy: Path, tmp_path: Path) -> None:
+    """``kill`` of a running selection ends it with one line and takes its pool's workers with it
+    (a concurrent.futures pool left them running their draws)."""
+    script = Path(__file__).parents[2] / "scripts" / "select_policy.py"
+    command = [
+        sys.executable, str(script), f"cand={tiny_policy}", "--incumbent", str(tiny_policy),
+        "--spec", "tiny-procedural", "--select-draws", "400", "--n-workers", "2", "--out", str(tmp_path),
+    ]  # fmt: skip
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, tree = time.monotonic() + 120, {}
+        # the pool's workers: the forkserver's children (depth 2), or the script's own (spawn)
+        while sum(d >= 1 for d in tree.values()) < 3 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            tree = _process_tree(proc.pid)
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(1.0)  # let the workers take their first draws
+        tree = _process_tree(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("select_policy.py: interrupted")
+    deadline = time.monotonic() + 30
+    alive = set(tree)
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = {pid for pid in alive if _alive(pid)}
+    assert not alive, f"still running after SIGTERM: {sorted(alive)}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
