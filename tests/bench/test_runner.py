@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +24,7 @@ from rlagent.bench.runner import (
 from rlagent.cli import main
 from rlagent.config import load_spec
 from rlagent.errors import SpecError
+from tests._processes import HAS_PROC, process_tree, still_alive
 from tests._user_workload import write_broken_spec
 
 METHODS = ["policy", "open-loop", "constant", "random"]
@@ -181,3 +186,36 @@ def test_benchmark_workers_route_optuna_logs_through_logging(
     finally:
         optuna.logging.enable_default_handler()
         optuna.logging.disable_propagation()
+
+
+@pytest.mark.skipif(not HAS_PROC, reason="reads the process tree from /proc")
+def test_sigterm_stops_a_benchmark_at_once_and_keeps_its_finished_trials(tmp_path: Path) -> None:
+    """``kill`` ends ``rlagent bench`` with one line: its queued tasks are cancelled and its
+    running ones stopped (before, every task already handed to the pool ran to the end first),
+    the trials already written stay, and a rerun reuses them."""
+    results = tmp_path / "bench"
+    command = [
+        sys.executable, "-m", "rlagent.cli", "bench", "--spec", "tiny", "--methods", "constant",
+        "--epochs", "30", "--seeds", "200", "--n-workers", "2", "--no-progress", "--results", str(results),
+    ]  # fmt: skip
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(results.glob("trials/*.json")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()[1]
+        tree = process_tree(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "rlagent bench: interrupted"
+    assert not still_alive(tree, timeout=30)
+    written = sorted(results.glob("trials/*.json"))
+    assert 1 <= len(written) < 50  # of 200 tasks, all handed to the pool at the start
+    seeds = sorted(int(path.stem.rpartition("seed")[2]) for path in written)
+    again = run_benchmark(
+        BenchConfig(spec="tiny", methods=["constant"], seeds=seeds, epochs=30, results_dir=results, progress=False)
+    )
+    assert again.trials_run == 0 and again.trials_reused == len(written)

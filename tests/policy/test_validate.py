@@ -28,6 +28,7 @@ from rlagent.policy.validate import (
     validate_policy,
     validation_seeds,
 )
+from tests._processes import HAS_PROC, process_tree, still_alive
 
 
 def test_validation_seeds_are_fixed_per_spec_and_distinct() -> None:
@@ -151,26 +152,7 @@ def test_compare_training_seeds_refuses_bad_scores(candidate: list, baseline: li
         assert word in str(info.value)
 
 
-def _process_tree(root: int) -> dict[int, int]:
-    """Live descendants of ``root`` by depth (1: children), read from /proc; zombies left out."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                state, ppid = (entry / "stat").read_text().rpartition(")")[2].split()[:2]
-            except OSError:
-                continue  # gone meanwhile
-            if state != "Z":
-                parents[int(entry.name)] = int(ppid)
-    depth: dict[int, int] = {}
-    frontier = {root: 0}
-    while frontier:
-        frontier = {pid: d + 1 for pid, ppid in parents.items() for p, d in frontier.items() if ppid == p}
-        depth.update(frontier)
-    return depth
-
-
-@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads the process tree from /proc")
+@pytest.mark.skipif(not HAS_PROC, reason="reads the process tree from /proc")
 def test_sigterm_stops_a_selection_and_its_draw_workers(tiny_policy: Path, tmp_path: Path) -> None:
     """``kill`` of a running selection ends it with one line and takes its pool's workers with it
     (a concurrent.futures pool left them running their draws)."""
@@ -185,26 +167,15 @@ def test_sigterm_stops_a_selection_and_its_draw_workers(tiny_policy: Path, tmp_p
         # the pool's workers: the forkserver's children (depth 2), or the script's own (spawn)
         while sum(d >= 1 for d in tree.values()) < 3 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
-            tree = _process_tree(proc.pid)
+            tree = process_tree(proc.pid)
         assert proc.poll() is None, proc.communicate()[1]
         time.sleep(1.0)  # let the workers take their first draws
-        tree = _process_tree(proc.pid)
+        tree = process_tree(proc.pid)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1].startswith("select_policy.py: interrupted")
-    deadline = time.monotonic() + 30
-    alive = set(tree)
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.2)
-        alive = {pid for pid in alive if _alive(pid)}
-    assert not alive, f"still running after SIGTERM: {sorted(alive)}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return False
+    left = still_alive(tree, timeout=30)
+    assert not left, f"still running after SIGTERM: {sorted(left)}"
