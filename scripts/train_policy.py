@@ -17,7 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
-from rlagent.cli import USER_ERRORS, add_train_arguments, run_training
+from rlagent.cli import USER_ERRORS, add_train_arguments, run_training, sigterm_interrupts
 
 
 def plot_curve(log_csv: Path, png: Path, episodes: int = 25, max_lines: int = 6) -> None:
@@ -57,7 +57,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     try:
-        result = run_training(args, "python " + " ".join(sys.argv))
+        with sigterm_interrupts():
+            result = run_training(args, "python " + " ".join(sys.argv))
     except USER_ERRORS as exc:
         sys.exit(f"train_policy.py: error: {exc}")
     except KeyboardInterrupt:
