@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 HAS_PROC = Path("/proc/self/stat").is_file()
@@ -44,3 +46,27 @@ def still_alive(pids: Iterable[int], timeout: float) -> set[int]:
         time.sleep(0.2)
         left = {pid for pid in left if alive(pid)}
     return left
+
+
+def sigterm_when(
+    command: Sequence[str], ready: Callable[[subprocess.Popen[str]], bool], *, settle: float = 0.0
+) -> tuple[int, str, dict[int, int]]:
+    """Run ``command``, send it SIGTERM once ``ready(process)`` holds (polled for up to 120 s)
+    and ``settle`` seconds more have passed, and wait for it to end (30 s at most).
+
+    Returns:
+        Its exit status, its stderr, and its descendants (:func:`process_tree`) just before the signal.
+    """
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready(proc) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None, f"it ended before it was stopped: {proc.communicate()[1]}"
+        time.sleep(settle)
+        tree = process_tree(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    return proc.returncode, err, tree

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +21,7 @@ from rlagent.bench.runner import (
 from rlagent.cli import main
 from rlagent.config import load_spec
 from rlagent.errors import SpecError
-from tests._processes import HAS_PROC, process_tree, still_alive
+from tests._processes import HAS_PROC, sigterm_when, still_alive
 from tests._user_workload import write_broken_spec
 
 METHODS = ["policy", "open-loop", "constant", "random"]
@@ -198,18 +195,8 @@ def test_sigterm_stops_a_benchmark_at_once_and_keeps_its_finished_trials(tmp_pat
         sys.executable, "-m", "rlagent.cli", "bench", "--spec", "tiny", "--methods", "constant",
         "--epochs", "30", "--seeds", "200", "--n-workers", "2", "--no-progress", "--results", str(results),
     ]  # fmt: skip
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not list(results.glob("trials/*.json")) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert proc.poll() is None, proc.communicate()[1]
-        tree = process_tree(proc.pid)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, err
+    code, err, tree = sigterm_when(command, lambda _proc: any(results.glob("trials/*.json")))
+    assert code == 130, err
     assert err.strip().splitlines()[-1] == "rlagent bench: interrupted"
     assert not still_alive(tree, timeout=30)
     written = sorted(results.glob("trials/*.json"))

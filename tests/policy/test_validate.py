@@ -6,10 +6,7 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +25,7 @@ from rlagent.policy.validate import (
     validate_policy,
     validation_seeds,
 )
-from tests._processes import HAS_PROC, process_tree, still_alive
+from tests._processes import HAS_PROC, process_tree, sigterm_when, still_alive
 
 
 def test_validation_seeds_are_fixed_per_spec_and_distinct() -> None:
@@ -161,21 +158,11 @@ def test_sigterm_stops_a_selection_and_its_draw_workers(tiny_policy: Path, tmp_p
         sys.executable, str(script), f"cand={tiny_policy}", "--incumbent", str(tiny_policy),
         "--spec", "tiny-procedural", "--select-draws", "400", "--n-workers", "2", "--out", str(tmp_path),
     ]  # fmt: skip
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline, tree = time.monotonic() + 120, {}
-        # the pool's workers: the forkserver's children (depth 2), or the script's own (spawn)
-        while sum(d >= 1 for d in tree.values()) < 3 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-            tree = process_tree(proc.pid)
-        assert proc.poll() is None, proc.communicate()[1]
-        time.sleep(1.0)  # let the workers take their first draws
-        tree = process_tree(proc.pid)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, err
+    # ready once the pool's workers run: the forkserver's children, or the script's own (spawn)
+    code, err, tree = sigterm_when(
+        command, lambda proc: sum(d >= 1 for d in process_tree(proc.pid).values()) >= 3, settle=1.0
+    )
+    assert code == 130, err
     assert err.strip().splitlines()[-1].startswith("select_policy.py: interrupted")
     left = still_alive(tree, timeout=30)
     assert not left, f"still running after SIGTERM: {sorted(left)}"
