@@ -30,9 +30,10 @@ from rlagent.bench.methods import ALL_METHODS, RAY_METHODS, TrialContext
 from rlagent.config import EnvSpec
 from rlagent.errors import RLAgentError
 from rlagent.pool.devices import WorkerSlot, plan_workers
+from rlagent.pool.executor import ProcessExecutor
 from rlagent.pool.ray import actor_slot, connect_ray, import_ray, plan_ray_slots
 
-__all__ = ["Job", "ProcessExecutor", "RayTaskExecutor", "Task", "TrialError", "make_executor", "read_trial", "run_job"]
+__all__ = ["Job", "RayTaskExecutor", "Task", "TrialError", "make_executor", "read_trial", "run_job"]
 
 logger = logging.getLogger(__name__)
 
@@ -215,33 +216,6 @@ def process_executor(n_workers: int | None, devices: str | Sequence[str], n_task
         queue.put(slot)
     logger.info("benchmark workers: %s", [f"{s.device}x{s.num_threads}" for s in slots])
     return ProcessExecutor(max_workers=len(slots), mp_context=ctx, initializer=_init_worker, initargs=(queue,))
-
-
-class ProcessExecutor(cf.ProcessPoolExecutor):
-    """A process pool that an interrupt (Ctrl-C, or SIGTERM through the CLI) stops at once.
-
-    ``concurrent.futures`` leaves a pool's block by waiting for every task already submitted,
-    queued ones included, and a worker that Ctrl-C interrupts goes on to the next task: an
-    interrupted benchmark ran to its end. Here an interrupt cancels the queued tasks and
-    terminates the workers; the trials already written are kept, and the same command run again
-    reuses them. Any other exit shuts down as the base class does.
-    """
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
-        if exc_type is None or issubclass(exc_type, Exception):
-            return super().__exit__(exc_type, exc, tb)
-        # CPython keeps the workers and the thread that feeds them in these attributes (3.8 to
-        # 3.13; shutdown() drops them); there is no public way to stop a running worker.
-        processes = list((getattr(self, "_processes", None) or {}).values())
-        manager = getattr(self, "_executor_manager_thread", None)
-        self.shutdown(wait=False, cancel_futures=True)
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.join(timeout=10)
-        if manager is not None:
-            manager.join(timeout=10)
-        return False
 
 
 class RayTaskExecutor(cf.Executor):

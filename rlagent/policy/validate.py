@@ -29,6 +29,7 @@ from rlagent.errors import SpecError, is_int, is_number
 from rlagent.features import FEATURE_NAMES
 from rlagent.policy.controller import action_kind
 from rlagent.policy.file import SavedPolicy, load_policy
+from rlagent.pool.executor import ProcessExecutor
 
 logger = logging.getLogger(__name__)
 
@@ -260,11 +261,8 @@ def validate_policy(
         draws = [_run_draw(*a) for a in args]
     else:
         ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
-        # A multiprocessing pool, not a concurrent.futures one: leaving its block terminates the
-        # workers, so an interrupted validation (Ctrl-C, or SIGTERM through the scripts'
-        # handler) stops their draws instead of leaving them running.
-        with ctx.Pool(n_workers) as pool:
-            draws = pool.starmap(_run_draw, args, chunksize=1)
+        with ProcessExecutor(max_workers=n_workers, mp_context=ctx) as pool:  # an interrupt stops the workers
+            draws = list(pool.map(_run_draw, *zip(*args)))
     for d in draws:
         logger.info("draw %d %s: policy %.3f, constant %.3f", d.seed, d.workload, d.val_acc, d.constant_val_acc)
     report = ValidationReport(draws)
