@@ -13,16 +13,18 @@ issue 11: within 2 points). Test accuracy is only reported here; nothing is sele
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import json
 import multiprocessing as mp
 import statistics
+import sys
 from pathlib import Path
 
 import torch
 
+from rlagent.cli import sigterm_interrupts
 from rlagent.config import load_spec
 from rlagent.policy.reuse import run_policy
+from rlagent.pool.executor import ProcessExecutor
 
 CORNERS = ((1e-4, 16), (1e-4, 512), (1e-1, 16), (1e-1, 512))
 
@@ -52,8 +54,11 @@ def main() -> None:
     starts = [(None, None), *CORNERS, *(PROBES if args.probe else ())]
     jobs = [(args.policy, args.spec, w, s, lr, bs) for w in workloads for s in range(args.seeds) for lr, bs in starts]
     ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
-    with cf.ProcessPoolExecutor(args.workers, mp_context=ctx) as pool:
-        rows = list(pool.map(one, *zip(*jobs)))
+    try:
+        with sigterm_interrupts(), ProcessExecutor(args.workers, mp_context=ctx) as pool:  # a kill stops the workers
+            rows = list(pool.map(one, *zip(*jobs)))
+    except KeyboardInterrupt:
+        sys.exit("policy_starts.py: interrupted")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rows, indent=1))
