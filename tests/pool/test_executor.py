@@ -24,7 +24,7 @@ def test_an_interrupt_cancels_the_queued_tasks_and_terminates_the_running_ones()
             time.sleep(0.05)
         workers = list(pool._processes.values())
         raise KeyboardInterrupt
-    # the base class would wait for all six minutes' worth of sleeps and end its workers normally
+    # the base class would wait out all six 60-s sleeps (3 min on 2 workers) and end its workers normally
     assert [w.exitcode for w in workers] == [-signal.SIGTERM] * 2
     assert sum(f.cancelled() for f in futures) >= 2  # some were still queued in the parent
     assert all(f.done() for f in futures)
