@@ -267,7 +267,8 @@ class EnvSpec:
         """A plain-data form (JSON/TOML-able) that :func:`spec_from_dict` reads back.
 
         The hidden LR scale's fields are left out while off (``lr_scale`` 1, ``lr_scale_range``
-        [1, 1]), the sampler's ``first`` while ``dataset`` and its ``start_lr_range`` while unset, so a spec that does not use them
+        [1, 1], ``probe_sees_lr_scale`` true, ``probe_lr_scale`` unset), the sampler's ``first``
+        while ``dataset`` and its ``start_lr_range`` while unset, so a spec that does not use them
         reads as it did before they existed: records made with it (checkpoints, benchmark trial
         files) still match.
         """
@@ -280,9 +281,13 @@ class EnvSpec:
                 del train["first"]
             if train.get("start_lr_range") is None:
                 del train["start_lr_range"]
+            if train.get("probe_sees_lr_scale") is True:
+                del train["probe_sees_lr_scale"]
         for workload in data["workloads"].get("define", {}).values():
             if workload.get("lr_scale") == 1.0:
                 del workload["lr_scale"]
+            if workload.get("probe_lr_scale", 0) is None:
+                del workload["probe_lr_scale"]
         return data
 
 

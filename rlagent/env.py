@@ -225,7 +225,8 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         )  # fmt: skip
         probe = None
         if probe_start:
-            probe, hp = start_from_probe(self.trainer, hp, seed=probe_seed(episode_seed, options.get("replica", 0)))
+            p_seed = probe_seed(episode_seed, options.get("replica", 0))
+            probe, hp = start_from_probe(self.trainer, hp, seed=p_seed, lr_scale=wl.probe_lr_scale)
         lr, bs = hp.lr, hp.batch_size
         self.hparams = hp
         self.workload, self.data = wl, data

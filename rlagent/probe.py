@@ -59,6 +59,7 @@ def probe_lr(
     seed: int,
     steps: int = PROBE_STEPS,
     batch_size: int = PROBE_BATCH_SIZE,
+    lr_scale: float | None = None,
 ) -> Probe:
     """Run an LR range test on a copy of ``trainer``'s model and return its minimum-loss LR.
 
@@ -68,6 +69,8 @@ def probe_lr(
         seed: Seeds the probe's minibatch order and dropout, so a probe is reproducible.
         steps: Minibatches at most.
         batch_size: Their size (capped by the training split).
+        lr_scale: The hidden step-size multiplier the probe trains at (default: the run's own
+            ``trainer.lr_scale``); the LRs it reports are before it.
 
     Raises:
         SpecError: Naming the argument, if ``steps`` < 2, ``batch_size`` < 1 or the range is not
@@ -80,6 +83,7 @@ def probe_lr(
         raise SpecError("steps", steps, "an integer >= 2")
     if batch_size < 1:
         raise SpecError("batch_size", batch_size, "an integer >= 1")
+    scale = trainer.lr_scale if lr_scale is None else float(lr_scale)
     split: Split = trainer.train_split
     # One deepcopy of both: the copied optimiser then steps the copied model's parameters.
     model, optimizer = copy.deepcopy((trainer.model, trainer.optimizer))
@@ -98,7 +102,7 @@ def probe_lr(
         for i in range(steps):
             lr = low * ratio**i
             for group in optimizer.param_groups:
-                group["lr"] = lr * trainer.lr_scale
+                group["lr"] = lr * scale
             idx = torch.randint(n, (bs,), generator=gen).to(split.x.device)
             loss = trainer.loss_fn(model(split.x[idx]), split.y[idx])
             optimizer.zero_grad(set_to_none=True)
@@ -131,11 +135,13 @@ def probe_start_lr(probe: Probe, lr_range: tuple[float, float]) -> float:
     return float(min(max(probe.lr / START_DIVISOR, lr_range[0]), lr_range[1]))
 
 
-def start_from_probe(trainer: Trainer, hparams: HParams, *, seed: int) -> tuple[Probe, HParams]:
-    """Probe ``trainer``'s run (:func:`probe_lr` over ``hparams``' LR range) and start it at the
-    LR the probe points to: ``trainer.lr`` is set, and the probe and ``hparams`` at that LR (batch
-    size kept) are returned."""
-    probe = probe_lr(trainer, hparams.lr_range, seed=seed)
+def start_from_probe(
+    trainer: Trainer, hparams: HParams, *, seed: int, lr_scale: float | None = None
+) -> tuple[Probe, HParams]:
+    """Probe ``trainer``'s run (:func:`probe_lr` over ``hparams``' LR range, at ``lr_scale``) and
+    start it at the LR the probe points to: ``trainer.lr`` is set, and the probe and ``hparams`` at
+    that LR (batch size kept) are returned."""
+    probe = probe_lr(trainer, hparams.lr_range, seed=seed, lr_scale=lr_scale)
     hparams = hparams.with_values(probe_start_lr(probe, hparams.lr_range), hparams.batch_size)
     trainer.lr = hparams.lr
     return probe, hparams

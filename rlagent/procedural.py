@@ -110,6 +110,12 @@ class ProceduralSpec:
     the range's ratio, so a policy must find the LR from how the run responds rather than
     remember one good value (domain randomisation of the LR's scale)."""
 
+    probe_sees_lr_scale: bool = True
+    """Whether an LR probe of a draw trains at its hidden LR scale (true, the default) or at scale 1
+    (false: ``WorkloadSpec.probe_lr_scale = 1``). False makes the probe misjudge the run's best LR
+    by the hidden scale, as a short range test misjudges the LR a recurrent net stays stable at
+    over a whole run: a policy must then check the probe's start against how the run responds."""
+
     start_lr_range: tuple[float, float] | None = None
     """Range a draw's initial LR is drawn from, log-uniform; None (the default) uses the
     episode's whole LR range. Narrowed towards the top of that range it trains on more runs that
@@ -134,6 +140,12 @@ class ProceduralSpec:
             if not all(math.isfinite(v) for v in scales):
                 raise SpecError("workloads.train.lr_scale_range", list(scales), "a pair of finite numbers")
         object.__setattr__(self, "lr_scale_range", tuple(float(v) for v in scales))
+        if not isinstance(self.probe_sees_lr_scale, bool):
+            raise SpecError("workloads.train.probe_sees_lr_scale", self.probe_sees_lr_scale, "true or false")
+        if not self.probe_sees_lr_scale and self.lr_scale_range == (1.0, 1.0):
+            raise SpecError(
+                "workloads.train.probe_sees_lr_scale", False, "true unless lr_scale_range is other than [1, 1]"
+            )
         if self.start_lr_range is not None:
             check_range("workloads.train.start_lr_range", self.start_lr_range, positive=True)
             if not all(math.isfinite(v) for v in self.start_lr_range):
@@ -382,8 +394,12 @@ def sample_task(
         init_bs = int(sizes[int(rng.integers(len(sizes)))])
         if sampler.lr_scale_range != (1.0, 1.0):  # drawn last: the rest of a draw stays as without it
             scale = round(log_uniform(rng, sampler.lr_scale_range), 4)
+            blind = "" if sampler.probe_sees_lr_scale else " (not seen by the LR probe)"
             workload = dataclasses.replace(
-                workload, lr_scale=scale, description=f"{workload.description}, hidden LR scale ×{scale:g}"
+                workload,
+                lr_scale=scale,
+                probe_lr_scale=None if sampler.probe_sees_lr_scale else 1.0,
+                description=f"{workload.description}, hidden LR scale ×{scale:g}{blind}",
             )
         return Task(workload, init_lr, init_bs, est)
     raise SpecError(

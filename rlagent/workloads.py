@@ -73,6 +73,11 @@ class WorkloadSpec:
     """Hidden step-size multiplier: the optimiser steps at ``lr × lr_scale`` while tuners see and
     set ``lr``. 1 for real workloads; procedural draws may randomise it so that the best LR of a
     run cannot be read from the LR alone (see ``ProceduralSpec.lr_scale_range``)."""
+    probe_lr_scale: float | None = None
+    """The step-size multiplier an LR probe of this run trains at; None (the default) is the run's
+    own ``lr_scale``. Another value makes the probe misjudge the run's LR by the ratio of the two,
+    as a short range test misjudges the LR a long run stays stable at (see
+    ``ProceduralSpec.probe_sees_lr_scale``)."""
 
     def __post_init__(self) -> None:
         where = f"workload {self.name!r}"
@@ -96,6 +101,9 @@ class WorkloadSpec:
         scale = self.lr_scale
         if not is_number(scale) or not 0 < scale < math.inf:
             raise SpecError(f"{where}.lr_scale", scale, "a finite number > 0")
+        probe_scale = self.probe_lr_scale
+        if probe_scale is not None and (not is_number(probe_scale) or not 0 < probe_scale < math.inf):
+            raise SpecError(f"{where}.probe_lr_scale", probe_scale, "a finite number > 0, or unset")
         if not (isinstance(self.epochs, int) and self.epochs >= 1):
             raise SpecError(f"{where}.epochs", self.epochs, "an integer >= 1")
         check_range(f"{where}.lr_range", self.lr_range, positive=True)

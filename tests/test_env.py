@@ -18,7 +18,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import rlagent
 from rlagent import ENV_ID, FEATURE_NAMES, HyperTuneEnv, SpecError
-from rlagent.config import EnvSpec, load_spec, resolve_spec_path
+from rlagent.config import EnvSpec, load_spec, resolve_spec_path, spec_from_dict
 from rlagent.env import BS_FACTORS, LR_FACTORS, action_kind_of, action_space, decode_action, hold_action
 
 ENV_IDS = [i for i in gym.registry if i.startswith("rlagent/")]
@@ -404,6 +404,24 @@ def test_probe_start_sets_the_first_lr_and_leaves_the_run_as_it_was() -> None:
     for a, b in zip(probed, plain):
         assert a["val_acc"] == b["val_acc"] and a["train_loss"] == b["train_loss"]
         assert a["samples_seen"] == b["samples_seen"] + info["probe_samples"]
+
+
+def test_a_probe_blind_draw_starts_the_hidden_scale_off_the_probe() -> None:
+    """With ``probe_sees_lr_scale = false`` the probe of a hot draw points where it would on the
+    same draw unscaled, while the run itself steps at the hidden scale."""
+    train = {"sampler": "procedural", "lr_scale_range": [3.0, 5.0]}
+    seen = HyperTuneEnv(spec_from_dict({"episode": {"init_lr": "probe"}, "workloads": {"train": train}}))
+    train = {**train, "probe_sees_lr_scale": False}
+    blind = HyperTuneEnv(spec_from_dict({"episode": {"init_lr": "probe"}, "workloads": {"train": train}}))
+    plain_train = {"sampler": "procedural"}
+    plain = HyperTuneEnv(spec_from_dict({"episode": {"init_lr": "probe"}, "workloads": {"train": plain_train}}))
+    _, p = plain.reset(seed=3)
+    _, s = seen.reset(seed=3)
+    _, b = blind.reset(seed=3)
+    assert b["probe_lr"] == p["probe_lr"] and b["lr"] == p["lr"]
+    assert s["probe_lr"] != p["probe_lr"]
+    scale = blind.workload.lr_scale
+    assert 3.0 <= scale <= 5.0 and blind.trainer.step_lr == pytest.approx(scale * b["lr"])
 
 
 def test_spec_init_lr_may_be_probe() -> None:

@@ -70,6 +70,19 @@ def test_probe_reads_a_hidden_step_size_scale() -> None:
     assert hot < plain / 3
 
 
+def test_probe_may_train_at_another_scale_than_the_run() -> None:
+    """``lr_scale=1`` on a hot run probes as on a plain one (same minimum), and the run's own
+    scale is the default: the probe is then blind to how hot the run is."""
+    plain = probe_lr(_trainer("sgd"), RANGE, seed=0)
+    assert probe_lr(_trainer("sgd", lr_scale=10.0), RANGE, seed=0, lr_scale=1.0) == plain
+    assert probe_lr(_trainer("sgd"), RANGE, seed=0, lr_scale=10.0) == probe_lr(
+        _trainer("sgd", lr_scale=10.0), RANGE, seed=0
+    )
+    trainer = _trainer("sgd", lr_scale=10.0)
+    probe_lr(trainer, RANGE, seed=0, lr_scale=1.0)
+    assert trainer.lr_scale == 10.0 and trainer.step_lr == pytest.approx(1e-2)  # the run keeps its own
+
+
 def test_start_lr_is_a_tenth_of_the_minimum_kept_in_range() -> None:
     probe = Probe(lr=0.05, lrs=(0.05,), losses=(1.0,), samples=32)
     assert probe_start_lr(probe, RANGE) == pytest.approx(0.005)

@@ -101,6 +101,8 @@ def test_default_spec_draws_only_training_families() -> None:
         ({"lr_scale_range": [2, 1]}, "workloads.train.lr_scale_range", "(2, 1)"),
         ({"lr_scale_range": 5}, "workloads.train.lr_scale_range", "a pair"),
         ({"first": "optimizer"}, "workloads.train.first", "'optimizer'"),
+        ({"probe_sees_lr_scale": "no"}, "workloads.train.probe_sees_lr_scale", "true or false"),
+        ({"probe_sees_lr_scale": False}, "workloads.train.probe_sees_lr_scale", "lr_scale_range is other than"),
         ({"start_lr_range": [0.1, 0.01]}, "workloads.train.start_lr_range", "(0.1, 0.01)"),
         ({"start_lr_range": [1e-3, 1.0]}, "workloads.train.start_lr_range", "inside the episode's LR range"),
     ],
@@ -135,6 +137,22 @@ def test_hidden_lr_scale_is_off_by_default_and_drawn_last_when_on() -> None:
     assert "lr_scale_range" not in default["workloads"]["train"]
     assert all("lr_scale" not in w for w in default["workloads"]["define"].values())
     assert spec_from_dict(default) == load_spec("default")
+
+
+def test_a_probe_blind_scale_changes_only_what_the_probe_trains_at() -> None:
+    seen = ProceduralSpec(lr_scale_range=(0.25, 4.0))
+    blind = ProceduralSpec(lr_scale_range=(0.25, 4.0), probe_sees_lr_scale=False)
+    for seed in range(10):
+        a, b = sample_task(seed, seen), sample_task(seed, blind)
+        assert a.workload.probe_lr_scale is None and b.workload.probe_lr_scale == 1.0
+        assert "not seen by the LR probe" in b.workload.description
+        assert dataclasses.replace(b.workload, probe_lr_scale=None, description=a.workload.description) == a.workload
+    train = {"lr_scale_range": [0.25, 4.0], "probe_sees_lr_scale": False}
+    spec = spec_from_dict({"workloads": {"train": train}})
+    assert spec.workloads.sampler == blind and spec_from_dict(spec.to_dict()) == spec
+    default = load_spec("default").to_dict()
+    assert "probe_sees_lr_scale" not in default["workloads"]["train"]
+    assert all("probe_lr_scale" not in w for w in default["workloads"]["define"].values())
 
 
 def test_start_lr_range_moves_only_the_initial_lr() -> None:
