@@ -73,8 +73,8 @@ def probe_lr(
             ``trainer.lr_scale``); the LRs it reports are before it.
 
     Raises:
-        SpecError: Naming the argument, if ``steps`` < 2, ``batch_size`` < 1 or the range is not
-            two numbers 0 < low < high.
+        SpecError: Naming the argument, if ``steps`` < 2, ``batch_size`` < 1, ``lr_scale`` is not a
+            finite number > 0, or the range is not two numbers 0 < low < high.
     """
     low, high = float(lr_range[0]), float(lr_range[1])
     if not (math.isfinite(low) and math.isfinite(high) and 0 < low < high):
@@ -83,6 +83,8 @@ def probe_lr(
         raise SpecError("steps", steps, "an integer >= 2")
     if batch_size < 1:
         raise SpecError("batch_size", batch_size, "an integer >= 1")
+    if lr_scale is not None and not (isinstance(lr_scale, (int, float)) and 0 < lr_scale < math.inf):
+        raise SpecError("lr_scale", lr_scale, "a finite number > 0, or None for the run's own")
     scale = trainer.lr_scale if lr_scale is None else float(lr_scale)
     split: Split = trainer.train_split
     # One deepcopy of both: the copied optimiser then steps the copied model's parameters.

@@ -92,7 +92,13 @@ def test_start_lr_is_a_tenth_of_the_minimum_kept_in_range() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
-    [({"lr_range": (0.3, 1e-4)}, "lr_range"), ({"steps": 1}, "steps"), ({"batch_size": 0}, "batch_size")],
+    [
+        ({"lr_range": (0.3, 1e-4)}, "lr_range"),
+        ({"steps": 1}, "steps"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"lr_scale": 0.0}, "lr_scale"),
+        ({"lr_scale": float("inf")}, "lr_scale"),
+    ],
 )
 def test_bad_arguments_are_named(kwargs: dict, field: str) -> None:
     args = {"lr_range": RANGE, **kwargs}
