@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from rlagent.datasets import Split
-from rlagent.errors import SpecError
+from rlagent.errors import SpecError, is_number
 from rlagent.training import HParams, Trainer, seeded_global_rng
 
 logger = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def probe_lr(
         raise SpecError("steps", steps, "an integer >= 2")
     if batch_size < 1:
         raise SpecError("batch_size", batch_size, "an integer >= 1")
-    if lr_scale is not None and not (isinstance(lr_scale, (int, float)) and 0 < lr_scale < math.inf):
+    if lr_scale is not None and not (is_number(lr_scale) and 0 < lr_scale < math.inf):
         raise SpecError("lr_scale", lr_scale, "a finite number > 0, or None for the run's own")
     scale = trainer.lr_scale if lr_scale is None else float(lr_scale)
     split: Split = trainer.train_split
