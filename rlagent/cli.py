@@ -226,6 +226,7 @@ def _cmd_run_policy(args: argparse.Namespace) -> None:
     result = run_policy(
         args.policy, args.workload, spec=args.spec, seed=args.seed, epochs=args.epochs,
         device=args.device, num_threads=args.threads, lr=args.lr, batch_size=args.batch_size,
+        start_check=not args.no_start_check,
     )  # fmt: skip
     role = (
         "held-out" if result["heldout"] else "TRAINED ON by this policy" if result["trained_on"] else "not in the spec"
@@ -243,6 +244,7 @@ def _cmd_run_policy(args: argparse.Namespace) -> None:
         f"final val acc {result['final_val_acc']:.4f}; test acc {result['test_acc']:.4f}"
         + ("; DIVERGED" if result["diverged"] else "")
         + (f"; the probe's minimum-loss LR {result['probe_lr']:.2e}" if result["probe_lr"] is not None else "")
+        + (f"; --lr {args.lr:g} is above it: started at the probe's LR" if result["start_replaced"] else "")
     )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -265,6 +267,10 @@ def _add_run_policy(sub: argparse._SubParsersAction, name: str = "run-policy", d
         help="first epoch's LR instead of the spec's, or 'probe': a short LR range test on a copy of the run picks it",
     )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=None, help="first epoch's batch size instead of the spec's")
+    p.add_argument(
+        "--no-start-check", action="store_true",
+        help="keep a numeric --lr as given (default: one above the LR probe's minimum-loss LR starts at the probe's LR)",
+    )  # fmt: skip
     p.add_argument("--out", default=None, help="write the run as JSON here")
     p.set_defaults(func=_cmd_run_policy)
 

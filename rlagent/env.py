@@ -14,7 +14,7 @@ from gymnasium import spaces
 from rlagent.config import ACTIONS, EnvSpec, load_spec, spec_from_dict
 from rlagent.errors import SpecError, is_number
 from rlagent.features import FEATURE_NAMES, OBS_HIGH, OBS_LOW, RunTracker
-from rlagent.probe import probe_seed, start_from_probe
+from rlagent.probe import checked_start, probe_seed, start_from_probe
 from rlagent.training import HParams, Trainer, run_epoch
 from rlagent.workloads import Data, Source, WorkloadSpec, make_run
 
@@ -26,7 +26,7 @@ WIDE_LR_FACTORS = (1 / 16, 0.25, 0.5, 1.0, 2.0, 4.0, 16.0)
 """``discrete-wide`` action 0: as :data:`LR_FACTORS` plus ×1/16 and ×16, so one epoch can undo
 a start that is far off."""
 _LR_FACTORS_OF = {"discrete": LR_FACTORS, "discrete-wide": WIDE_LR_FACTORS}
-RESET_OPTIONS = ("workload", "lr", "batch_size", "replica")
+RESET_OPTIONS = ("workload", "lr", "batch_size", "replica", "start_check")
 
 
 def action_space(kind: str) -> spaces.Space:
@@ -105,7 +105,10 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
     ``init_lr = "probe"`` (or the reset option ``"lr": "probe"``) a short LR range test on a copy
     of the run sets the first LR to its minimum-loss LR ÷ 10 (:mod:`rlagent.probe`; the run
     itself is untouched by it); ``info`` then holds ``probe_lr`` and ``probe_samples``, and
-    those samples count in ``samples_seen``.
+    those samples count in ``samples_seen``. With the reset option ``"start_check": True`` a
+    numeric first LR is checked by the same probe (:func:`rlagent.probe.checked_start`): one above
+    the probe's minimum-loss LR is replaced by the probe's start, any other kept; ``info`` then
+    holds ``probe_lr``, ``probe_samples`` and ``start_replaced``.
 
     ## Episode End
     Terminated when the epoch budget is spent — the budget is part of the task and the agent
@@ -131,7 +134,8 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
     ``reset(options={"workload": name, "lr": x, "batch_size": b})`` picks a workload
     (held-out ones included, e.g. for evaluation) and initial values for one episode;
     ``"replica": r`` (r >= 1) keeps the seed's data split but draws other initial weights and
-    shuffling (:func:`rlagent.workloads.run_seeds`), e.g. for best-of-k runs on one task.
+    shuffling (:func:`rlagent.workloads.run_seeds`), e.g. for best-of-k runs on one task;
+    ``"start_check": True`` checks the first LR against the LR probe (see Starting State).
 
     ## Version History
     * v0: Initial version; procedural training sets and more optimiser families added without
@@ -223,10 +227,12 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             run.model, data.train, optimizer=wl.optimizer, optimizer_args=wl.optimizer_args,
             lr=hp.lr, batch_size=hp.batch_size, generator=run.generator, lr_scale=wl.lr_scale,
         )  # fmt: skip
-        probe = None
+        probe, replaced = None, None
+        p_seed = probe_seed(episode_seed, options.get("replica", 0))
         if probe_start:
-            p_seed = probe_seed(episode_seed, options.get("replica", 0))
             probe, hp = start_from_probe(self.trainer, hp, seed=p_seed, lr_scale=wl.probe_lr_scale)
+        elif options.get("start_check", False):
+            probe, hp, replaced = checked_start(self.trainer, hp, seed=p_seed, lr_scale=wl.probe_lr_scale)
         lr, bs = hp.lr, hp.batch_size
         self.hparams = hp
         self.workload, self.data = wl, data
@@ -253,6 +259,8 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         }
         if probe is not None:
             info["probe_lr"], info["probe_samples"] = probe.lr, probe.samples
+        if replaced is not None:
+            info["start_replaced"] = replaced
         return obs, info
 
     def _initial_values(self, wl: WorkloadSpec, n_train: int, options: Mapping[str, Any]) -> tuple[HParams, bool]:
@@ -272,6 +280,8 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             raise SpecError("reset options.lr", lr, "a number > 0, 'sample' or 'probe'")
         if not isinstance(bs, (int, np.integer)) or isinstance(bs, bool) or bs < 1:
             raise SpecError("reset options.batch_size", bs, "an integer >= 1")
+        if not isinstance(options.get("start_check", False), bool):
+            raise SpecError("reset options.start_check", options["start_check"], "true or false")
         return ranges.with_values(float(lr), int(bs)), probe
 
     def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:

@@ -9,6 +9,10 @@ and dropout stream are what they were, and it trains exactly as without the prob
 
 The LR of the minimum smoothed loss is no LR to train at (it sits just below divergence); the
 practitioner's rule divides it by 10 (:func:`probe_start_lr`).
+
+A start chosen by hand can be checked the same way (:func:`checked_start`): one above the probe's
+minimum-loss LR is past where this run's loss stops falling, and one epoch there can wreck it
+before a policy gets to act, so it is replaced by the probe's start; any other is kept.
 """
 
 from __future__ import annotations
@@ -147,3 +151,26 @@ def start_from_probe(
     hparams = hparams.with_values(probe_start_lr(probe, hparams.lr_range), hparams.batch_size)
     trainer.lr = hparams.lr
     return probe, hparams
+
+
+def checked_start(
+    trainer: Trainer, hparams: HParams, *, seed: int, lr_scale: float | None = None
+) -> tuple[Probe, HParams, bool]:
+    """Check a given start LR against a probe of ``trainer``'s run (:func:`probe_lr`).
+
+    A start above the probe's minimum-loss LR — where the short test's loss already rises — is
+    replaced by the probe's start (:func:`probe_start_lr`) and ``trainer.lr`` set to it; any
+    other start is kept as it is, so a low start stays for a policy to raise. The batch size is
+    kept either way.
+
+    Returns:
+        The probe, the hparams to start from, and whether the start was replaced.
+    """
+    probe = probe_lr(trainer, hparams.lr_range, seed=seed, lr_scale=lr_scale)
+    if hparams.lr <= probe.lr:
+        return probe, hparams, False
+    logger.info("start LR %.3g is above the probe's minimum-loss LR %.3g: starting at %.3g", hparams.lr, probe.lr,
+                probe_start_lr(probe, hparams.lr_range))  # fmt: skip
+    hparams = hparams.with_values(probe_start_lr(probe, hparams.lr_range), hparams.batch_size)
+    trainer.lr = hparams.lr
+    return probe, hparams, True

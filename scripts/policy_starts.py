@@ -7,7 +7,9 @@ Starts: the spec's default (LR 1e-3, batch 32 in ``default``) and the four corne
 at the spec's batch size and at 16 and 512. Each run is ``rlagent.policy.reuse.run_policy`` (the env's own run of the
 workload and seed, so runs pair across starts). Prints a markdown table of the mean test
 accuracy per workload and start, and each corner's difference from the default start (target,
-issue 11: within 2 points). Test accuracy is only reported here; nothing is selected on it.
+issue 11: within 2 points). A corner's LR is checked against the LR probe first, as
+``run_policy`` does by default (:func:`rlagent.probe.checked_start`); ``--no-start-check`` keeps
+it as given. Test accuracy is only reported here; nothing is selected on it.
 """
 
 from __future__ import annotations
@@ -32,11 +34,11 @@ CORNERS = ((1e-4, 16), (1e-4, 512), (1e-1, 16), (1e-1, 512))
 PROBES = (("probe", None), ("probe", 16), ("probe", 512))
 
 
-def one(policy: str, spec: str, workload: str, seed: int, lr: float | str | None, bs: int | None) -> dict:
+def one(policy: str, spec: str, workload: str, seed: int, lr: float | str | None, bs: int | None, check: bool) -> dict:
     torch.set_num_threads(1)
-    r = run_policy(policy, workload, spec=spec, seed=seed, lr=lr, batch_size=bs)
+    r = run_policy(policy, workload, spec=spec, seed=seed, lr=lr, batch_size=bs, start_check=check)
     return {"workload": workload, "seed": seed, "lr": lr, "batch_size": bs, "test_acc": r["test_acc"],
-            "diverged": r["diverged"]}  # fmt: skip
+            "diverged": r["diverged"], "start_replaced": r["start_replaced"]}  # fmt: skip
 
 
 def main() -> None:
@@ -48,11 +50,18 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--probe", action="store_true", help="add the LR probe's starts")
+    parser.add_argument(
+        "--no-start-check", action="store_true",
+        help="keep every corner's LR as given (default: one above the probe's minimum-loss LR is replaced by its start)",
+    )  # fmt: skip
     args = parser.parse_args()
     spec = load_spec(args.spec)
     workloads = args.workloads or list(spec.workloads.heldout)
     starts = [(None, None), *CORNERS, *(PROBES if args.probe else ())]
-    jobs = [(args.policy, args.spec, w, s, lr, bs) for w in workloads for s in range(args.seeds) for lr, bs in starts]
+    check = not args.no_start_check
+    jobs = [
+        (args.policy, args.spec, w, s, lr, bs, check) for w in workloads for s in range(args.seeds) for lr, bs in starts
+    ]
     ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
     try:
         with sigterm_interrupts(), ProcessExecutor(args.workers, mp_context=ctx) as pool:  # a kill stops the workers
@@ -81,6 +90,14 @@ def main() -> None:
         worst = min(accs[1:]) - accs[0]
         name = w or f"**mean** ({args.seeds} seeds)"
         print(f"| {name} | {' | '.join(f'{a:.3f}' for a in accs)} | {worst:+.3f} |")
+    checked = [r for r in rows if r["start_replaced"] is not None]
+    if checked:
+        replaced = {
+            s: sum(1 for r in checked if (r["lr"], r["batch_size"]) == s and r["start_replaced"]) for s in starts
+        }
+        print("\nstarts replaced by the start check (above the probe's minimum-loss LR): " + ", ".join(
+            f"{label[s]} {n} of {len(workloads) * args.seeds}" for s, n in replaced.items() if s[0] not in (None, "probe")
+        ))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ def main() -> None:
         "--start",
         action="append",
         metavar="own|LR,BS",
-        help="a start to score from (repeat; default: own, 0.1,16, 1e-4,512)",
+        help="a start to score from: own, LR,BS or LR,BS,check (checked against the LR probe); repeat; default: own, 0.1,16, 1e-4,512",
     )
     parser.add_argument("--select-draws", type=int, default=24)
     parser.add_argument("--confirm-draws", type=int, default=96)

@@ -291,6 +291,7 @@ def test_cost_weight_subtracts_steps() -> None:
         ({"lr": "fast"}, r"reset options\.lr.*'fast'"),
         ({"batch_size": 0}, r"reset options\.batch_size.*0"),
         ({"batch_size": 8.5}, r"reset options\.batch_size.*8\.5"),
+        ({"lr": 0.1, "start_check": "yes"}, r"reset options\.start_check.*'yes'"),
         ({"workload": "nope"}, r"workload.*'nope'"),
     ],
 )
@@ -404,6 +405,27 @@ def test_probe_start_sets_the_first_lr_and_leaves_the_run_as_it_was() -> None:
     for a, b in zip(probed, plain):
         assert a["val_acc"] == b["val_acc"] and a["train_loss"] == b["train_loss"]
         assert a["samples_seen"] == b["samples_seen"] + info["probe_samples"]
+
+
+def test_start_check_replaces_only_a_start_past_the_probes_minimum() -> None:
+    """``start_check``: LR 0.3 (above the probe's minimum-loss LR) becomes the probe's start, the
+    run then the one started there; the bottom of the range is kept as given, probe charged."""
+    env = HyperTuneEnv("tiny")
+    _, probed = env.reset(seed=0, options={"workload": "tiny-wide", "lr": "probe", "batch_size": 16})
+    _, hot = env.reset(seed=0, options={"workload": "tiny-wide", "lr": 0.3, "batch_size": 16, "start_check": True})
+    assert hot["start_replaced"] and hot["probe_lr"] == probed["probe_lr"] < 0.3
+    assert hot["lr"] == probed["lr"] and hot["probe_samples"] == probed["probe_samples"]
+    checked = env.step(np.array([2, 1]))[4]
+    env.reset(seed=0, options={"workload": "tiny-wide", "lr": "probe", "batch_size": 16})
+    assert env.step(np.array([2, 1]))[4] == checked
+    _, low = env.reset(seed=0, options={"workload": "tiny-wide", "lr": 1e-4, "batch_size": 16, "start_check": True})
+    assert low["start_replaced"] is False and low["lr"] == 1e-4
+    kept = env.step(np.array([2, 1]))[4]
+    _, plain = env.reset(seed=0, options={"workload": "tiny-wide", "lr": 1e-4, "batch_size": 16})
+    assert "start_replaced" not in plain and "probe_lr" not in plain
+    unchecked = env.step(np.array([2, 1]))[4]
+    assert kept["val_acc"] == unchecked["val_acc"] and kept["train_loss"] == unchecked["train_loss"]
+    assert kept["samples_seen"] == unchecked["samples_seen"] + low["probe_samples"]
 
 
 def test_a_probe_blind_draw_starts_the_hidden_scale_off_the_probe() -> None:

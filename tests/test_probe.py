@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from rlagent.errors import SpecError
-from rlagent.probe import PROBE_STEPS, Probe, probe_lr, probe_start_lr
-from rlagent.training import Trainer
+from rlagent.probe import PROBE_STEPS, Probe, checked_start, probe_lr, probe_start_lr
+from rlagent.training import HParams, Trainer
 from rlagent.workloads import Split
 
 RANGE = (1e-4, 0.3)
@@ -88,6 +88,19 @@ def test_start_lr_is_a_tenth_of_the_minimum_kept_in_range() -> None:
     assert probe_start_lr(probe, RANGE) == pytest.approx(0.005)
     assert probe_start_lr(Probe(lr=1e-4, lrs=(), losses=(), samples=0), RANGE) == RANGE[0]
     assert probe_start_lr(Probe(lr=9.0, lrs=(), losses=(), samples=0), RANGE) == RANGE[1]
+
+
+def test_checked_start_replaces_a_start_past_the_minimum_and_keeps_any_other() -> None:
+    minimum = probe_lr(_trainer(), RANGE, seed=2).lr
+    hot = HParams(minimum * 2, 64, RANGE, (16, 512), 400)
+    trainer = _trainer()
+    probe, hp, replaced = checked_start(trainer, hot, seed=2)
+    assert replaced and probe.lr == minimum
+    assert hp.lr == pytest.approx(probe_start_lr(probe, RANGE)) == trainer.lr and hp.batch_size == 64
+    for lr in (RANGE[0], minimum):  # at or below the minimum: the start stays for the policy to move
+        trainer = _trainer()
+        probe, hp, replaced = checked_start(trainer, HParams(lr, 16, RANGE, (16, 512), 400), seed=2)
+        assert not replaced and hp.lr == lr and trainer.lr == pytest.approx(1e-3) and probe.lr == minimum
 
 
 @pytest.mark.parametrize(

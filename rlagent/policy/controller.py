@@ -26,7 +26,7 @@ from rlagent.errors import PolicyFileError, RLAgentError, SpecError
 from rlagent.features import RunTracker
 from rlagent.policy._args import check_optimizer, check_split
 from rlagent.policy.file import SavedPolicy, load_policy
-from rlagent.probe import Probe, start_from_probe
+from rlagent.probe import Probe, checked_start, start_from_probe
 from rlagent.training import HParams, Trainer
 from rlagent.workloads import DEFAULT_BATCH_SIZE_RANGE, DEFAULT_LR_RANGE
 
@@ -157,12 +157,16 @@ class Controller:
         self.history: list[dict[str, float]] = []
         self.probe_result: Probe | None = None
         """What :meth:`probe` measured, if it ran."""
+        self.start_replaced: bool | None = None
+        """Whether :meth:`probe` with ``check`` replaced the first LR (None: no check ran)."""
 
-    def probe(self, trainer: Trainer, *, seed: int = 0) -> float:
+    def probe(self, trainer: Trainer, *, seed: int = 0, check: bool = False) -> float:
         """Set the first LR from a short LR range test on a copy of ``trainer``'s run.
 
         The run itself is untouched (:func:`rlagent.probe.probe_lr`); ``trainer.lr`` is set to
-        the probe's minimum-loss LR ÷ 10, kept in the range. Call it before :meth:`start`.
+        the probe's minimum-loss LR ÷ 10, kept in the range. With ``check``, the first LR is
+        kept unless it is above the probe's minimum-loss LR (:func:`rlagent.probe.checked_start`;
+        :attr:`start_replaced` says whether it was). Call it before :meth:`start`.
 
         Returns:
             The new LR.
@@ -172,7 +176,10 @@ class Controller:
         """
         if self.tracker.epoch > 0 or self.history:
             raise RuntimeError("Controller.probe: call it before the first epoch")
-        self.probe_result, self.hparams = start_from_probe(trainer, self.hparams, seed=seed)
+        if check:
+            self.probe_result, self.hparams, self.start_replaced = checked_start(trainer, self.hparams, seed=seed)
+        else:
+            self.probe_result, self.hparams = start_from_probe(trainer, self.hparams, seed=seed)
         return self.lr
 
     def probe_model(
@@ -183,11 +190,12 @@ class Controller:
         optimizer: str | torch.optim.Optimizer = "adam",
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         seed: int = 0,
+        check: bool = False,
     ) -> float:
         """:meth:`probe` for your own loop: the range test runs on a copy of ``model`` trained on
         ``train_data`` (``(x, y)`` tensors or arrays, or a ``TensorDataset``) with ``optimizer``
         (``"adam"``, ``"sgd"`` or an optimiser over ``model``'s parameters) at :attr:`batch_size`.
-        ``model`` is untouched; an optimiser given is set to the new LR.
+        ``model`` is untouched; an optimiser given is set to the new LR. ``check``: as :meth:`probe`.
 
         Returns:
             The new LR.
@@ -201,7 +209,7 @@ class Controller:
             model, train, optimizer=optimizer, lr=self.lr, batch_size=min(self.batch_size, len(train)),
             generator=torch.Generator().manual_seed(seed), loss_fn=loss_fn,
         )  # fmt: skip
-        return self.probe(trainer, seed=seed)
+        return self.probe(trainer, seed=seed, check=check)
 
     @property
     def lr(self) -> float:

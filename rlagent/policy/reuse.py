@@ -23,6 +23,7 @@ from torch import nn
 
 from rlagent.config import EnvSpec, load_spec
 from rlagent.env import HyperTuneEnv
+from rlagent.errors import SpecError
 from rlagent.policy._args import (
     check_device,
     check_hparams,
@@ -53,7 +54,9 @@ class TuneResult:
     """Accuracy on ``test_data`` after the last epoch, if it was given (never used to decide)."""
     diverged: bool = False
     probe_lr: float | None = None
-    """The minimum-loss LR of the probe that picked the first LR (None: ``lr`` was given)."""
+    """The minimum-loss LR of the probe that picked or checked the first LR (None: no probe ran)."""
+    start_replaced: bool | None = None
+    """Whether the start check replaced the ``lr`` given (None: no check ran)."""
 
 
 def train_with_policy(
@@ -73,6 +76,7 @@ def train_with_policy(
     num_classes: int | None = None,
     test_data: Any = None,
     seed: int = 0,
+    start_check: bool = True,
 ) -> TuneResult:
     """Train your own classifier with a saved policy choosing the LR and batch size every epoch.
 
@@ -96,6 +100,10 @@ def train_with_policy(
             label + 1 must equal the model's output width).
         test_data: Optional data evaluated once at the end, for reporting only.
         seed: Seed of the shuffling order.
+        start_check: Check an ``lr`` given as a number with that probe first: one above the probe's
+            minimum-loss LR (where the short test's loss already rises) is replaced by the
+            probe's start, any other kept (:func:`rlagent.probe.checked_start`). One epoch at
+            a start that high can wreck a run before the policy acts.
 
     Returns:
         The trained model, the per-epoch history and the final test accuracy.
@@ -108,6 +116,9 @@ def train_with_policy(
         PolicyFileError: If the policy cannot be loaded.
     """
     policy = resolve_policy(policy)
+    if not isinstance(start_check, bool):
+        raise SpecError("start_check", start_check, "true or false")
+    check = start_check and lr is not None and not isinstance(lr, str)  # an LR the caller chose
     if lr is None:
         lr = trained_start(policy) or 1e-3
     check_hparams(
@@ -131,9 +142,11 @@ def train_with_policy(
         model, train, optimizer=optimizer, lr=ctl.lr, batch_size=ctl.batch_size,
         generator=torch.Generator().manual_seed(seed), loss_fn=loss_fn,
     )  # fmt: skip
-    if probe:
-        ctl.probe(trainer, seed=probe_seed(seed))
-    result = TuneResult(model=model, probe_lr=ctl.probe_result.lr if ctl.probe_result else None)
+    if probe or check:
+        ctl.probe(trainer, seed=probe_seed(seed), check=check)
+    result = TuneResult(
+        model=model, probe_lr=ctl.probe_result.lr if ctl.probe_result else None, start_replaced=ctl.start_replaced
+    )
     first = trainer.evaluate(val)
     ctl.start(val_loss=first.loss, val_acc=first.acc)
     for _ in range(epochs):
@@ -171,6 +184,7 @@ def run_policy(
     replica: int = 0,
     lr: float | str | None = None,
     batch_size: int | None = None,
+    start_check: bool = True,
 ) -> dict[str, Any]:
     """One training run of ``workload`` with the policy choosing LR and batch size each epoch.
 
@@ -179,13 +193,18 @@ def run_policy(
     initial weights and shuffling (the env's ``reset`` option of that name). ``lr`` and
     ``batch_size`` replace the spec's initial values (e.g. to check robustness to a bad start);
     ``lr="probe"`` starts from an LR range test on a copy of the run (:mod:`rlagent.probe`), and
-    is the default for a policy trained from probe starts (:func:`trained_start`).
+    is the default for a policy trained from probe starts (:func:`trained_start`). With
+    ``start_check`` (default) a numeric ``lr`` is checked by that probe first: one above the
+    probe's minimum-loss LR is replaced by the probe's start (:func:`rlagent.probe.checked_start`).
 
     Returns:
         ``{"workload", "seed", "history": [per-epoch info], "final_val_acc", "test_acc", "diverged",
-        "heldout", "epochs", "probe_lr", "probe_epochs"}``: the last two are None and 0.0 without a
-        probe; ``probe_epochs`` is the probe's samples over the training split's size.
+        "heldout", "epochs", "probe_lr", "probe_epochs", "start_replaced"}``: ``probe_lr`` and
+        ``probe_epochs`` are None and 0.0 without a probe; ``probe_epochs`` is the probe's samples
+        over the training split's size; ``start_replaced`` is None unless a start was checked.
     """
+    if not isinstance(start_check, bool):
+        raise SpecError("start_check", start_check, "true or false")
     saved = resolve_policy(policy)
     env_spec = load_spec(spec) if not isinstance(spec, EnvSpec) else spec
     episode = dataclasses.replace(env_spec.episode, action=action_kind(saved))
@@ -199,11 +218,14 @@ def run_policy(
     lr = trained_start(saved) if lr is None else lr
     if lr is not None:
         options["lr"] = lr
+        if start_check and not isinstance(lr, str):
+            options["start_check"] = True
     if batch_size is not None:
         options["batch_size"] = batch_size
     obs, info = env.reset(seed=seed, options=options)
     probe_lr = info.get("probe_lr")
     probe_epochs = info.get("probe_samples", 0) / len(env.data.train)
+    start_replaced = info.get("start_replaced")
     act = saved.actor(deterministic=deterministic)
     history, done = [], False
     while not done:
@@ -225,6 +247,7 @@ def run_policy(
         "diverged": info["diverged"],
         "probe_lr": probe_lr,
         "probe_epochs": probe_epochs,
+        "start_replaced": start_replaced,
     }
 
 

@@ -127,29 +127,35 @@ class ValidationReport:
 
 
 def parse_start(text: str) -> dict[str, Any]:
-    """``"0.1,16"`` -> ``{"lr": 0.1, "batch_size": 16}``, the ``start`` of :func:`validate_policy`.
+    """``"0.1,16"`` -> ``{"lr": 0.1, "batch_size": 16}``, the ``start`` of :func:`validate_policy`;
+    ``"0.1,16,check"`` adds ``"start_check": True`` (the env's reset option of that name).
 
     Raises:
-        SpecError: Naming ``start`` and the text, unless it is ``LR,BS`` with LR > 0, BS >= 1.
+        SpecError: Naming ``start`` and the text, unless it is ``LR,BS`` or ``LR,BS,check`` with
+            LR > 0, BS >= 1.
     """
-    allowed = "LR,BS with LR > 0 and BS an integer >= 1 (e.g. 0.1,16)"
+    allowed = "LR,BS or LR,BS,check with LR > 0 and BS an integer >= 1 (e.g. 0.1,16)"
+    parts = text.split(",")
+    check = len(parts) == 3 and parts[2] == "check"
     try:
-        lr_text, bs_text = text.split(",")
+        lr_text, bs_text = parts[:2] if check else parts
         lr, bs = float(lr_text), int(bs_text)
     except ValueError:
         raise SpecError("start", text, allowed) from None
     if not (math.isfinite(lr) and lr > 0 and bs >= 1):
         raise SpecError("start", text, allowed)
-    return {"lr": lr, "batch_size": bs}
+    return {"lr": lr, "batch_size": bs, **({"start_check": True} if check else {})}
 
 
 def start_suffix(start: Mapping[str, Any] | None) -> str:
     """The file-name suffix of results from that start: ``""``, or e.g. ``"__start-0.1-16"``,
-    ``"__start-probe-16"``, ``"__start-probe-own"`` (the draw's own batch size)."""
+    ``"__start-0.1-16-check"``, ``"__start-probe-16"``, ``"__start-probe-own"`` (the draw's own
+    batch size)."""
     if not start:
         return ""
     lr = start.get("lr", "own")
-    return f"__start-{lr if isinstance(lr, str) else f'{lr:g}'}-{start.get('batch_size', 'own')}"
+    check = "-check" if start.get("start_check") else ""
+    return f"__start-{lr if isinstance(lr, str) else f'{lr:g}'}-{start.get('batch_size', 'own')}{check}"
 
 
 def compare_training_seeds(candidate: Sequence[float], baseline: Sequence[float]) -> dict[str, Any]:
@@ -233,7 +239,8 @@ def validate_policy(
         hide: Feature names zeroed before the policy sees them (a policy trained blind to them).
         start: Initial ``lr`` and/or ``batch_size`` for every draw instead of the draw's own
             (e.g. ``{"lr": 0.1}``: how fast the policy recovers from a too-high LR); the
-            constant run then holds this start.
+            constant run then holds this start. ``"start_check": True`` checks it against the
+            LR probe first (the env's reset option).
         store: A JSON file for the report: one already there that still stands for this policy
             and these draws (:meth:`ValidationReport.load_current`) is read back instead of
             running the draws; otherwise the new report is saved there. Name one file per
@@ -247,9 +254,9 @@ def validate_policy(
         raise SpecError("workloads.train", list(spec.workloads.train_names), "a procedural sampler to draw from")
     hide_mask(hide)
     start = dict(start or {})
-    unknown = sorted(set(start) - {"lr", "batch_size"})
+    unknown = sorted(set(start) - {"lr", "batch_size", "start_check"})
     if unknown:
-        raise SpecError("start", unknown, "keys among ['batch_size', 'lr']")
+        raise SpecError("start", unknown, "keys among ['batch_size', 'lr', 'start_check']")
     seeds = validation_seeds(spec, n_draws, first_draw)
     if store is not None:
         stored = ValidationReport.load_current(store, policy, seeds)

@@ -31,9 +31,26 @@ def test_run_policy_on_a_held_out_workload(tiny_policy: Path) -> None:
 def test_run_policy_from_another_start(tiny_policy: Path) -> None:
     from rlagent.env import BS_FACTORS, LR_FACTORS
 
-    first = run_policy(tiny_policy, "tiny-wide", spec="tiny", seed=3, lr=0.2, batch_size=64)["history"][0]
+    run = run_policy(tiny_policy, "tiny-wide", spec="tiny", seed=3, lr=0.2, batch_size=64, start_check=False)
+    first = run["history"][0]
     assert first["lr"] in [pytest.approx(min(0.3, 0.2 * f)) for f in LR_FACTORS]  # the policy's first move from 0.2
     assert first["batch_size"] in [min(128, int(64 * f)) for f in BS_FACTORS]
+    assert run["probe_lr"] is None and run["start_replaced"] is None
+
+
+def test_run_policy_checks_a_given_start_against_the_probe(tiny_policy: Path) -> None:
+    """By default a given LR above the probe's minimum-loss LR starts where the probe points,
+    so the run is the probe-started one; a low LR is kept and the run is the unchecked one."""
+    probed = run_policy(tiny_policy, "tiny-wide", spec="tiny", seed=0, lr="probe", batch_size=64)
+    hot = run_policy(tiny_policy, "tiny-wide", spec="tiny", seed=0, lr=0.3, batch_size=64)
+    assert hot["start_replaced"] and hot["probe_lr"] == probed["probe_lr"] < 0.3
+    assert [h["val_acc"] for h in hot["history"]] == [h["val_acc"] for h in probed["history"]]
+    low = run_policy(tiny_policy, "tiny-wide", spec="tiny", seed=0, lr=1e-4, batch_size=64)
+    unchecked = run_policy(tiny_policy, "tiny-wide", spec="tiny", seed=0, lr=1e-4, batch_size=64, start_check=False)
+    assert low["start_replaced"] is False and low["probe_epochs"] > 0 == unchecked["probe_epochs"]
+    assert [h["val_acc"] for h in low["history"]] == [h["val_acc"] for h in unchecked["history"]]
+    with pytest.raises(SpecError, match="start_check.*'yes'"):
+        run_policy(tiny_policy, "tiny-wide", spec="tiny", seed=0, lr=0.3, start_check="yes")
 
 
 def test_train_with_policy_trains_a_users_own_model(tiny_policy: Path) -> None:
@@ -93,6 +110,12 @@ def test_cli_run_policy_takes_a_start_or_the_probe(
     start = min(max(run["probe_lr"] / 10, low), high)
     assert main([*base, "--lr", repr(start), "--batch-size", "16", "--out", str(given)]) == 0
     assert [h["val_acc"] for h in json.loads(given.read_text())["history"]] == [h["val_acc"] for h in run["history"]]
+    assert main([*base, "--lr", "0.3", "--batch-size", "16", "--out", str(given)]) == 0  # checked: the probe's run
+    assert "--lr 0.3 is above it: started at the probe's LR" in capsys.readouterr().out
+    assert [h["val_acc"] for h in json.loads(given.read_text())["history"]] == [h["val_acc"] for h in run["history"]]
+    assert main([*base, "--lr", "0.3", "--batch-size", "16", "--no-start-check", "--out", str(given)]) == 0
+    kept = json.loads(given.read_text())
+    assert kept["start_replaced"] is None and kept["probe_lr"] is None and "above it" not in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_:
         main([*base, "--lr", "fast"])
     assert exit_.value.code == 2 and "expected a number > 0 or 'probe'" in capsys.readouterr().err
@@ -124,9 +147,18 @@ def test_train_with_policy_can_start_from_a_probe(tiny_policy: Path) -> None:
     assert probed.probe_lr is not None
     start = min(max(probed.probe_lr / 10, 1e-4), 0.3)
     given = train_with_policy(users_model(), train, val, epochs=2, policy=tiny_policy, lr=start)
-    assert given.probe_lr is None
+    assert given.probe_lr == probed.probe_lr and given.start_replaced is False  # checked, and kept
     drop_seconds = lambda hist: [{k: v for k, v in h.items() if k != "seconds"} for h in hist]  # noqa: E731
     assert drop_seconds(probed.history) == drop_seconds(given.history)
+    wide = {"epochs": 2, "policy": tiny_policy, "lr_range": (1e-4, 3.0)}  # room above this probe's minimum
+    probed = train_with_policy(users_model(), train, val, lr="probe", **wide)
+    hot = train_with_policy(users_model(), train, val, lr=3.0, **wide)
+    assert hot.start_replaced and drop_seconds(hot.history) == drop_seconds(probed.history)
+    kept = train_with_policy(users_model(), train, val, lr=3.0, start_check=False, **wide)
+    assert kept.probe_lr is None and kept.start_replaced is None
+    assert drop_seconds(kept.history) != drop_seconds(hot.history)
+    with pytest.raises(SpecError, match="start_check"):
+        train_with_policy(users_model(), train, val, epochs=2, policy=tiny_policy, lr=0.3, start_check=1)
     with pytest.raises(SpecError, match=r"lr.*'probe'"):
         train_with_policy(users_model(), train, val, epochs=2, policy=tiny_policy, lr="fast")
 
@@ -145,7 +177,8 @@ def test_a_policy_trained_from_probe_starts_runs_from_the_probe_unless_given_an_
     assert (
         run["probe_lr"] == explicit["probe_lr"] is not None and run["history"][0]["lr"] == explicit["history"][0]["lr"]
     )
-    assert run_policy(probe_policy, "tiny-wide", spec="tiny", seed=2, lr=1e-3)["probe_lr"] is None
+    given = run_policy(probe_policy, "tiny-wide", spec="tiny", seed=2, lr=1e-3, start_check=False)
+    assert given["probe_lr"] is None and given["history"][0]["lr"] != run["history"][0]["lr"]
     assert run_policy(tiny_policy, "tiny-wide", spec="tiny", seed=2)["probe_lr"] is None
     x, y = users_data()
     train, val = (x[:300], y[:300]), (x[300:], y[300:])

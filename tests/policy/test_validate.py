@@ -122,8 +122,10 @@ def test_a_saved_report_is_read_back_only_while_it_stands_for_the_policy(tiny_po
 
 def test_parse_start_reads_lr_and_batch_size_or_names_the_bad_text() -> None:
     assert parse_start("0.1,16") == {"lr": 0.1, "batch_size": 16}
+    assert parse_start("0.1,16,check") == {"lr": 0.1, "batch_size": 16, "start_check": True}
     assert start_suffix(parse_start("1e-4,512")) == "__start-0.0001-512" and start_suffix(None) == ""
-    for bad in ("0.1", "0.1,16,2", "x,16", "0.1,1.5", "0,16", "nan,16", "inf,16", "0.1,0"):
+    assert start_suffix(parse_start("0.1,16,check")) == "__start-0.1-16-check"
+    for bad in ("0.1", "0.1,16,2", "0.1,16,check,1", "x,16", "0.1,1.5", "0,16", "nan,16", "inf,16", "0.1,0"):
         with pytest.raises(SpecError, match="start") as info:
             parse_start(bad)
         assert repr(bad) in str(info.value) and "LR,BS" in str(info.value)
