@@ -9,7 +9,9 @@ folder (every checkpoint whose step is a multiple of ``--every``, and the last, 
 ``0 .. --select-draws - 1`` from each ``--start`` (default: the draws' own starts, LR 1e-1 /
 batch 16, LR 1e-4 / batch 512); the best mean over the starts is chosen; the chosen one and the
 incumbent then run the next ``--confirm-draws`` draws, and it replaces the incumbent only if ahead
-there from every start (:mod:`rlagent.policy.select`). Reports are kept under ``--out`` and read
+there from every start (:mod:`rlagent.policy.select`). A start ``...@SPEC`` takes its draws from
+that spec instead of ``--spec`` (e.g. ``--start own --start own@default-hot-final``: the plain
+and the probe-blind hot part of a mixed recipe). Reports are kept under ``--out`` and read
 back while they stand, so adding a candidate later costs only its own draws. Writes
 ``OUT/selection.md`` and ``OUT/selection.json``; prints the verdict.
 """
@@ -49,6 +51,20 @@ def expand(items: list[str], every: int) -> dict[str, Path]:
     return out
 
 
+def parse_starts(texts: list[str] | None) -> tuple:
+    """``--start`` values (``own``, ``LR,BS`` or ``LR,BS,check``, each optionally ``@SPEC``) -> starts."""
+    if not texts:
+        return DEFAULT_STARTS
+    starts = []
+    for text in texts:
+        start_text, at, spec = text.partition("@")
+        if at and not spec:
+            raise SpecError("--start", text, "START@SPEC with a spec name or path after '@'")
+        start = None if start_text == "own" else parse_start(start_text)
+        starts.append({**(start or {}), "spec": spec} if spec else start)
+    return tuple(starts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("candidates", nargs="+", metavar="NAME=PATH")
@@ -65,8 +81,11 @@ def main() -> None:
     parser.add_argument(
         "--start",
         action="append",
-        metavar="own|LR,BS",
-        help="a start to score from: own, LR,BS or LR,BS,check (checked against the LR probe); repeat; default: own, 0.1,16, 1e-4,512",
+        metavar="own|LR,BS[,check][@SPEC]",
+        help=(
+            "a start to score from: own, LR,BS or LR,BS,check (checked against the LR probe), each optionally "
+            "@SPEC to draw from another spec; repeat; default: own, 0.1,16, 1e-4,512"
+        ),
     )
     parser.add_argument("--select-draws", type=int, default=24)
     parser.add_argument("--confirm-draws", type=int, default=96)
@@ -79,9 +98,7 @@ def main() -> None:
         with sigterm_interrupts():
             if args.every < 0 or args.n_workers < 1:
                 raise SpecError("--every / --n-workers", (args.every, args.n_workers), ">= 0 and >= 1")
-            starts = DEFAULT_STARTS
-            if args.start:
-                starts = tuple(None if s == "own" else parse_start(s) for s in args.start)
+            starts = parse_starts(args.start)
             candidates = expand(args.candidates, args.every)
             out = Path(args.out)
             selection = select_policy(

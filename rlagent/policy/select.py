@@ -10,7 +10,9 @@ held-out suite:
 
 1. **choose** — every candidate and the incumbent run validation draws ``0 .. n_select - 1``
    from each start; the one with the best mean final validation accuracy over the starts is
-   chosen (the incumbent on a tie);
+   chosen (the incumbent on a tie). A start may name its own spec (``{"spec": ...}``), so a
+   policy trained on a mix of distributions (e.g. plain draws and probe-blind hot ones) is judged
+   on each part;
 2. **confirm** — if a candidate was chosen, it and the incumbent run draws ``n_select ..
    n_select + n_confirm - 1``, which played no part in the choice; it replaces the incumbent only
    if it is ahead there from every start (paired by draw).
@@ -54,6 +56,25 @@ DEFAULT_STARTS: tuple[dict[str, Any] | None, ...] = (
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
+def split_start(start: Mapping[str, Any] | None) -> tuple[str | Path | None, dict[str, Any] | None]:
+    """``{"spec": S, **rest}`` -> ``(S, rest or None)``; a start without ``"spec"`` -> ``(None, start)``.
+
+    Raises:
+        SpecError: Naming ``start.spec``, if it is not a spec name or path.
+    """
+    if not start or "spec" not in start:
+        return None, dict(start) if start else None
+    rest = {k: v for k, v in start.items() if k != "spec"}
+    if not isinstance(start["spec"], (str, Path)) or not str(start["spec"]):
+        raise SpecError("start.spec", start["spec"], "a spec name or path")
+    return start["spec"], rest or None
+
+
+def _spec_name(spec: str | Path) -> str:
+    """A spec's short name for labels and file names: a shipped name as it is, a path's stem."""
+    return Path(spec).stem if str(spec).endswith(".toml") else str(spec)
+
+
 def start_as_run(policy: str | Path, start: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
     """The start ``policy`` runs from: a policy trained from LR-probe starts (``episode.init_lr =
     "probe"`` in its ``policy.json``) runs the draws' own starts (``None``) from the probe at each
@@ -61,18 +82,23 @@ def start_as_run(policy: str | Path, start: Mapping[str, Any] | None) -> Mapping
     that gives an LR is kept for every policy: the far-off starts test whether a policy corrects a
     bad LR it is handed (issue 11's robustness target), which a probe would hide. Read from
     ``policy.json`` alone, as the report digests are."""
-    if start is None and trained_start(read_json(Path(policy) / JSON_NAME)) == "probe":
-        return {"lr": "probe"}
-    return start
+    spec, rest = split_start(start)
+    if rest is None and trained_start(read_json(Path(policy) / JSON_NAME)) == "probe":
+        rest = {"lr": "probe"}
+    return rest if spec is None else {**(rest or {}), "spec": spec}
 
 
 def start_label(start: Mapping[str, Any] | None) -> str:
-    """``None`` -> ``"own start"``; ``{"lr": 0.1, "batch_size": 16}`` -> ``"LR 0.1 / batch 16"``."""
+    """``None`` -> ``"own start"``; ``{"lr": 0.1, "batch_size": 16}`` -> ``"LR 0.1 / batch 16"``;
+    ``", checked"`` added for ``start_check``, ``" on SPEC"`` for a start with its own spec."""
+    spec, start = split_start(start)
+    where = "" if spec is None else f" on {_spec_name(spec)}"
     if not start:
-        return "own start"
+        return "own start" + where
     lr = start.get("lr")
     parts = [] if lr is None else [f"LR {lr}" if isinstance(lr, str) else f"LR {lr:g}"]
-    return " / ".join(parts + ([f"batch {start['batch_size']}"] if "batch_size" in start else []))
+    label = " / ".join(parts + ([f"batch {start['batch_size']}"] if "batch_size" in start else []))
+    return label + (", checked" if start.get("start_check") else "") + where
 
 
 @dataclass(frozen=True)
@@ -205,11 +231,12 @@ def select_policy(
         starts: Where every draw starts: ``None`` for the draw's own random start, else
             ``{"lr": ..., "batch_size": ...}`` as in :func:`validate_policy`. A policy trained
             from LR-probe starts runs the draws' own starts from the probe, and the given ones as
-            given (:func:`start_as_run`).
+            given (:func:`start_as_run`). ``"spec"`` in a start draws its draws from that spec
+            instead of ``spec`` (``{"spec": "default-hot-final"}``: its own starts there).
         n_select: Draws the choice is made on (draws ``0 .. n_select - 1``).
         n_confirm: Fresh draws the chosen policy must win on (the next ``n_confirm``; see above).
         n_workers: Processes running draws side by side.
-        store: A folder for every report (``NAME/DIGEST__draws-FIRST-LAST[__start-LR-BS].json``,
+        store: A folder for every report (``NAME/DIGEST__draws-FIRST-LAST[__start-LR-BS][__spec-SPEC].json``,
             DIGEST from the policy's ``policy.json``); reports there that still stand are read
             back instead of run again, so candidates can be added to a selection later at the
             cost of the new ones only.
@@ -232,10 +259,12 @@ def select_policy(
     if not starts:
         raise SpecError("starts", list(starts), "at least one start (None for the draws' own)")
     spec = spec if isinstance(spec, EnvSpec) else load_spec(spec)
+    own_specs = {split_start(s)[0] for s in starts} - {None}
+    specs = {name: load_spec(name) for name in own_specs}  # a bad spec fails here, before any draw
     folder = Path(store) if store is not None else None
 
     def report(name: str, policy: str | Path, start: Mapping[str, Any] | None, first: int, n: int) -> ValidationReport:
-        start = start_as_run(policy, start)
+        own_spec, start = split_start(start_as_run(policy, start))
         where = None
         if folder is not None:
             (folder / name).mkdir(parents=True, exist_ok=True)
@@ -244,13 +273,14 @@ def select_policy(
             # incumbent of a format this rlagent no longer loads is judged by its stored reports
             # (made by the rlagent that reads it); without them validating it fails, saying why.
             digest = str(read_json(Path(policy) / JSON_NAME).get(DIGEST_FIELD, "unsigned"))[:12]
-            where = folder / name / f"{digest}__draws-{first}-{first + n - 1}{start_suffix(start)}.json"
+            on = "" if own_spec is None else f"__spec-{_spec_name(own_spec)}"
+            where = folder / name / f"{digest}__draws-{first}-{first + n - 1}{start_suffix(start)}{on}.json"
         result = validate_policy(
-            policy, spec, n_draws=n, first_draw=first, n_workers=n_workers, start=start, store=where
+            policy, spec if own_spec is None else specs[own_spec], n_draws=n, first_draw=first, n_workers=n_workers,
+            start=start, store=where,
         )  # fmt: skip
-        logger.info(
-            "%s from %s, draws %d-%d: %.4f", name, start_label(start), first, first + n - 1, result.mean_val_acc
-        )
+        label = start_label(start if own_spec is None else {**(start or {}), "spec": own_spec})
+        logger.info("%s from %s, draws %d-%d: %.4f", name, label, first, first + n - 1, result.mean_val_acc)
         return result
 
     policies = {INCUMBENT: incumbent, **candidates}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +139,42 @@ def test_a_policy_trained_from_probe_starts_runs_the_own_starts_from_the_probe_a
     ]
 
 
+def test_a_start_may_draw_from_its_own_spec(tiny_policy: Path, reckless: Path, tmp_path: Path) -> None:
+    """``{"spec": ...}`` in a start scores that start on the other spec's draws (a mixed recipe's
+    second part), stored apart from the same start on the main spec."""
+    hot = tmp_path / "tiny-hot.toml"
+    hot.write_text(
+        f'extends = "{SPEC}"\nname = "tiny-hot"\n[workloads.train]\nlr_scale_range = [4.0, 8.0]\nprobe_sees_lr_scale = false\n'
+    )
+    starts = (None, {"spec": str(hot)})
+    sel = select_policy(
+        {"r": reckless}, tiny_policy, SPEC, starts=starts, n_select=2, n_confirm=1, store=tmp_path / "s"
+    )
+    assert sel.starts == ("own start", "own start on tiny-hot")
+    for name, path in ((INCUMBENT, tiny_policy), ("r", reckless)):
+        expected = [validate_policy(path, s, n_draws=2).mean_val_acc for s in (SPEC, load_spec(hot))]
+        assert list(sel.scores[name]) == pytest.approx(expected)
+    assert sel.scores[INCUMBENT][0] != sel.scores[INCUMBENT][1]  # the hidden scale changes the runs
+    names = sorted(f.name.split("__", 1)[1] for f in (tmp_path / "s" / INCUMBENT).iterdir())
+    assert [n for n in names if n.startswith("draws-0-1")] == ["draws-0-1.json", "draws-0-1__spec-tiny-hot.json"]
+    assert start_as_run(tiny_policy, {"spec": "x", "lr": 0.1}) == {"lr": 0.1, "spec": "x"}
+    with pytest.raises(SpecError, match="nope"):
+        select_policy({"r": reckless}, tiny_policy, SPEC, starts=(None, {"spec": "nope"}), n_select=1, n_confirm=1)
+    with pytest.raises(SpecError, match="start.spec"):
+        select_policy({"r": reckless}, tiny_policy, SPEC, starts=({"spec": 3},), n_select=1, n_confirm=1)
+
+
+def test_select_policy_script_reads_starts_with_their_spec(tiny_policy: Path, tmp_path: Path) -> None:
+    script = Path(__file__).parents[2] / "scripts" / "select_policy.py"
+    base = [sys.executable, str(script), f"cand={tiny_policy}", "--incumbent", str(tiny_policy), "--spec", SPEC,
+            "--select-draws", "1", "--confirm-draws", "1", "--n-workers", "1", "--out", str(tmp_path)]  # fmt: skip
+    run = subprocess.run([*base, "--start", "own", "--start", f"0.01,16,check@{SPEC}"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert f"| policy | own start | LR 0.01 / batch 16, checked on {SPEC} | mean |" in run.stdout
+    bad = subprocess.run([*base, "--start", "own@"], capture_output=True, text=True)
+    assert bad.returncode == 1 and "--start" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_paired_differences_and_their_error() -> None:
     pair = paired("own start", _report([0.8, 0.6, 0.9]), _report([0.7, 0.7, 0.7]))
     assert pair.difference == pytest.approx(0.2 / 3) and pair.wins == 2 and pair.draws == 3
@@ -166,6 +204,9 @@ def test_bad_arguments_are_named(kwargs: dict, field: str) -> None:
 def test_start_labels_and_the_verdict_of_a_candidate_behind_on_one_start() -> None:
     assert start_label(None) == "own start" and start_label({"batch_size": 16, "lr": 0.1}) == "LR 0.1 / batch 16"
     assert start_label({"lr": "probe", "batch_size": 16}) == "LR probe / batch 16"
+    assert start_label({"lr": 0.1, "batch_size": 16, "start_check": True, "spec": "envs/hot.toml"}) == (
+        "LR 0.1 / batch 16, checked on hot"
+    )
     assert [start_suffix(s) for s in (None, {"lr": 0.1, "batch_size": 16}, {"lr": "probe"})] == [
         "", "__start-0.1-16", "__start-probe-own",
     ]  # fmt: skip
