@@ -253,7 +253,9 @@ def test_policy_probe_is_the_policy_run_from_the_probes_lr_and_pays_for_the_prob
     # The run `policy` makes when started by hand at a tenth of the probe's LR: the probe trained a copy.
     low, high = SPEC.workload("tiny-mlp").lr_range
     start = min(max(d["probe_lr"] / 10, low), high)
-    plain = policy_reuse.run_policy(str(tiny_policy), "tiny-mlp", spec=SPEC, seed=0, epochs=E, lr=start)
+    plain = policy_reuse.run_policy(
+        str(tiny_policy), "tiny-mlp", spec=SPEC, seed=0, epochs=E, lr=start, start_check=False
+    )
     keys = ("lr", "batch_size", "val_acc", "train_loss")
     assert [[h[k] for k in keys] for h in plain["history"]] == [[h[k] for k in keys] for h in d["history"]]
     assert plain["test_acc"] == r.test_acc and plain["probe_lr"] is None
