@@ -148,9 +148,14 @@ def start_from_probe(
     start it at the LR the probe points to: ``trainer.lr`` is set, and the probe and ``hparams`` at
     that LR (batch size kept) are returned."""
     probe = probe_lr(trainer, hparams.lr_range, seed=seed, lr_scale=lr_scale)
+    return probe, _start_at_probe(trainer, hparams, probe)
+
+
+def _start_at_probe(trainer: Trainer, hparams: HParams, probe: Probe) -> HParams:
+    """``hparams`` at the probe's start LR (batch size kept), with ``trainer.lr`` set to it."""
     hparams = hparams.with_values(probe_start_lr(probe, hparams.lr_range), hparams.batch_size)
     trainer.lr = hparams.lr
-    return probe, hparams
+    return hparams
 
 
 def checked_start(
@@ -169,8 +174,8 @@ def checked_start(
     probe = probe_lr(trainer, hparams.lr_range, seed=seed, lr_scale=lr_scale)
     if hparams.lr <= probe.lr:
         return probe, hparams, False
-    logger.info("start LR %.3g is above the probe's minimum-loss LR %.3g: starting at %.3g", hparams.lr, probe.lr,
-                probe_start_lr(probe, hparams.lr_range))  # fmt: skip
-    hparams = hparams.with_values(probe_start_lr(probe, hparams.lr_range), hparams.batch_size)
-    trainer.lr = hparams.lr
+    given, hparams = hparams.lr, _start_at_probe(trainer, hparams, probe)
+    logger.info(
+        "start LR %.3g is above the probe's minimum-loss LR %.3g: starting at %.3g", given, probe.lr, hparams.lr
+    )
     return probe, hparams, True
