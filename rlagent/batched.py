@@ -214,11 +214,14 @@ def train_batched(trainers: Sequence[Trainer]) -> list[EpochStats]:
     gen_states = [t.generator.get_state() for t in trainers]
     try:
         with seeded_global_rng([t.generator for t in trainers], trainers[0].train_split.x.device):
-            return _train_batched(trainers)
+            stats = _train_batched(trainers)
     except BaseException:
         for t, state in zip(trainers, gen_states):
             t.generator.set_state(state)
         raise
+    for t in trainers:
+        t.end_epoch()
+    return stats
 
 
 def _train_batched(trainers: Sequence[Trainer]) -> list[EpochStats]:

@@ -257,6 +257,9 @@ class EnvSpec:
         changes: dict[str, Any] = {}
         if self.episode.epochs is not None:
             changes["epochs"] = self.episode.epochs
+            if spec.lr_shift is not None:  # the shift stays at its share of the run, inside it
+                at = round(spec.lr_shift[0] * self.episode.epochs / spec.epochs)
+                changes["lr_shift"] = (max(1, min(self.episode.epochs - 1, at)), spec.lr_shift[1])
         if self.episode.lr_range is not None:
             changes["lr_range"] = self.episode.lr_range
         if self.episode.batch_size_range is not None:
@@ -267,8 +270,9 @@ class EnvSpec:
         """A plain-data form (JSON/TOML-able) that :func:`spec_from_dict` reads back.
 
         The hidden LR scale's fields are left out while off (``lr_scale`` 1, ``lr_scale_range``
-        [1, 1], ``probe_sees_lr_scale`` true, ``probe_lr_scale`` unset), the sampler's ``first``
-        while ``dataset`` and its ``start_lr_range`` while unset, so a spec that does not use them
+        [1, 1], ``probe_sees_lr_scale`` true, ``probe_lr_scale`` unset; its shift: ``lr_shift``
+        unset, ``lr_shift_range`` [1, 1]), the sampler's ``first`` while ``dataset`` and its
+        ``start_lr_range`` while unset, so a spec that does not use them
         reads as it did before they existed: records made with it (checkpoints, benchmark trial
         files) still match.
         """
@@ -277,6 +281,8 @@ class EnvSpec:
         if isinstance(train, dict):
             if tuple(train.get("lr_scale_range", ())) == (1.0, 1.0):
                 del train["lr_scale_range"]
+            if tuple(train.get("lr_shift_range", ())) == (1.0, 1.0):
+                del train["lr_shift_range"]
             if train.get("first") == "dataset":
                 del train["first"]
             if train.get("start_lr_range") is None:
@@ -288,6 +294,8 @@ class EnvSpec:
                 del workload["lr_scale"]
             if workload.get("probe_lr_scale", 0) is None:
                 del workload["probe_lr_scale"]
+            if workload.get("lr_shift", 0) is None:
+                del workload["lr_shift"]
         return data
 
 

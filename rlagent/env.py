@@ -225,7 +225,7 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         hp, probe_start = self._initial_values(wl, len(data.train), options)
         self.trainer = Trainer(
             run.model, data.train, optimizer=wl.optimizer, optimizer_args=wl.optimizer_args,
-            lr=hp.lr, batch_size=hp.batch_size, generator=run.generator, lr_scale=wl.lr_scale,
+            lr=hp.lr, batch_size=hp.batch_size, generator=run.generator, lr_scale=wl.lr_scale, lr_shift=wl.lr_shift,
         )  # fmt: skip
         probe, replaced = None, None
         p_seed = probe_seed(episode_seed, options.get("replica", 0))

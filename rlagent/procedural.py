@@ -116,6 +116,12 @@ class ProceduralSpec:
     by the hidden scale, as a short range test misjudges the LR a recurrent net stays stable at
     over a whole run: a policy must then check the probe's start against how the run responds."""
 
+    lr_shift_range: tuple[float, float] = (1.0, 1.0)
+    """Range of a draw's hidden mid-run shift factor (``WorkloadSpec.lr_shift``), log-uniform, due
+    after an epoch drawn uniformly from the second to the third-last; ``[1, 1]`` (the default)
+    turns it off. A shift moves the run's best LR at a moment no schedule can know in advance,
+    so only a policy that reads the run's response can follow it."""
+
     start_lr_range: tuple[float, float] | None = None
     """Range a draw's initial LR is drawn from, log-uniform; None (the default) uses the
     episode's whole LR range. Narrowed towards the top of that range it trains on more runs that
@@ -146,6 +152,12 @@ class ProceduralSpec:
             raise SpecError(
                 "workloads.train.probe_sees_lr_scale", False, "true unless lr_scale_range is other than [1, 1]"
             )
+        shifts = self.lr_shift_range
+        if not (isinstance(shifts, (list, tuple)) and tuple(shifts) == (1.0, 1.0)):
+            check_range("workloads.train.lr_shift_range", shifts, positive=True)
+            if not all(math.isfinite(v) for v in shifts):
+                raise SpecError("workloads.train.lr_shift_range", list(shifts), "a pair of finite numbers")
+        object.__setattr__(self, "lr_shift_range", tuple(float(v) for v in shifts))
         if self.start_lr_range is not None:
             check_range("workloads.train.start_lr_range", self.start_lr_range, positive=True)
             if not all(math.isfinite(v) for v in self.start_lr_range):
@@ -400,6 +412,14 @@ def sample_task(
                 lr_scale=scale,
                 probe_lr_scale=None if sampler.probe_sees_lr_scale else 1.0,
                 description=f"{workload.description}, hidden LR scale ×{scale:g}{blind}",
+            )
+        if sampler.lr_shift_range != (1.0, 1.0):  # drawn after the scale, for the same reason
+            factor = round(log_uniform(rng, sampler.lr_shift_range), 4)
+            after = int(rng.integers(2, max(2, epochs - 2) + 1))
+            workload = dataclasses.replace(
+                workload,
+                lr_shift=(after, factor),
+                description=f"{workload.description}, hidden LR shift ×{factor:g} after epoch {after}",
             )
         return Task(workload, init_lr, init_bs, est)
     raise SpecError(

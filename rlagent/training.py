@@ -202,6 +202,9 @@ class Trainer:
             epoch's LR.
         lr_scale: Hidden step-size multiplier: the optimiser steps at ``lr × lr_scale`` while
             ``trainer.lr`` reads and sets ``lr`` (see ``WorkloadSpec.lr_scale``).
+        lr_shift: ``(epoch, factor)``: once ``epoch`` epochs are trained the hidden multiplier
+            becomes ``lr_scale × factor``, the visible LR unchanged (see ``WorkloadSpec.lr_shift``);
+            None (the default): no shift.
     """
 
     def __init__(
@@ -219,9 +222,13 @@ class Trainer:
         measure_alignment: bool = False,
         on_step: Callable[[], None] | None = None,
         lr_scale: float = 1.0,
+        lr_shift: tuple[int, float] | None = None,
     ) -> None:
         self.model = model
         self.lr_scale = float(lr_scale)
+        self.lr_shift = lr_shift
+        self.epochs_trained = 0
+        """Epochs this trainer has trained (``train_epoch`` or ``rlagent.batched.train_batched``)."""
         self.train_split = train
         if isinstance(optimizer, str):
             self.optimizer = make_optimizer(optimizer, model.parameters(), lr, optimizer_args)
@@ -257,7 +264,17 @@ class Trainer:
         seeded from it for the epoch and restored afterwards.
         """
         with seeded_global_rng([self.generator], self.train_split.x.device):
-            return self._train_epoch()
+            stats = self._train_epoch()
+        self.end_epoch()
+        return stats
+
+    def end_epoch(self) -> None:
+        """Count a trained epoch and apply ``lr_shift`` when it is due (the visible LR is kept)."""
+        self.epochs_trained += 1
+        if self.lr_shift is not None and self.epochs_trained == self.lr_shift[0]:
+            lr = self.lr
+            self.lr_scale *= self.lr_shift[1]
+            self.lr = lr
 
     def _train_epoch(self) -> EpochStats:
         start = time.perf_counter()

@@ -78,6 +78,12 @@ class WorkloadSpec:
     own ``lr_scale``. Another value makes the probe misjudge the run's LR by the ratio of the two,
     as a short range test misjudges the LR a long run stays stable at (see
     ``ProceduralSpec.probe_sees_lr_scale``)."""
+    lr_shift: tuple[int, float] | None = None
+    """``(epoch, factor)``: once ``epoch`` epochs are trained the hidden multiplier becomes
+    ``lr_scale × factor`` for the rest of the run, and no tuner sees it: the run turns hotter or
+    colder mid-way, as a real run's best LR moves when its loss landscape does. None (the
+    default): no shift. A shift due after the last epoch never happens (see
+    ``ProceduralSpec.lr_shift_range``)."""
 
     def __post_init__(self) -> None:
         where = f"workload {self.name!r}"
@@ -104,6 +110,18 @@ class WorkloadSpec:
         probe_scale = self.probe_lr_scale
         if probe_scale is not None and (not is_number(probe_scale) or not 0 < probe_scale < math.inf):
             raise SpecError(f"{where}.probe_lr_scale", probe_scale, "a finite number > 0, or unset")
+        shift = self.lr_shift
+        if shift is not None:
+            if not (
+                isinstance(shift, (tuple, list))
+                and len(shift) == 2
+                and is_int(shift[0])
+                and shift[0] >= 1
+                and is_number(shift[1])
+                and 0 < shift[1] < math.inf
+            ):
+                raise SpecError(f"{where}.lr_shift", shift, "a pair [epoch >= 1, factor > 0] or unset")
+            object.__setattr__(self, "lr_shift", (int(shift[0]), float(shift[1])))
         if not (isinstance(self.epochs, int) and self.epochs >= 1):
             raise SpecError(f"{where}.epochs", self.epochs, "an integer >= 1")
         check_range(f"{where}.lr_range", self.lr_range, positive=True)

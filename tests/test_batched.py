@@ -152,6 +152,18 @@ def test_train_batched_equals_train_epoch(name: str, optimizer: str, bs: int, lr
     assert stats_bat[0].alignment is not None  # and so is the gradient-update alignment
 
 
+def test_train_batched_counts_the_epoch_and_applies_a_due_lr_shift() -> None:
+    seq, bat = _trainers(MODELS["mlp"], 2), _trainers(MODELS["mlp"], 2)
+    for t in (*seq, *bat):
+        t.lr_shift = (1, 4.0)
+    for epoch in range(2):
+        stats_seq = [t.train_epoch() for t in seq]
+        stats_bat = train_batched(bat)
+        for a, sa, b, sb in zip(seq, stats_seq, bat, stats_bat):
+            _assert_same_epoch(a, sa, b, sb)
+            assert b.epochs_trained == epoch + 1 and b.lr_scale == 4.0 and b.step_lr == pytest.approx(4 * b.lr)
+
+
 def test_batched_dropout_is_reproducible_from_the_members_generators() -> None:
     def dropout_mlp() -> nn.Module:
         return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 3))

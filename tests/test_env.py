@@ -446,6 +446,27 @@ def test_a_probe_blind_draw_starts_the_hidden_scale_off_the_probe() -> None:
     assert 3.0 <= scale <= 5.0 and blind.trainer.step_lr == pytest.approx(scale * b["lr"])
 
 
+def test_a_hidden_lr_shift_moves_the_step_rate_mid_run_and_nothing_the_agent_sees() -> None:
+    spec = load_spec("tiny")
+    name = spec.workloads.train[0]
+    shifted_wl = dataclasses.replace(spec.workload(name), lr_shift=(2, 4.0))
+    shifted_spec = dataclasses.replace(
+        spec, workloads=dataclasses.replace(spec.workloads, define={**spec.workloads.define, name: shifted_wl})
+    )
+    plain, shifted = HyperTuneEnv(spec), HyperTuneEnv(shifted_spec)
+    obs_p, _ = plain.reset(seed=0, options={"workload": name})
+    obs_s, _ = shifted.reset(seed=0, options={"workload": name})
+    np.testing.assert_array_equal(obs_p, obs_s)
+    for epoch in range(1, 4):
+        obs_p, _, _, _, info_p = plain.step(np.array([2, 1]))
+        obs_s, _, _, _, info_s = shifted.step(np.array([2, 1]))
+        assert info_s["lr"] == info_p["lr"]  # the LR the agent set and sees
+        assert shifted.trainer.step_lr == pytest.approx(info_s["lr"] * (4.0 if epoch >= 2 else 1.0))
+        if epoch <= 2:  # the first two epochs ran at the same rate
+            np.testing.assert_array_equal(obs_p, obs_s)
+    assert info_s["val_loss"] != info_p["val_loss"]  # the third did not
+
+
 def test_spec_init_lr_may_be_probe() -> None:
     spec = load_spec("tiny")
     probed = dataclasses.replace(spec, episode=dataclasses.replace(spec.episode, init_lr="probe"))

@@ -100,6 +100,9 @@ def test_default_spec_draws_only_training_families() -> None:
         ({"lr_scale_range": [0, 10]}, "workloads.train.lr_scale_range", "low > 0"),
         ({"lr_scale_range": [2, 1]}, "workloads.train.lr_scale_range", "(2, 1)"),
         ({"lr_scale_range": 5}, "workloads.train.lr_scale_range", "a pair"),
+        ({"lr_shift_range": [0, 4]}, "workloads.train.lr_shift_range", "low > 0"),
+        ({"lr_shift_range": [4, 0.25]}, "workloads.train.lr_shift_range", "(4, 0.25)"),
+        ({"lr_shift_range": [0.25, float("inf")]}, "workloads.train.lr_shift_range", "finite"),
         ({"first": "optimizer"}, "workloads.train.first", "'optimizer'"),
         ({"probe_sees_lr_scale": "no"}, "workloads.train.probe_sees_lr_scale", "true or false"),
         ({"probe_sees_lr_scale": False}, "workloads.train.probe_sees_lr_scale", "lr_scale_range is other than"),
@@ -153,6 +156,37 @@ def test_a_probe_blind_scale_changes_only_what_the_probe_trains_at() -> None:
     default = load_spec("default").to_dict()
     assert "probe_sees_lr_scale" not in default["workloads"]["train"]
     assert all("probe_lr_scale" not in w for w in default["workloads"]["define"].values())
+
+
+def test_hidden_lr_shift_is_off_by_default_and_drawn_after_the_scale() -> None:
+    hot = ProceduralSpec(lr_scale_range=(1.0, 8.0), probe_sees_lr_scale=False)
+    shifting = dataclasses.replace(hot, lr_shift_range=(0.25, 4.0))
+    factors, afters = [], []
+    for seed in range(40):
+        plain, shifted = sample_task(seed, hot), sample_task(seed, shifting)
+        assert plain.workload.lr_shift is None and "shift" not in plain.workload.description
+        assert sample_task(seed, shifting) == shifted  # seeded
+        after, factor = shifted.workload.lr_shift
+        assert 2 <= after <= shifted.workload.epochs - 2 and 0.25 <= factor <= 4.0
+        assert f"hidden LR shift ×{factor:g} after epoch {after}" in shifted.workload.description
+        # the rest of the draw, its hidden scale included, is the one without it
+        same = dataclasses.replace(shifted.workload, lr_shift=None, description=plain.workload.description)
+        assert same == plain.workload
+        assert (shifted.init_lr, shifted.init_batch_size) == (plain.init_lr, plain.init_batch_size)
+        factors.append(factor)
+        afters.append(after)
+    assert min(factors) < 0.5 and max(factors) > 2.0 and len(set(afters)) > 5
+    spec = load_spec("default-shift-final")
+    assert spec.workloads.sampler.lr_shift_range == (0.25, 4.0)
+    assert spec_from_dict(spec.to_dict()) == spec
+    # a spec that sets the episode's epochs keeps each shift at its share of the run, inside it
+    short = dataclasses.replace(spec, episode=dataclasses.replace(spec.episode, epochs=4))
+    for seed in range(10):
+        (after, factor), epochs = spec.draw(seed).workload.lr_shift, spec.draw(seed).workload.epochs
+        assert short.draw(seed).workload.lr_shift == (max(1, min(3, round(after * 4 / epochs))), factor)
+    default = load_spec("default-hot-final").to_dict()
+    assert "lr_shift_range" not in default["workloads"]["train"]
+    assert all("lr_shift" not in w for w in default["workloads"]["define"].values())
 
 
 def test_start_lr_range_moves_only_the_initial_lr() -> None:

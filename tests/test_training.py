@@ -50,6 +50,27 @@ def test_lr_scale_steps_at_the_scaled_lr_and_reports_the_visible_one() -> None:
     assert any(not torch.allclose(p, q) for p, q in zip(scaled.model.parameters(), unscaled.model.parameters()))
 
 
+def test_lr_shift_changes_the_hidden_scale_after_its_epoch_and_keeps_the_visible_lr() -> None:
+    split = _split(120)
+    shifted = _trainer(split, lr=1e-2, lr_scale=2.0, lr_shift=(2, 3.0))
+    ref = _trainer(split, lr=2e-2)  # the same run, stepping at the hidden rate set by hand
+    for epoch in range(4):
+        if epoch == 2:
+            ref.lr = 6e-2
+        a, b = shifted.train_epoch(), ref.train_epoch()
+        assert a.train_loss == pytest.approx(b.train_loss, abs=1e-6)
+        assert shifted.epochs_trained == epoch + 1
+        assert shifted.lr == pytest.approx(1e-2)  # tuners never see the shift
+        assert shifted.lr_scale == pytest.approx(2.0 if epoch < 1 else 6.0)
+    for p, q in zip(shifted.model.parameters(), ref.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+    unshifted = _trainer(split, lr=1e-2, lr_scale=2.0)
+    for _ in range(4):
+        unshifted.train_epoch()
+    assert unshifted.lr_scale == 2.0 and unshifted.epochs_trained == 4
+    assert any(not torch.allclose(p, q) for p, q in zip(shifted.model.parameters(), unshifted.model.parameters()))
+
+
 def test_dropout_epoch_depends_on_the_run_generator_only() -> None:
     split = _split(200)
 

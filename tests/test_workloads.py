@@ -124,6 +124,10 @@ def test_replaced_workload_is_validated_again() -> None:
     for bad in (0, -1.0, float("inf"), True, "2"):
         with pytest.raises(SpecError, match=r"lr_scale: got .*expected a finite number > 0"):
             dataclasses.replace(wl, lr_scale=bad)
+    for bad in (3, (0, 2.0), (2, 0), (2.5, 2.0), (2, float("nan")), (1, 2, 3), (True, 2.0)):
+        with pytest.raises(SpecError, match=r"lr_shift: got .*expected a pair \[epoch >= 1, factor > 0\]"):
+            dataclasses.replace(wl, lr_shift=bad)
+    assert dataclasses.replace(wl, lr_shift=[3, 2]).lr_shift == (3, 2.0)  # TOML's list, normalised
 
 
 # ---------------------------------------------------------------------------------------------

@@ -130,6 +130,7 @@ class Run:
         self.trainer = Trainer(
             run.model, run.data.train, optimizer=opt, optimizer_args=wl.optimizer_args if optimizer is None else None,
             lr=lr, batch_size=DEFAULT_BATCH_SIZE, generator=run.generator, lr_scale=wl.lr_scale,
+            lr_shift=wl.lr_shift,
         )  # fmt: skip
         self.tracker = RunTracker(
             num_classes=run.data.num_classes, lr_range=wl.lr_range, batch_size_range=wl.batch_size_range,
