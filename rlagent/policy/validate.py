@@ -147,6 +147,16 @@ def parse_start(text: str) -> dict[str, Any]:
     return {"lr": lr, "batch_size": bs, **({"start_check": True} if check else {})}
 
 
+def check_start(start: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A copy of a validation ``start`` (reset options of every draw), refused unless its keys
+    are among ``lr``, ``batch_size`` and ``start_check``."""
+    start = dict(start or {})
+    unknown = sorted(set(start) - {"lr", "batch_size", "start_check"})
+    if unknown:
+        raise SpecError("start", unknown, "keys among ['batch_size', 'lr', 'start_check']")
+    return start
+
+
 def start_suffix(start: Mapping[str, Any] | None) -> str:
     """The file-name suffix of results from that start: ``""``, or e.g. ``"__start-0.1-16"``,
     ``"__start-0.1-16-check"``, ``"__start-probe-16"``, ``"__start-probe-own"`` (the draw's own
@@ -253,10 +263,7 @@ def validate_policy(
     if spec.workloads.sampler is None:
         raise SpecError("workloads.train", list(spec.workloads.train_names), "a procedural sampler to draw from")
     hide_mask(hide)
-    start = dict(start or {})
-    unknown = sorted(set(start) - {"lr", "batch_size", "start_check"})
-    if unknown:
-        raise SpecError("start", unknown, "keys among ['batch_size', 'lr', 'start_check']")
+    start = check_start(start)
     seeds = validation_seeds(spec, n_draws, first_draw)
     if store is not None:
         stored = ValidationReport.load_current(store, policy, seeds)
