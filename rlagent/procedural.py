@@ -140,29 +140,16 @@ class ProceduralSpec:
             raise SpecError("workloads.train.first", self.first, f"one of {FIRST}")
         check_range("workloads.train.sample_range", self.sample_range, positive=True, integer=True)
         object.__setattr__(self, "sample_range", tuple(self.sample_range))
-        scales = self.lr_scale_range
-        if not (isinstance(scales, (list, tuple)) and tuple(scales) == (1.0, 1.0)):
-            check_range("workloads.train.lr_scale_range", scales, positive=True)
-            if not all(math.isfinite(v) for v in scales):
-                raise SpecError("workloads.train.lr_scale_range", list(scales), "a pair of finite numbers")
-        object.__setattr__(self, "lr_scale_range", tuple(float(v) for v in scales))
+        object.__setattr__(self, "lr_scale_range", _positive_range("lr_scale_range", self.lr_scale_range, off=True))
         if not isinstance(self.probe_sees_lr_scale, bool):
             raise SpecError("workloads.train.probe_sees_lr_scale", self.probe_sees_lr_scale, "true or false")
         if not self.probe_sees_lr_scale and self.lr_scale_range == (1.0, 1.0):
             raise SpecError(
                 "workloads.train.probe_sees_lr_scale", False, "true unless lr_scale_range is other than [1, 1]"
             )
-        shifts = self.lr_shift_range
-        if not (isinstance(shifts, (list, tuple)) and tuple(shifts) == (1.0, 1.0)):
-            check_range("workloads.train.lr_shift_range", shifts, positive=True)
-            if not all(math.isfinite(v) for v in shifts):
-                raise SpecError("workloads.train.lr_shift_range", list(shifts), "a pair of finite numbers")
-        object.__setattr__(self, "lr_shift_range", tuple(float(v) for v in shifts))
+        object.__setattr__(self, "lr_shift_range", _positive_range("lr_shift_range", self.lr_shift_range, off=True))
         if self.start_lr_range is not None:
-            check_range("workloads.train.start_lr_range", self.start_lr_range, positive=True)
-            if not all(math.isfinite(v) for v in self.start_lr_range):
-                raise SpecError("workloads.train.start_lr_range", list(self.start_lr_range), "a pair of finite numbers")
-            object.__setattr__(self, "start_lr_range", tuple(float(v) for v in self.start_lr_range))
+            object.__setattr__(self, "start_lr_range", _positive_range("start_lr_range", self.start_lr_range))
         cap = self.max_epoch_seconds
         if not is_number(cap) or not 0 < cap < math.inf:
             raise SpecError("workloads.train.max_epoch_seconds", cap, "a number > 0")
@@ -425,6 +412,17 @@ def sample_task(
     raise SpecError(
         "workloads.train", dataclasses.asdict(sampler), "a sampler whose families fit under max_epoch_seconds"
     )
+
+
+def _positive_range(key: str, value: Any, *, off: bool = False) -> tuple[float, float]:
+    """``workloads.train.KEY`` as a pair of floats, refused unless finite and 0 < low < high
+    (``off``: [1, 1] too, the value that turns a hidden multiplier off)."""
+    if off and isinstance(value, (list, tuple)) and tuple(value) == (1.0, 1.0):
+        return (1.0, 1.0)
+    check_range(f"workloads.train.{key}", value, positive=True)
+    if not all(math.isfinite(v) for v in value):
+        raise SpecError(f"workloads.train.{key}", list(value), "a pair of finite numbers")
+    return (float(value[0]), float(value[1]))
 
 
 def _short(args: Mapping[str, Any]) -> str:
