@@ -270,11 +270,19 @@ class Trainer:
 
     def end_epoch(self) -> None:
         """Count a trained epoch and apply ``lr_shift`` when it is due (the visible LR is kept)."""
-        self.epochs_trained += 1
-        if self.lr_shift is not None and self.epochs_trained == self.lr_shift[0]:
-            lr = self.lr
-            self.lr_scale *= self.lr_shift[1]
-            self.lr = lr
+        self.set_epochs_trained(self.epochs_trained + 1)
+
+    def set_epochs_trained(self, epochs: int) -> None:
+        """Set the epoch count, e.g. of a run restored from a checkpoint, with the hidden multiplier
+        ``lr_shift`` gives after that many epochs (the visible LR is kept)."""
+        if self.lr_shift is not None:
+            at, factor = self.lr_shift
+            was, now = self.epochs_trained >= at, epochs >= at
+            if was != now:
+                lr = self.lr
+                self.lr_scale *= factor if now else 1.0 / factor
+                self.lr = lr
+        self.epochs_trained = epochs
 
     def _train_epoch(self) -> EpochStats:
         start = time.perf_counter()

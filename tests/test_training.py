@@ -64,6 +64,15 @@ def test_lr_shift_changes_the_hidden_scale_after_its_epoch_and_keeps_the_visible
         assert shifted.lr_scale == pytest.approx(2.0 if epoch < 1 else 6.0)
     for p, q in zip(shifted.model.parameters(), ref.model.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+    restored = _trainer(split, lr=1e-2, lr_scale=2.0, lr_shift=(2, 3.0))  # as from a checkpoint
+    restored.set_epochs_trained(4)
+    assert (restored.lr_scale, restored.step_lr, restored.lr) == (
+        pytest.approx(6.0),
+        pytest.approx(6e-2),
+        pytest.approx(1e-2),
+    )
+    restored.set_epochs_trained(1)
+    assert restored.lr_scale == pytest.approx(2.0) and restored.step_lr == pytest.approx(2e-2)
     unshifted = _trainer(split, lr=1e-2, lr_scale=2.0)
     for _ in range(4):
         unshifted.train_epoch()

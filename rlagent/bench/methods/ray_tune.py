@@ -97,6 +97,7 @@ def _load_state(run: Run, folder: Path, device: str) -> None:
     run.trainer.generator.set_state(state["generator"].cpu())
     saved = json.loads((folder / _RUN_FILE).read_text())
     run.history, run.diverged = saved["history"], saved["diverged"]
+    run.trainer.set_epochs_trained(len(run.history))  # a hidden mid-run LR shift stays where it was
 
 
 def _trainable(
