@@ -138,10 +138,10 @@ def _twin_draw(policy_dir: str, spec: EnvSpec, seed: int, start: dict[str, Any])
     torch.set_num_threads(1)
     policy = load_policy(policy_dir)
     spec = replace(spec, episode=replace(spec.episode, action=action_kind(policy)))
-    actor = policy.actor(deterministic=True)
     shifted, twin = HyperTuneEnv(spec), HyperTuneEnv(without_shift(spec))
-    val_acc, acted, _ = _run(shifted, seed, actor, start)
-    twin_acc, twin_acted, _ = _run(twin, seed, actor, start)
+    # A fresh actor per run: a frame-stacking or recurrent one carries state through a run.
+    val_acc, acted, _ = _run(shifted, seed, policy.actor(deterministic=True), start)
+    twin_acc, twin_acted, _ = _run(twin, seed, policy.actor(deterministic=True), start)
     workload = cast(WorkloadSpec, shifted.workload)
     queue = iter(twin_acted)
     # The twin's run may outlast a shifted run that diverged; a shifted run that outlasts a

@@ -60,13 +60,13 @@ def test_the_twin_is_the_same_draw_without_its_shift(shift_spec: Path) -> None:
 def test_reaction_test_replays_the_twins_actions_on_the_shifted_draw(tiny_policy: Path, shift_spec: Path) -> None:
     spec: EnvSpec = load_spec(shift_spec)
     report = reaction_test(tiny_policy, spec, n_draws=3)
-    actor = load_policy(tiny_policy).actor(deterministic=True)
+    policy = load_policy(tiny_policy)
     seeds = validation_seeds(spec, 3)
     assert [d.seed for d in report.draws] == seeds
     for draw in report.draws:
         shifted_env, twin_env = HyperTuneEnv(spec), HyperTuneEnv(without_shift(spec))
-        val_acc, acted = _closed_loop(shifted_env, draw.seed, actor)
-        twin_acc, twin_acted = _closed_loop(twin_env, draw.seed, actor)
+        val_acc, acted = _closed_loop(shifted_env, draw.seed, policy.actor(deterministic=True))
+        twin_acc, twin_acted = _closed_loop(twin_env, draw.seed, policy.actor(deterministic=True))
         queue = iter(twin_acted)
         replay_acc, _ = _closed_loop(shifted_env, draw.seed, lambda _o, q=queue: next(q))
         assert (draw.val_acc, draw.twin_val_acc, draw.replay_val_acc) == (val_acc, twin_acc, replay_acc)
