@@ -220,7 +220,7 @@ def train_batched(trainers: Sequence[Trainer]) -> list[EpochStats]:
             t.generator.set_state(state)
         raise
     for t in trainers:
-        t.end_epoch()
+        t.set_epochs_trained(t.epochs_trained + 1)
     return stats
 
 

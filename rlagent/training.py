@@ -202,9 +202,8 @@ class Trainer:
             epoch's LR.
         lr_scale: Hidden step-size multiplier: the optimiser steps at ``lr × lr_scale`` while
             ``trainer.lr`` reads and sets ``lr`` (see ``WorkloadSpec.lr_scale``).
-        lr_shift: ``(epoch, factor)``: once ``epoch`` epochs are trained the hidden multiplier
-            becomes ``lr_scale × factor``, the visible LR unchanged (see ``WorkloadSpec.lr_shift``);
-            None (the default): no shift.
+        lr_shift: ``(epoch, factor)``: once ``epoch`` epochs are trained the hidden multiplier is
+            ``lr_scale × factor``, the visible LR unchanged (``WorkloadSpec.lr_shift``); None: no shift.
     """
 
     def __init__(
@@ -227,8 +226,7 @@ class Trainer:
         self.model = model
         self.lr_scale = float(lr_scale)
         self.lr_shift = lr_shift
-        self.epochs_trained = 0
-        """Epochs this trainer has trained (``train_epoch`` or ``rlagent.batched.train_batched``)."""
+        self.epochs_trained = 0  # by train_epoch or rlagent.batched.train_batched
         self.train_split = train
         if isinstance(optimizer, str):
             self.optimizer = make_optimizer(optimizer, model.parameters(), lr, optimizer_args)
@@ -265,23 +263,17 @@ class Trainer:
         """
         with seeded_global_rng([self.generator], self.train_split.x.device):
             stats = self._train_epoch()
-        self.end_epoch()
+        self.set_epochs_trained(self.epochs_trained + 1)
         return stats
 
-    def end_epoch(self) -> None:
-        """Count a trained epoch and apply ``lr_shift`` when it is due (the visible LR is kept)."""
-        self.set_epochs_trained(self.epochs_trained + 1)
-
     def set_epochs_trained(self, epochs: int) -> None:
-        """Set the epoch count, e.g. of a run restored from a checkpoint, with the hidden multiplier
-        ``lr_shift`` gives after that many epochs (the visible LR is kept)."""
-        if self.lr_shift is not None:
-            at, factor = self.lr_shift
-            was, now = self.epochs_trained >= at, epochs >= at
-            if was != now:
-                lr = self.lr
-                self.lr_scale *= factor if now else 1.0 / factor
-                self.lr = lr
+        """Set the epoch count (after each epoch, or for a run restored from a checkpoint), with the
+        hidden multiplier ``lr_shift`` gives after that many epochs; the visible LR is kept."""
+        at, factor = self.lr_shift or (math.inf, 1.0)
+        if (self.epochs_trained >= at) != (epochs >= at):
+            lr = self.lr
+            self.lr_scale *= factor if epochs >= at else 1.0 / factor
+            self.lr = lr
         self.epochs_trained = epochs
 
     def _train_epoch(self) -> EpochStats:
