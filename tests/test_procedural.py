@@ -177,7 +177,7 @@ def test_hidden_lr_shift_is_off_by_default_and_drawn_after_the_scale() -> None:
         afters.append(after)
     assert min(factors) < 0.5 and max(factors) > 2.0 and len(set(afters)) > 5
     spec = load_spec("default-shift-final")
-    assert spec.workloads.sampler.lr_shift_range == (0.25, 4.0)
+    assert spec.workloads.sampler.lr_shift_range == (0.25, 16.0)
     assert spec_from_dict(spec.to_dict()) == spec
     # a spec that sets the episode's epochs keeps each shift at its share of the run, inside it
     short = dataclasses.replace(spec, episode=dataclasses.replace(spec.episode, epochs=4))
