@@ -97,6 +97,7 @@ def test_report_summary_splits_hotter_and_colder_draws_and_round_trips(tmp_path:
     assert (s["hotter_draws"], s["hotter_gain"]) == (2, pytest.approx(0.0))
     assert (s["colder_draws"], s["colder_gain"]) == (1, 0.0)
     assert s["reaction_gain"] == pytest.approx(0.0) and s["stderr"] == pytest.approx(0.1 / np.sqrt(3), abs=1e-4)
+    assert report.mean_gain == pytest.approx(0.0) and report.draws[0].reaction_gain == pytest.approx(0.1)
     report.save(tmp_path / "r.json")
     assert ReactionReport.load(tmp_path / "r.json").draws == report.draws
 
