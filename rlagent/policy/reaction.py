@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing as mp
 import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -36,8 +35,7 @@ from rlagent.env import HyperTuneEnv
 from rlagent.errors import SpecError
 from rlagent.policy.controller import action_kind
 from rlagent.policy.file import load_policy
-from rlagent.policy.validate import check_start, validation_seeds
-from rlagent.pool.executor import ProcessExecutor
+from rlagent.policy.validate import check_start, map_draws, validation_seeds
 from rlagent.workloads import WorkloadSpec
 
 logger = logging.getLogger(__name__)
@@ -180,13 +178,7 @@ def reaction_test(
     without_shift(spec)  # refuse a spec with no shift before any draw runs
     start = check_start(start)
     seeds = validation_seeds(spec, n_draws, first_draw)
-    args = [(str(policy), spec, s, start) for s in seeds]
-    if n_workers <= 1:
-        draws = [_twin_draw(*a) for a in args]
-    else:
-        ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
-        with ProcessExecutor(max_workers=n_workers, mp_context=ctx) as pool:
-            draws = list(pool.map(_twin_draw, *zip(*args)))
+    draws = map_draws(_twin_draw, [(str(policy), spec, s, start) for s in seeds], n_workers)
     for d in draws:
         logger.info(
             "draw %d %s shift x%g after epoch %d: policy %.3f, twin's actions %.3f",

@@ -15,10 +15,10 @@ import logging
 import math
 import multiprocessing as mp
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from rlagent.policy.file import SavedPolicy, load_policy
 from rlagent.pool.executor import ProcessExecutor
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _VALIDATION_STREAM = 0x5A11D
 """Mixed into the spec's seed to give validation draws a seed stream of their own."""
@@ -226,6 +227,16 @@ def _run_draw(policy_dir: str, spec: EnvSpec, seed: int, hide: tuple[str, ...], 
     return DrawResult(seed, name, epochs, val_acc, constant, diverged)
 
 
+def map_draws(run: Callable[..., T], args: Sequence[tuple[Any, ...]], n_workers: int) -> list[T]:
+    """``[run(*a) for a in args]``, in this process or in ``n_workers`` worker processes (one per
+    draw at a time; forkserver or spawn, never fork). An interrupt stops the workers."""
+    if n_workers <= 1:
+        return [run(*a) for a in args]
+    ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+    with ProcessExecutor(max_workers=n_workers, mp_context=ctx) as pool:
+        return list(pool.map(run, *zip(*args)))
+
+
 def validate_policy(
     policy: str | Path,
     spec: EnvSpec | str | Path = "default",
@@ -270,13 +281,7 @@ def validate_policy(
         if stored is not None:
             logger.info("validation of %s read back from %s", policy, store)
             return stored
-    args = [(str(policy), spec, s, tuple(hide), start) for s in seeds]
-    if n_workers <= 1:
-        draws = [_run_draw(*a) for a in args]
-    else:
-        ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
-        with ProcessExecutor(max_workers=n_workers, mp_context=ctx) as pool:  # an interrupt stops the workers
-            draws = list(pool.map(_run_draw, *zip(*args)))
+    draws = map_draws(_run_draw, [(str(policy), spec, s, tuple(hide), start) for s in seeds], n_workers)
     for d in draws:
         logger.info("draw %d %s: policy %.3f, constant %.3f", d.seed, d.workload, d.val_acc, d.constant_val_acc)
     report = ValidationReport(draws)
