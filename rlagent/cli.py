@@ -170,6 +170,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "--lstm", type=int, default=d.lstm_hidden_size, metavar="UNITS",
         help="train RecurrentPPO (sb3-contrib) with an LSTM of this many units; 0: plain PPO",
     )  # fmt: skip
+    p.add_argument(
+        "--draw-group", type=int, default=c.draw_group, metavar="K",
+        help="K envs share each draw; advantages relative to the others' at the same epoch (1: off)",
+    )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -186,7 +190,7 @@ def run_training(args: argparse.Namespace, command: str) -> TrainResult:
         checkpoint_every=args.checkpoint_every, ppo=ppo, progress=not args.no_progress,
         metadata={"command": command}, max_minutes=args.max_minutes, allow_spec_change=args.allow_spec_change,
         population=args.population, init_from=args.init_from, init_critic=not args.fresh_critic,
-        critic_warmup=args.critic_warmup,
+        critic_warmup=args.critic_warmup, draw_group=args.draw_group,
     )  # fmt: skip
     venv = None
     if args.backend == "ray":

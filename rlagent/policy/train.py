@@ -26,7 +26,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecFrameStack, VecNormalize
 from rlagent._io import optional_import
 from rlagent.errors import ClusterLostError, SpecError, is_number
 from rlagent.policy._checks import _ACTIVATIONS, _MAX_LAYERS, _MAX_LSTM, _MAX_WIDTH
-from rlagent.policy.callbacks import CheckpointEvery, CriticWarmup
+from rlagent.policy.callbacks import CheckpointEvery, CriticWarmup, GroupAdvantage, share_draws
 from rlagent.policy.checkpoints import (
     CHECKPOINT_FORMAT,
     copy_policy,
@@ -185,6 +185,11 @@ class TrainConfig:
     population: int | None = None
     """If set, each worker owns a population of this many envs trained together (batched where
     it pays; see :class:`rlagent.PopulationVecEnv`): ``n_envs`` workers × ``population`` envs."""
+    draw_group: int = 1
+    """Envs that share each draw: groups of this many consecutive envs run the same episodes
+    (workload, weights, data order), and each decision's advantage is taken relative to the
+    group's others at the same epoch (:class:`rlagent.policy.callbacks.GroupAdvantage`). 1: every
+    env draws its own episodes and advantages are PPO's. Must divide ``n_envs``."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.timesteps, int) or self.timesteps < 1:
@@ -195,6 +200,12 @@ class TrainConfig:
             raise SpecError("checkpoint_every", self.checkpoint_every, "an integer >= 0")
         if self.population is not None and (not isinstance(self.population, int) or self.population < 1):
             raise SpecError("population", self.population, "an integer >= 1, or None")
+        if type(self.draw_group) is not int or self.draw_group < 1:
+            raise SpecError("draw_group", self.draw_group, "an integer >= 1")
+        if self.draw_group > 1 and self.population is not None:
+            raise SpecError("draw_group", self.draw_group, "1 with population (its members are seeded apart)")
+        if self.draw_group > 1 and self.n_envs is not None and self.n_envs % self.draw_group:
+            raise SpecError("draw_group", self.draw_group, f"a divisor of n_envs={self.n_envs}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise SpecError("max_minutes", self.max_minutes, "a number > 0")
         if self.init_from is not None and self.resume:
@@ -341,6 +352,10 @@ def train_policy(config: TrainConfig, *, venv: VecEnv | None = None) -> TrainRes
         if config.ppo.frame_stack > 1:
             observed = VecFrameStack(observed, n_stack=config.ppo.frame_stack)
         model = build_ppo(observed, config.ppo, run_seed, config.tensorboard)
+        if config.draw_group > 1:
+            if pool.num_envs % config.draw_group:
+                raise SpecError("draw_group", config.draw_group, f"a divisor of the {pool.num_envs} envs")
+            share_draws(pool, run_seed, config.draw_group)
         done = 0
         resumed: dict[str, Any] = {}
         if checked.init is not None:
@@ -362,6 +377,8 @@ def train_policy(config: TrainConfig, *, venv: VecEnv | None = None) -> TrainRes
         callbacks: list[BaseCallback] = [monitor]
         if config.critic_warmup:
             callbacks.append(CriticWarmup(config.critic_warmup, norm))
+        if config.draw_group > 1:
+            callbacks.append(GroupAdvantage(pool, config.draw_group))
         if config.checkpoint_every:
             callbacks.append(
                 CheckpointEvery(config.checkpoint_every, run_dir / "checkpoints", norm, config, spec_record)
@@ -391,6 +408,7 @@ def train_policy(config: TrainConfig, *, venv: VecEnv | None = None) -> TrainRes
             "wall_seconds": round(wall, 1),
             "n_envs": pool.num_envs,
             "population": config.population,
+            "draw_group": config.draw_group,
             "devices": [s.device for s in getattr(pool, "slots", [])],
             "ppo": dataclasses.asdict(config.ppo),
             "env_steps_per_second": round(monitor.steps_per_second, 2),
