@@ -14,6 +14,7 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
+from rlagent.errors import SpecError
 from rlagent.policy.checkpoints import CRITIC_PREFIXES, save_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ def share_draws(venv: VecEnv, seed: int, group: int) -> None:
     actions. Call after the algorithm is built (building it seeds every env ``seed + i``).
     """
     if venv.num_envs % group:
-        raise ValueError(f"draw_group {group} does not divide the {venv.num_envs} envs")
+        raise SpecError("draw_group", group, f"a divisor of the {venv.num_envs} envs")
     venv.seed(seed)
     venv._seeds = [seed + i // group for i in range(venv.num_envs)]  # what VecEnv.seed() sets
 

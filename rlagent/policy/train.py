@@ -353,8 +353,6 @@ def train_policy(config: TrainConfig, *, venv: VecEnv | None = None) -> TrainRes
             observed = VecFrameStack(observed, n_stack=config.ppo.frame_stack)
         model = build_ppo(observed, config.ppo, run_seed, config.tensorboard)
         if config.draw_group > 1:
-            if pool.num_envs % config.draw_group:
-                raise SpecError("draw_group", config.draw_group, f"a divisor of the {pool.num_envs} envs")
             share_draws(pool, run_seed, config.draw_group)
         done = 0
         resumed: dict[str, Any] = {}

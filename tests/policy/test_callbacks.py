@@ -75,6 +75,8 @@ def test_a_pair_runs_the_same_draws_and_each_is_credited_against_the_other() -> 
         assert not np.allclose(b[:, 0], b[:, 1])  # the two runs' actions differed somewhere
         np.testing.assert_allclose(a[:, 0], b[:, 0] - b[:, 1], atol=1e-6)
         np.testing.assert_allclose(a[:, 1], -a[:, 0], atol=1e-6)
+    with pytest.raises(SpecError, match=r"draw_group: got 3; expected a divisor of the 2 envs"):
+        share_draws(venv, 3, 3)
     venv.close()
 
 
