@@ -101,7 +101,6 @@ def share_draws(venv: VecEnv, seed: int, group: int) -> None:
     """
     if venv.num_envs % group:
         raise SpecError("draw_group", group, f"a divisor of the {venv.num_envs} envs")
-    venv.seed(seed)
     venv._seeds = [seed + i // group for i in range(venv.num_envs)]  # what VecEnv.seed() sets
 
 
