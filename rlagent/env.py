@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, SupportsFloat
@@ -14,7 +15,7 @@ from gymnasium import spaces
 from rlagent.config import ACTIONS, EnvSpec, load_spec, spec_from_dict
 from rlagent.errors import SpecError, is_number
 from rlagent.features import FEATURE_NAMES, OBS_HIGH, OBS_LOW, RunTracker
-from rlagent.probe import checked_start, probe_seed, start_from_probe
+from rlagent.probe import START_DIVISOR, checked_start, probe_seed, start_from_probe
 from rlagent.training import HParams, Trainer, run_epoch
 from rlagent.workloads import Data, Source, WorkloadSpec, make_run
 
@@ -26,7 +27,7 @@ WIDE_LR_FACTORS = (1 / 16, 0.25, 0.5, 1.0, 2.0, 4.0, 16.0)
 """``discrete-wide`` action 0: as :data:`LR_FACTORS` plus ×1/16 and ×16, so one epoch can undo
 a start that is far off."""
 _LR_FACTORS_OF = {"discrete": LR_FACTORS, "discrete-wide": WIDE_LR_FACTORS}
-RESET_OPTIONS = ("workload", "lr", "batch_size", "replica", "start_check")
+RESET_OPTIONS = ("workload", "lr", "batch_size", "replica", "start_check", "probe_divisor")
 
 
 def action_space(kind: str) -> spaces.Space:
@@ -103,7 +104,8 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
     seed) at ``episode.init_lr`` / ``episode.init_batch_size`` (fixed or sampled); the first
     observation comes from evaluating the untrained model on the validation split. With
     ``init_lr = "probe"`` (or the reset option ``"lr": "probe"``) a short LR range test on a copy
-    of the run sets the first LR to its minimum-loss LR ÷ 10 (:mod:`rlagent.probe`; the run
+    of the run sets the first LR to its minimum-loss LR ÷ 10 (the reset option ``"probe_divisor"``
+    sets another divisor >= 1; :mod:`rlagent.probe`; the run
     itself is untouched by it); ``info`` then holds ``probe_lr`` and ``probe_samples``, and
     those samples count in ``samples_seen``. With the reset option ``"start_check": True`` a
     numeric first LR is checked by the same probe (:func:`rlagent.probe.checked_start`): one above
@@ -229,10 +231,12 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         )  # fmt: skip
         probe, replaced = None, None
         p_seed = probe_seed(episode_seed, options.get("replica", 0))
+        divisor = options.get("probe_divisor", START_DIVISOR)
+        probing = {"seed": p_seed, "lr_scale": wl.probe_lr_scale, "divisor": divisor}
         if probe_start:
-            probe, hp = start_from_probe(self.trainer, hp, seed=p_seed, lr_scale=wl.probe_lr_scale)
+            probe, hp = start_from_probe(self.trainer, hp, **probing)
         elif options.get("start_check", False):
-            probe, hp, replaced = checked_start(self.trainer, hp, seed=p_seed, lr_scale=wl.probe_lr_scale)
+            probe, hp, replaced = checked_start(self.trainer, hp, **probing)
         lr, bs = hp.lr, hp.batch_size
         self.hparams = hp
         self.workload, self.data = wl, data
@@ -282,6 +286,9 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             raise SpecError("reset options.batch_size", bs, "an integer >= 1")
         if not isinstance(options.get("start_check", False), bool):
             raise SpecError("reset options.start_check", options["start_check"], "true or false")
+        divisor = options.get("probe_divisor", START_DIVISOR)
+        if not (is_number(divisor) and 1 <= divisor < math.inf):
+            raise SpecError("reset options.probe_divisor", divisor, "a finite number >= 1")
         return ranges.with_values(float(lr), int(bs)), probe
 
     def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:

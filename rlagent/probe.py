@@ -8,7 +8,8 @@ and a forked global RNG, so the run itself is untouched: its weights, optimiser 
 and dropout stream are what they were, and it trains exactly as without the probe.
 
 The LR of the minimum smoothed loss is no LR to train at (it sits just below divergence); the
-practitioner's rule divides it by 10 (:func:`probe_start_lr`).
+practitioner's rule divides it by 10 (:func:`probe_start_lr`; a policy may record another
+divisor, ``probe_divisor``).
 
 A start chosen by hand can be checked the same way (:func:`checked_start`): one above the probe's
 minimum-loss LR is past where this run's loss stops falling, and one epoch there can wreck it
@@ -21,6 +22,7 @@ import copy
 import logging
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -136,45 +138,69 @@ def probe_seed(episode_seed: int, replica: int = 0) -> int:
     return (int(episode_seed) * 7919 + 17 + 104729 * int(replica)) % 2**63
 
 
-def probe_start_lr(probe: Probe, lr_range: tuple[float, float]) -> float:
-    """The start LR a probe points to: its minimum-loss LR ÷ ``START_DIVISOR``, kept in ``lr_range``."""
-    return float(min(max(probe.lr / START_DIVISOR, lr_range[0]), lr_range[1]))
+def probe_start_lr(probe: Probe, lr_range: tuple[float, float], divisor: float = START_DIVISOR) -> float:
+    """The start LR a probe points to: its minimum-loss LR ÷ ``divisor``, kept in ``lr_range``.
+
+    Raises:
+        SpecError: Naming ``probe_divisor``, unless ``divisor`` is a finite number >= 1.
+    """
+    return float(min(max(probe.lr / check_divisor(divisor), lr_range[0]), lr_range[1]))
+
+
+def check_divisor(divisor: Any) -> float:
+    """``divisor`` as a float, refused (naming ``probe_divisor``) unless a finite number >= 1: a
+    start at or below the probe's minimum-loss LR."""
+    if not (is_number(divisor) and 1 <= divisor < math.inf):
+        raise SpecError("probe_divisor", divisor, "a finite number >= 1")
+    return float(divisor)
 
 
 def start_from_probe(
-    trainer: Trainer, hparams: HParams, *, seed: int, lr_scale: float | None = None
+    trainer: Trainer,
+    hparams: HParams,
+    *,
+    seed: int,
+    lr_scale: float | None = None,
+    divisor: float = START_DIVISOR,
 ) -> tuple[Probe, HParams]:
     """Probe ``trainer``'s run (:func:`probe_lr` over ``hparams``' LR range, at ``lr_scale``) and
-    start it at the LR the probe points to: ``trainer.lr`` is set, and the probe and ``hparams`` at
-    that LR (batch size kept) are returned."""
+    start it at the LR the probe points to (its minimum-loss LR ÷ ``divisor``): ``trainer.lr`` is
+    set, and the probe and ``hparams`` at that LR (batch size kept) are returned."""
+    check_divisor(divisor)
     probe = probe_lr(trainer, hparams.lr_range, seed=seed, lr_scale=lr_scale)
-    return probe, _start_at_probe(trainer, hparams, probe)
+    return probe, _start_at_probe(trainer, hparams, probe, divisor)
 
 
-def _start_at_probe(trainer: Trainer, hparams: HParams, probe: Probe) -> HParams:
+def _start_at_probe(trainer: Trainer, hparams: HParams, probe: Probe, divisor: float) -> HParams:
     """``hparams`` at the probe's start LR (batch size kept), with ``trainer.lr`` set to it."""
-    hparams = hparams.with_values(probe_start_lr(probe, hparams.lr_range), hparams.batch_size)
+    hparams = hparams.with_values(probe_start_lr(probe, hparams.lr_range, divisor), hparams.batch_size)
     trainer.lr = hparams.lr
     return hparams
 
 
 def checked_start(
-    trainer: Trainer, hparams: HParams, *, seed: int, lr_scale: float | None = None
+    trainer: Trainer,
+    hparams: HParams,
+    *,
+    seed: int,
+    lr_scale: float | None = None,
+    divisor: float = START_DIVISOR,
 ) -> tuple[Probe, HParams, bool]:
     """Check a given start LR against a probe of ``trainer``'s run (:func:`probe_lr`).
 
     A start above the probe's minimum-loss LR — where the short test's loss already rises — is
-    replaced by the probe's start (:func:`probe_start_lr`) and ``trainer.lr`` set to it; any
+    replaced by the probe's start (:func:`probe_start_lr` with ``divisor``) and ``trainer.lr`` set to it; any
     other start is kept as it is, so a low start stays for a policy to raise. The batch size is
     kept either way.
 
     Returns:
         The probe, the hparams to start from, and whether the start was replaced.
     """
+    check_divisor(divisor)
     probe = probe_lr(trainer, hparams.lr_range, seed=seed, lr_scale=lr_scale)
     if hparams.lr <= probe.lr:
         return probe, hparams, False
-    given, hparams = hparams.lr, _start_at_probe(trainer, hparams, probe)
+    given, hparams = hparams.lr, _start_at_probe(trainer, hparams, probe, divisor)
     logger.info(
         "start LR %.3g is above the probe's minimum-loss LR %.3g: starting at %.3g", given, probe.lr, hparams.lr
     )

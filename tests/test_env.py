@@ -292,6 +292,8 @@ def test_cost_weight_subtracts_steps() -> None:
         ({"batch_size": 0}, r"reset options\.batch_size.*0"),
         ({"batch_size": 8.5}, r"reset options\.batch_size.*8\.5"),
         ({"lr": 0.1, "start_check": "yes"}, r"reset options\.start_check.*'yes'"),
+        ({"lr": "probe", "probe_divisor": 0.5}, r"reset options\.probe_divisor.*0\.5.*>= 1"),
+        ({"lr": "probe", "probe_divisor": "ten"}, r"reset options\.probe_divisor.*'ten'"),
         ({"workload": "nope"}, r"workload.*'nope'"),
     ],
 )
@@ -405,6 +407,10 @@ def test_probe_start_sets_the_first_lr_and_leaves_the_run_as_it_was() -> None:
     for a, b in zip(probed, plain):
         assert a["val_acc"] == b["val_acc"] and a["train_loss"] == b["train_loss"]
         assert a["samples_seen"] == b["samples_seen"] + info["probe_samples"]
+    _, lower = env.reset(seed=4, options={"lr": "probe", "batch_size": 16, "probe_divisor": 30})
+    assert lower["probe_lr"] == info["probe_lr"]  # the same probe, a start three times lower
+    assert lower["lr"] == pytest.approx(min(max(info["probe_lr"] / 30, 1e-4), 0.3))
+    assert lower["lr"] < info["lr"]
 
 
 def test_start_check_replaces_only_a_start_past_the_probes_minimum() -> None:

@@ -88,6 +88,17 @@ def test_start_lr_is_a_tenth_of_the_minimum_kept_in_range() -> None:
     assert probe_start_lr(probe, RANGE) == pytest.approx(0.005)
     assert probe_start_lr(Probe(lr=1e-4, lrs=(), losses=(), samples=0), RANGE) == RANGE[0]
     assert probe_start_lr(Probe(lr=9.0, lrs=(), losses=(), samples=0), RANGE) == RANGE[1]
+    assert probe_start_lr(probe, RANGE, divisor=30) == pytest.approx(0.05 / 30)
+    assert probe_start_lr(probe, RANGE, divisor=1) == pytest.approx(0.05)  # the minimum itself
+
+
+@pytest.mark.parametrize("divisor", [0.5, 0.0, -10.0, float("inf"), float("nan"), "10", True])
+def test_a_divisor_that_would_start_past_the_minimum_is_refused(divisor: object) -> None:
+    probe = Probe(lr=0.05, lrs=(0.05,), losses=(1.0,), samples=32)
+    with pytest.raises(SpecError, match="probe_divisor"):
+        probe_start_lr(probe, RANGE, divisor=divisor)  # type: ignore[arg-type]
+    with pytest.raises(SpecError, match="probe_divisor"):  # before a probe is spent on it
+        checked_start(_trainer(), HParams(0.3, 16, RANGE, (16, 512), 400), seed=0, divisor=divisor)  # type: ignore[arg-type]
 
 
 def test_checked_start_replaces_a_start_past_the_minimum_and_keeps_any_other() -> None:
@@ -101,6 +112,9 @@ def test_checked_start_replaces_a_start_past_the_minimum_and_keeps_any_other() -
         trainer = _trainer()
         probe, hp, replaced = checked_start(trainer, HParams(lr, 16, RANGE, (16, 512), 400), seed=2)
         assert not replaced and hp.lr == lr and trainer.lr == pytest.approx(1e-3) and probe.lr == minimum
+    trainer = _trainer()  # a replaced start goes to the minimum ÷ the divisor given
+    probe, hp, replaced = checked_start(trainer, hot, seed=2, divisor=30)
+    assert replaced and hp.lr == pytest.approx(probe_start_lr(probe, RANGE, 30)) == trainer.lr
 
 
 @pytest.mark.parametrize(

@@ -193,16 +193,20 @@ class Selection:
         }
 
 
-def paired(start: str, candidate: ValidationReport, incumbent: ValidationReport) -> Paired:
-    """Pair two reports on the same draws (same seeds, same order)."""
+def paired(start: str, candidate: ValidationReport, incumbent: ValidationReport, *, key: str = "val_acc") -> Paired:
+    """Pair two reports on the same draws (same seeds, same order) by a :class:`DrawResult` score:
+    ``val_acc`` (the policy's), or ``constant_val_acc`` (its start held constant)."""
     if [d.seed for d in candidate.draws] != [d.seed for d in incumbent.draws]:
         raise ValueError("the two reports are not on the same draws")
-    diffs = [c.val_acc - i.val_acc for c, i in zip(candidate.draws, incumbent.draws, strict=True)]
+    if key not in ("val_acc", "constant_val_acc"):
+        raise SpecError("key", key, "'val_acc' or 'constant_val_acc'")
+    ours, theirs = [getattr(d, key) for d in candidate.draws], [getattr(d, key) for d in incumbent.draws]
+    diffs = [c - i for c, i in zip(ours, theirs, strict=True)]
     stderr = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
     return Paired(
         start=start,
-        candidate=candidate.mean_val_acc,
-        incumbent=incumbent.mean_val_acc,
+        candidate=statistics.fmean(ours),
+        incumbent=statistics.fmean(theirs),
         difference=statistics.fmean(diffs),
         stderr=stderr,
         wins=sum(d > 0 for d in diffs),

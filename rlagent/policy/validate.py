@@ -148,25 +148,30 @@ def parse_start(text: str) -> dict[str, Any]:
     return {"lr": lr, "batch_size": bs, **({"start_check": True} if check else {})}
 
 
+START_KEYS = ("lr", "batch_size", "start_check", "probe_divisor")
+"""The env reset options a validation ``start`` may set on every draw."""
+
+
 def check_start(start: Mapping[str, Any] | None) -> dict[str, Any]:
     """A copy of a validation ``start`` (reset options of every draw), refused unless its keys
-    are among ``lr``, ``batch_size`` and ``start_check``."""
+    are among ``START_KEYS``."""
     start = dict(start or {})
-    unknown = sorted(set(start) - {"lr", "batch_size", "start_check"})
+    unknown = sorted(set(start) - set(START_KEYS))
     if unknown:
-        raise SpecError("start", unknown, "keys among ['batch_size', 'lr', 'start_check']")
+        raise SpecError("start", unknown, f"keys among {sorted(START_KEYS)}")
     return start
 
 
 def start_suffix(start: Mapping[str, Any] | None) -> str:
     """The file-name suffix of results from that start: ``""``, or e.g. ``"__start-0.1-16"``,
     ``"__start-0.1-16-check"``, ``"__start-probe-16"``, ``"__start-probe-own"`` (the draw's own
-    batch size)."""
+    batch size), ``"__start-probe-own-div30"`` (``probe_divisor`` 30)."""
     if not start:
         return ""
     lr = start.get("lr", "own")
     check = "-check" if start.get("start_check") else ""
-    return f"__start-{lr if isinstance(lr, str) else f'{lr:g}'}-{start.get('batch_size', 'own')}{check}"
+    divisor = f"-div{start['probe_divisor']:g}" if "probe_divisor" in start else ""
+    return f"__start-{lr if isinstance(lr, str) else f'{lr:g}'}-{start.get('batch_size', 'own')}{check}{divisor}"
 
 
 def compare_training_seeds(candidate: Sequence[float], baseline: Sequence[float]) -> dict[str, Any]:

@@ -182,6 +182,14 @@ def test_paired_differences_and_their_error() -> None:
     assert paired("x", _report([0.8]), _report([0.7])).stderr == 0.0
     with pytest.raises(ValueError, match="same draws"):
         paired("x", _report([0.8], first=0), _report([0.7], first=1))
+    a, b = _report([0.8, 0.6]), _report([0.7, 0.7])
+    for d, constant in zip(a.draws + b.draws, (0.5, 0.4, 0.6, 0.6)):
+        d.constant_val_acc = constant
+    held = paired("x", a, b, key="constant_val_acc")  # the constant starts' scores, paired the same way
+    assert held.candidate == pytest.approx(0.45) and held.incumbent == pytest.approx(0.6)
+    assert held.difference == pytest.approx(-0.15) and held.wins == 0
+    with pytest.raises(SpecError, match="key.*'epochs'"):
+        paired("x", a, b, key="epochs")
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -125,6 +126,7 @@ def test_parse_start_reads_lr_and_batch_size_or_names_the_bad_text() -> None:
     assert parse_start("0.1,16,check") == {"lr": 0.1, "batch_size": 16, "start_check": True}
     assert start_suffix(parse_start("1e-4,512")) == "__start-0.0001-512" and start_suffix(None) == ""
     assert start_suffix(parse_start("0.1,16,check")) == "__start-0.1-16-check"
+    assert start_suffix({"lr": "probe", "probe_divisor": 30.0}) == "__start-probe-own-div30"
     for bad in ("0.1", "0.1,16,2", "0.1,16,check,1", "x,16", "0.1,1.5", "0,16", "nan,16", "inf,16", "0.1,0"):
         with pytest.raises(SpecError, match="start") as info:
             parse_start(bad)
@@ -149,6 +151,28 @@ def test_compare_training_seeds_refuses_bad_scores(candidate: list, baseline: li
         compare_training_seeds(candidate, baseline)
     for word in words:
         assert word in str(info.value)
+
+
+def test_start_ablation_pairs_each_probe_divisor_with_the_reference(tiny_policy: Path, tmp_path: Path) -> None:
+    """The script runs the policy from the probe's LR ÷ each divisor; ÷10 is the reference, and
+    a run from ÷30 is the env's episode with that reset option (read back from its report)."""
+    script = Path(__file__).parents[2] / "scripts" / "start_ablation.py"
+    base = [sys.executable, str(script), str(tiny_policy), "--spec", "tiny-procedural", "--draws", "2",
+            "--n-workers", "1", "--out-dir", str(tmp_path)]  # fmt: skip
+    run = subprocess.run([*base, "--divisor", "30"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    rows = [line for line in run.stdout.splitlines() if line.startswith("| tiny-procedural |")]
+    assert [row.split("|")[2].strip() for row in rows] == ["10", "30"] and "| — |" in rows[0]
+    stored = json.loads((tmp_path / "tiny-procedural__draws-0-1__div30.json").read_text())
+    env = HyperTuneEnv("tiny-procedural")
+    _, info = env.reset(seed=stored[0]["seed"], options={"lr": "probe", "probe_divisor": 30})
+    assert info["lr"] == pytest.approx(max(info["probe_lr"] / 30, 1e-4))
+    done = False
+    while not done:  # the start held constant: the report's constant run
+        _, _, done, _, info = env.step(np.array([2, 1]))
+    assert stored[0]["constant_val_acc"] == info["val_acc"]
+    bad = subprocess.run([*base, "--divisor", "0.5"], capture_output=True, text=True)
+    assert bad.returncode == 1 and "probe_divisor" in bad.stderr and "Traceback" not in bad.stderr
 
 
 @pytest.mark.skipif(not HAS_PROC, reason="reads the process tree from /proc")

@@ -1,0 +1,78 @@
+"""How much does the LR probe's start rule matter? A policy from probe starts at several divisors.
+
+    python scripts/start_ablation.py policies/default --spec default --spec default-hot-final \
+        --divisor 3 10 30 100 --draws 24 --out-dir runs/start
+
+A policy trained from LR-probe starts begins each run at the probe's minimum-loss LR ÷ 10 (the
+practitioner's rule, :mod:`rlagent.probe`). On the validation draws of each ``--spec`` (never the
+held-out suite) this runs the policy, and the start held constant, from the probe's LR ÷ each
+``--divisor`` (the env's reset option ``probe_divisor``). Per spec and divisor it prints the mean
+final validation accuracy of the policy and of the constant start, and, paired by draw, their
+differences from the reference divisor (``--reference``, default 10) ± one standard error. A markdown table is
+printed; ``--out-dir`` keeps one validation report per spec and divisor and reads back any that
+still stand (:func:`rlagent.policy.validate.validate_policy`'s ``store``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from rlagent.cli import USER_ERRORS, sigterm_interrupts
+from rlagent.config import load_spec
+from rlagent.policy.select import paired
+from rlagent.policy.validate import validate_policy
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("policy", help="a policy directory trained from LR-probe starts")
+    parser.add_argument("--spec", action="append", help="a spec to draw from (repeatable; default: default)")
+    parser.add_argument("--divisor", type=float, nargs="+", default=[3.0, 10.0, 30.0, 100.0])
+    parser.add_argument("--reference", type=float, default=10.0, help="the divisor the others are paired with")
+    parser.add_argument("--draws", type=int, default=24)
+    parser.add_argument("--first-draw", type=int, default=0)
+    parser.add_argument("--n-workers", type=int, default=2)
+    parser.add_argument("--out-dir", default=None, help="folder for the validation reports")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.draws < 2 or args.first_draw < 0 or args.n_workers < 1:
+        parser.error(
+            f"--draws >= 2, --first-draw >= 0, --n-workers >= 1; got {args.draws}, {args.first_draw}, {args.n_workers}"
+        )
+    divisors = sorted({args.reference, *args.divisor})
+    last = args.first_draw + args.draws - 1
+    print("| spec | divisor | policy | Δ policy | constant start | Δ constant |\n|---|---:|---:|---:|---:|---:|")
+    try:
+        with sigterm_interrupts():
+            out = Path(args.out_dir) if args.out_dir else None
+            if out is not None:
+                out.mkdir(parents=True, exist_ok=True)
+            for spec_name in args.spec or ["default"]:
+                spec = load_spec(spec_name)
+                reports = {}
+                name = f"{spec.name}__draws-{args.first_draw}-{last}__div{{:g}}.json"
+                for divisor in divisors:
+                    store = None if out is None else out / name.format(divisor)
+                    reports[divisor] = validate_policy(
+                        args.policy, spec, n_draws=args.draws, first_draw=args.first_draw, n_workers=args.n_workers,
+                        start={"lr": "probe", "probe_divisor": divisor}, store=store,
+                    )  # fmt: skip
+                reference = reports[args.reference]
+                for divisor, report in reports.items():
+                    cells = []
+                    for key in ("val_acc", "constant_val_acc"):
+                        pair = paired(f"÷{divisor:g}", report, reference, key=key)
+                        delta = f"{100 * pair.difference:+.1f} ± {100 * pair.stderr:.1f}"
+                        delta = "—" if divisor == args.reference else delta
+                        cells += [f"{pair.candidate:.3f}", delta]
+                    print(f"| {spec.name} | {divisor:g} | " + " | ".join(cells) + " |", flush=True)
+    except USER_ERRORS as err:
+        print(f"start_ablation.py: error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
