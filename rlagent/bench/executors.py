@@ -169,6 +169,10 @@ def run_job(job: Job) -> list[dict[str, Any]]:
             "fingerprint": job.fingerprint,
             "device": slot.device,
             "threads": slot.num_threads,
+            # The kernels the CPU ran (e.g. AVX2, AVX512): the same task may end differently on
+            # another, most of all a recurrent net near its stability edge; see README.
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch": torch.__version__,
             "seconds": round(time.perf_counter() - start, 3),
             "results": results,
         }
