@@ -131,7 +131,9 @@ def test_rerun_trains_nothing_and_gives_the_same_table(bench: tuple[BenchConfig,
     assert len(trials) == 16
     for path in trials:  # each says which CPU kernels and torch ran it, so runs can be joined knowingly
         record = json.loads(path.read_text())
-        assert record["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and record["torch"] == torch.__version__
+        assert (
+            record["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and record["torch"] == torch.__version__
+        )
     mtimes = [p.stat().st_mtime_ns for p in trials]
     again = run_benchmark(config)
     assert again.trials_run == 0 and again.trials_reused == 16
