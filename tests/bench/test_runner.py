@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 import sys
 from pathlib import Path
 
@@ -212,3 +213,25 @@ def test_sigterm_stops_a_benchmark_at_once_and_keeps_its_finished_trials(tmp_pat
         BenchConfig(spec="tiny", methods=["constant"], seeds=seeds, epochs=30, results_dir=results, progress=False)
     )
     assert again.trials_run == 0 and again.trials_reused == len(written)
+
+
+def test_swap_schedules_replays_each_seeds_schedule_on_every_seed(
+    bench: tuple[BenchConfig, object], tmp_path: Path
+) -> None:
+    """The script's own-schedule replays end where the policy's runs did (the replay is faithful),
+    and each row holds the policy, the swapped schedules, the open-loop replay and both bounds."""
+    config, _ = bench
+    script = Path(__file__).parents[2] / "scripts" / "swap_schedules.py"
+    out = tmp_path / "swaps.json"
+    run = subprocess.run(
+        [sys.executable, str(script), str(config.results_dir), "--n-workers", "1", "--out", str(out)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "ends where its policy run did: True" in run.stdout
+    rows = {line.split("|")[1].strip(): line for line in run.stdout.splitlines() if line.startswith("| tiny-")}
+    assert set(rows) == {"tiny-wide", "tiny-mlp"} and all(len(r.split("|")) == 8 for r in rows.values())
+    stored = json.loads(out.read_text())
+    assert stored["seeds"] == [0, 1] and len(stored["replays"]["tiny-wide"]["0"]["by_schedule"]) == 2
+    missing = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True)
+    assert missing.returncode == 1 and "results.json" in missing.stderr and "Traceback" not in missing.stderr
