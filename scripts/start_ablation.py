@@ -8,7 +8,8 @@ practitioner's rule, :mod:`rlagent.probe`). On the validation draws of each ``--
 held-out suite) this runs the policy, and the start held constant, from the probe's LR ÷ each
 ``--divisor`` (the env's reset option ``probe_divisor``). Per spec and divisor it prints the mean
 final validation accuracy of the policy and of the constant start, and, paired by draw, their
-differences from the reference divisor (``--reference``, default 10) ± one standard error. A markdown table is
+differences from the reference divisor (``--reference``, default 10) ± one standard error, and the
+share of the policy's LR moves that its next move went back on (dithering). A markdown table is
 printed; ``--out-dir`` keeps one validation report per spec and divisor and reads back any that
 still stand (:func:`rlagent.policy.validate.validate_policy`'s ``store``).
 """
@@ -44,7 +45,10 @@ def main() -> None:
         )
     divisors = sorted({args.reference, *args.divisor})
     last = args.first_draw + args.draws - 1
-    print("| spec | divisor | policy | Δ policy | constant start | Δ constant |\n|---|---:|---:|---:|---:|---:|")
+    print(
+        "| spec | divisor | policy | Δ policy | constant start | Δ constant | policy's LR moves reversed |\n"
+        "|---|---:|---:|---:|---:|---:|---:|"
+    )
     try:
         with sigterm_interrupts():
             out = Path(args.out_dir) if args.out_dir else None
@@ -68,6 +72,7 @@ def main() -> None:
                         delta = f"{100 * pair.difference:+.1f} ± {100 * pair.stderr:.1f}"
                         delta = "—" if divisor == args.reference else delta
                         cells += [f"{pair.candidate:.3f}", delta]
+                    cells.append(f"{report.reversal_share:.0%}")
                     print(f"| {spec.name} | {divisor:g} | " + " | ".join(cells) + " |", flush=True)
     except USER_ERRORS as err:
         print(f"start_ablation.py: error: {err}", file=sys.stderr)

@@ -14,7 +14,9 @@ the mean test accuracy over the seeds of:
   beats its own schedules run on the wrong seed; one that only follows the workload ties them;
 - open-loop: the geometric-mean schedule, replayed (what the issue-11 target compares with);
 - the best single schedule, and each seed's best schedule, in hindsight (by test accuracy: bounds on
-  what choosing among the policy's own schedules could reach, not methods).
+  what choosing among the policy's own schedules could reach, not methods);
+- how many of the policy's LR moves between epochs its next move went back on (dithering;
+  :func:`rlagent.policy.validate.lr_reversals`).
 
 Then the policy's difference from each, paired over workloads and seeds, ± one standard error.
 Test accuracy is only reported here: nothing is chosen with it. ``--out`` keeps every replay.
@@ -39,7 +41,7 @@ from rlagent.bench.report import policy_schedule
 from rlagent.cli import USER_ERRORS, sigterm_interrupts
 from rlagent.config import EnvSpec, load_spec
 from rlagent.errors import RLAgentError
-from rlagent.policy.validate import map_draws
+from rlagent.policy.validate import lr_reversals, map_draws
 
 
 def bench_spec(spec_name: str, epochs: int | None) -> EnvSpec:
@@ -66,6 +68,11 @@ def replay(spec_name: str, epochs: int | None, workload: str, seed: int, schedul
 def _padded(schedule: list[list[float]], epochs: int) -> list[list[float]]:
     """A diverged run's schedule, its last entry repeated to ``epochs`` (as ``open-loop`` does)."""
     return [list(schedule[min(t, len(schedule) - 1)]) for t in range(epochs)]
+
+
+def _share(turns: list[tuple[int, int]]) -> str:
+    """``"12/40"``: LR moves the next move went back on, of all moves another one followed."""
+    return f"{sum(r for _, r in turns)}/{sum(m for m, _ in turns)}"
 
 
 def _diff(a: list[float], b: list[float]) -> str:
@@ -112,8 +119,13 @@ def main() -> None:
                 for s in seeds:
                     table.setdefault(w, {})[s] = {"mean": next(accs), "by_schedule": [next(accs) for _ in seeds]}
             columns: dict[str, list[float]] = {k: [] for k in ("policy", "swapped", "open-loop", "best", "per-seed")}
-            print("| workload | policy | swapped | open-loop | best single schedule | per-seed best |")
-            print("|---|---:|---:|---:|---:|---:|")
+            print(
+                "| workload | policy | swapped | open-loop | best single schedule | per-seed best | LR moves reversed |"
+            )
+            print("|---|---:|---:|---:|---:|---:|---:|")
+            turns = {
+                w: [lr_reversals([lr for lr, _ in by[w, s].details["schedule"]]) for s in seeds] for w in workloads
+            }
             for w in workloads:
                 rows = table[w]
                 best_j = max(range(len(seeds)), key=lambda j: sum(rows[s]["by_schedule"][j] for s in seeds))
@@ -129,9 +141,13 @@ def main() -> None:
                 }
                 for k, v in cells.items():
                     columns[k] += v
-                print(f"| {w} | " + " | ".join(f"{statistics.fmean(v):.3f}" for v in cells.values()) + " |")
+                print(
+                    f"| {w} | "
+                    + " | ".join(f"{statistics.fmean(v):.3f}" for v in cells.values())
+                    + f" | {_share(turns[w])} |"
+                )
             means = " | ".join(f"**{statistics.fmean(v):.3f}**" for v in columns.values())
-            print(f"| mean | {means} |\n")
+            print(f"| mean | {means} | {_share([t for w in workloads for t in turns[w]])} |\n")
             own = [table[w][s]["by_schedule"][i] - by[w, s].test_acc for w in workloads for i, s in enumerate(seeds)]
             print(f"each seed's own schedule replayed ends where its policy run did: {max(map(abs, own)) == 0}")
             for k in ("swapped", "open-loop", "best", "per-seed"):

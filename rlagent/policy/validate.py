@@ -70,6 +70,10 @@ class DrawResult:
     constant_val_acc: float
     """Final validation accuracy at the draw's initial LR and batch size, unchanged."""
     diverged: bool
+    lr_moves: int
+    """LR changes the policy made with another epoch after them (:func:`lr_reversals`)."""
+    lr_reversals: int
+    """Of those, the ones its next change went back on (×2 then ×½: dithering)."""
 
 
 @dataclass
@@ -88,6 +92,12 @@ class ValidationReport:
         return statistics.fmean(d.val_acc - d.constant_val_acc for d in self.draws)
 
     @property
+    def reversal_share(self) -> float:
+        """Share of the policy's LR moves that its next move went back on (0 with no moves)."""
+        moves = sum(d.lr_moves for d in self.draws)
+        return sum(d.lr_reversals for d in self.draws) / moves if moves else 0.0
+
+    @property
     def win_rate(self) -> float:
         """Share of draws where the policy ends above the constant start."""
         return statistics.fmean(float(d.val_acc > d.constant_val_acc) for d in self.draws)
@@ -98,6 +108,7 @@ class ValidationReport:
             "mean_val_acc": round(self.mean_val_acc, 4),
             "mean_gain_over_constant": round(self.mean_gain, 4),
             "win_rate": round(self.win_rate, 3),
+            "lr_reversal_share": round(self.reversal_share, 3),
             "diverged": sum(d.diverged for d in self.draws),
         }
 
@@ -203,12 +214,24 @@ def compare_training_seeds(candidate: Sequence[float], baseline: Sequence[float]
     return {"difference": float(c.mean() - b.mean()), "stderr": stderr, "seeds": (len(c), len(b))}
 
 
-def _episode(env: HyperTuneEnv, seed: int, act: Any, start: dict[str, Any]) -> tuple[float, bool, str, int]:
+def lr_reversals(lrs: Sequence[float]) -> tuple[int, int]:
+    """``(moves, reversals)`` of a run's LRs in order (its start, then each epoch's): ``moves``
+    counts the changes that another change could follow (all but a last one), ``reversals`` those
+    that the next change went the other way on — a ×2 then a ×½, or a ×¼ then a ×2."""
+    signs = [int(np.sign(math.log(b / a))) if not math.isclose(a, b, rel_tol=1e-9) else 0 for a, b in zip(lrs, lrs[1:])]
+    pairs = list(zip(signs, signs[1:]))
+    return sum(1 for a, _ in pairs if a), sum(1 for a, b in pairs if a and b == -a)
+
+
+def _episode(
+    env: HyperTuneEnv, seed: int, act: Any, start: dict[str, Any]
+) -> tuple[float, bool, str, int, list[float]]:
     obs, info = env.reset(seed=seed, options=start)
-    done = False
+    lrs, done = [float(info["lr"])], False
     while not done:
         obs, _, done, _, info = env.step(act(obs))
-    return float(info["val_acc"]), bool(info["diverged"]), str(info["workload"]), int(info["epoch"])
+        lrs.append(float(info["lr"]))
+    return float(info["val_acc"]), bool(info["diverged"]), str(info["workload"]), int(info["epoch"]), lrs
 
 
 def _run_draw(policy_dir: str, spec: EnvSpec, seed: int, hide: tuple[str, ...], start: dict[str, Any]) -> DrawResult:
@@ -227,9 +250,9 @@ def _run_draw(policy_dir: str, spec: EnvSpec, seed: int, hide: tuple[str, ...], 
         return actor(obs)
 
     keep = hold_action(spec.episode.action)
-    val_acc, diverged, name, epochs = _episode(env, seed, act, start)
-    constant, _, _, _ = _episode(env, seed, lambda _obs: keep, start)
-    return DrawResult(seed, name, epochs, val_acc, constant, diverged)
+    val_acc, diverged, name, epochs, lrs = _episode(env, seed, act, start)
+    constant = _episode(env, seed, lambda _obs: keep, start)[0]
+    return DrawResult(seed, name, epochs, val_acc, constant, diverged, *lr_reversals(lrs))
 
 
 def map_draws(run: Callable[..., T], args: Sequence[tuple[Any, ...]], n_workers: int) -> list[T]:

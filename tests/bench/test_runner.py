@@ -230,7 +230,7 @@ def test_swap_schedules_replays_each_seeds_schedule_on_every_seed(
     assert run.returncode == 0, run.stderr
     assert "ends where its policy run did: True" in run.stdout
     rows = {line.split("|")[1].strip(): line for line in run.stdout.splitlines() if line.startswith("| tiny-")}
-    assert set(rows) == {"tiny-wide", "tiny-mlp"} and all(len(r.split("|")) == 8 for r in rows.values())
+    assert set(rows) == {"tiny-wide", "tiny-mlp"} and all(len(r.split("|")) == 9 for r in rows.values())
     stored = json.loads(out.read_text())
     assert stored["seeds"] == [0, 1] and len(stored["replays"]["tiny-wide"]["0"]["by_schedule"]) == 2
     missing = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True)

@@ -228,4 +228,4 @@ def test_start_labels_and_the_verdict_of_a_candidate_behind_on_one_start() -> No
 
 def _report(values: list[float], first: int = 0) -> ValidationReport:
     """A report of hand-set accuracies on draws with seeds first, first + 1, ..."""
-    return ValidationReport([DrawResult(first + i, "w", 2, v, 0.5, False) for i, v in enumerate(values)])
+    return ValidationReport([DrawResult(first + i, "w", 2, v, 0.5, False, 0, 0) for i, v in enumerate(values)])

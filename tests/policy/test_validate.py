@@ -21,6 +21,7 @@ from rlagent.policy.validate import (
     ValidationReport,
     compare_training_seeds,
     hide_mask,
+    lr_reversals,
     parse_start,
     start_suffix,
     validate_policy,
@@ -63,18 +64,32 @@ def test_validation_replays_the_policy_and_the_constant_start(tiny_policy: Path)
             (lambda o: np.array([2, 1]), draw.constant_val_acc),
         ):
             obs, info = env.reset(seed=draw.seed)
-            done = False
+            lrs, done = [info["lr"]], False
             while not done:
                 obs, _, done, _, info = env.step(act(obs))
+                lrs.append(info["lr"])
             assert info["val_acc"] == pytest.approx(expected) and info["workload"] == draw.workload
+            if expected is draw.val_acc:  # the policy's LRs give the draw's moves and reversals
+                assert (draw.lr_moves, draw.lr_reversals) == lr_reversals(lrs)
     # Each policy acts in its own action set, whatever the spec names: same draws, same results.
     continuous = dataclasses.replace(spec, episode=dataclasses.replace(spec.episode, action="continuous"))
     assert validate_policy(tiny_policy, continuous, n_draws=3).draws == report.draws
     summary = report.summary()
     assert summary["draws"] == 3
+    moves = sum(d.lr_moves for d in report.draws)
+    share = sum(d.lr_reversals for d in report.draws) / moves if moves else 0.0
+    assert summary["lr_reversal_share"] == pytest.approx(share, abs=1e-3)
     assert summary["mean_gain_over_constant"] == pytest.approx(
         np.mean([d.val_acc - d.constant_val_acc for d in report.draws]), abs=1e-4
     )
+
+
+def test_lr_reversals_count_moves_the_next_move_goes_back_on() -> None:
+    assert lr_reversals([1e-3, 2e-3, 1e-3, 2e-3, 1e-3]) == (3, 3)  # x2, x1/2, x2, x1/2: dithering
+    assert lr_reversals([1e-3, 4e-3, 4e-3, 1e-3]) == (1, 0)  # a hold between two moves breaks the pair
+    assert lr_reversals([1e-3, 4e-3, 2e-3, 1e-3]) == (2, 1)  # x4 then x1/2: reversed; then x1/2 again: not
+    assert lr_reversals([1e-3, 2e-3, 4e-3]) == (1, 0) and lr_reversals([1e-3]) == (0, 0)
+    assert lr_reversals([0.3, 0.3 * (1 + 1e-12), 0.3]) == (0, 0)  # rounding is no move
 
 
 def test_validation_from_a_fixed_start_starts_every_run_there(tiny_policy: Path) -> None:
