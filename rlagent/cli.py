@@ -177,6 +177,22 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def add_draw_arguments(p: argparse.ArgumentParser, draws: int = 24) -> None:
+    """``--draws``, ``--first-draw`` and ``--n-workers`` of the scripts that score validation draws."""
+    p.add_argument("--draws", type=int, default=draws)
+    p.add_argument("--first-draw", type=int, default=0)
+    p.add_argument("--n-workers", type=int, default=2)
+
+
+def check_draw_arguments(p: argparse.ArgumentParser, args: argparse.Namespace, min_draws: int = 1) -> None:
+    """Exit through ``p.error`` (status 2, one line) unless the :func:`add_draw_arguments` are in range."""
+    if args.draws < min_draws or args.first_draw < 0 or args.n_workers < 1:
+        p.error(
+            f"--draws >= {min_draws}, --first-draw >= 0, --n-workers >= 1; "
+            f"got {args.draws}, {args.first_draw}, {args.n_workers}"
+        )
+
+
 def run_training(args: argparse.Namespace, command: str) -> TrainResult:
     """Build the config from parsed ``add_train_arguments`` options and train."""
     ppo = PPOSettings(

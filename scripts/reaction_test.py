@@ -19,7 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
-from rlagent.cli import USER_ERRORS, sigterm_interrupts
+from rlagent.cli import USER_ERRORS, add_draw_arguments, check_draw_arguments, sigterm_interrupts
 from rlagent.config import load_spec
 from rlagent.policy.reaction import reaction_test
 from rlagent.policy.validate import parse_start
@@ -29,17 +29,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("policies", nargs="+", help="policy directories, optionally NAME=DIR")
     parser.add_argument("--spec", default="default-shift-final", help="a spec with a mid-run shift")
-    parser.add_argument("--draws", type=int, default=24)
-    parser.add_argument("--first-draw", type=int, default=0)
-    parser.add_argument("--n-workers", type=int, default=2)
+    add_draw_arguments(parser)
     parser.add_argument("--start", default=None, metavar="LR,BS[,check]", help="every run from this start")
     parser.add_argument("--out-dir", default=None, help="folder for NAME.json, the per-draw results")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.draws < 1 or args.first_draw < 0 or args.n_workers < 1:
-        parser.error(
-            f"--draws >= 1, --first-draw >= 0, --n-workers >= 1; got {args.draws}, {args.first_draw}, {args.n_workers}"
-        )
+    check_draw_arguments(parser, args, min_draws=1)
     named = [p.split("=", 1) if "=" in p else [Path(p).name, p] for p in args.policies]
     try:
         with sigterm_interrupts():

@@ -21,7 +21,7 @@ import logging
 import sys
 from pathlib import Path
 
-from rlagent.cli import USER_ERRORS, sigterm_interrupts
+from rlagent.cli import USER_ERRORS, add_draw_arguments, check_draw_arguments, sigterm_interrupts
 from rlagent.config import load_spec
 from rlagent.policy.select import paired
 from rlagent.policy.validate import validate_policy
@@ -33,16 +33,11 @@ def main() -> None:
     parser.add_argument("--spec", action="append", help="a spec to draw from (repeatable; default: default)")
     parser.add_argument("--divisor", type=float, nargs="+", default=[3.0, 10.0, 30.0, 100.0])
     parser.add_argument("--reference", type=float, default=10.0, help="the divisor the others are paired with")
-    parser.add_argument("--draws", type=int, default=24)
-    parser.add_argument("--first-draw", type=int, default=0)
-    parser.add_argument("--n-workers", type=int, default=2)
+    add_draw_arguments(parser)
     parser.add_argument("--out-dir", default=None, help="folder for the validation reports")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.draws < 2 or args.first_draw < 0 or args.n_workers < 1:
-        parser.error(
-            f"--draws >= 2, --first-draw >= 0, --n-workers >= 1; got {args.draws}, {args.first_draw}, {args.n_workers}"
-        )
+    check_draw_arguments(parser, args, min_draws=2)
     divisors = sorted({args.reference, *args.divisor})
     last = args.first_draw + args.draws - 1
     print(
