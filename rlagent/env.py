@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, SupportsFloat
@@ -15,7 +14,7 @@ from gymnasium import spaces
 from rlagent.config import ACTIONS, EnvSpec, load_spec, spec_from_dict
 from rlagent.errors import SpecError, is_number
 from rlagent.features import FEATURE_NAMES, OBS_HIGH, OBS_LOW, RunTracker
-from rlagent.probe import START_DIVISOR, checked_start, probe_seed, start_from_probe
+from rlagent.probe import START_DIVISOR, check_divisor, checked_start, probe_seed, start_from_probe
 from rlagent.training import HParams, Trainer, run_epoch
 from rlagent.workloads import Data, Source, WorkloadSpec, make_run
 
@@ -286,9 +285,7 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             raise SpecError("reset options.batch_size", bs, "an integer >= 1")
         if not isinstance(options.get("start_check", False), bool):
             raise SpecError("reset options.start_check", options["start_check"], "true or false")
-        divisor = options.get("probe_divisor", START_DIVISOR)
-        if not (is_number(divisor) and 1 <= divisor < math.inf):
-            raise SpecError("reset options.probe_divisor", divisor, "a finite number >= 1")
+        check_divisor(options.get("probe_divisor", START_DIVISOR), "reset options.probe_divisor")
         return ranges.with_values(float(lr), int(bs)), probe
 
     def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:

@@ -8,8 +8,8 @@ and a forked global RNG, so the run itself is untouched: its weights, optimiser 
 and dropout stream are what they were, and it trains exactly as without the probe.
 
 The LR of the minimum smoothed loss is no LR to train at (it sits just below divergence); the
-practitioner's rule divides it by 10 (:func:`probe_start_lr`; a policy may record another
-divisor, ``probe_divisor``).
+practitioner's rule divides it by 10 (:func:`probe_start_lr`; the env's reset option
+``probe_divisor`` sets another, to test the rule: ``scripts/start_ablation.py``).
 
 A start chosen by hand can be checked the same way (:func:`checked_start`): one above the probe's
 minimum-loss LR is past where this run's loss stops falling, and one epoch there can wreck it
@@ -147,11 +147,11 @@ def probe_start_lr(probe: Probe, lr_range: tuple[float, float], divisor: float =
     return float(min(max(probe.lr / check_divisor(divisor), lr_range[0]), lr_range[1]))
 
 
-def check_divisor(divisor: Any) -> float:
-    """``divisor`` as a float, refused (naming ``probe_divisor``) unless a finite number >= 1: a
-    start at or below the probe's minimum-loss LR."""
+def check_divisor(divisor: Any, field: str = "probe_divisor") -> float:
+    """``divisor`` as a float, refused (naming ``field``) unless a finite number >= 1: a start at
+    or below the probe's minimum-loss LR."""
     if not (is_number(divisor) and 1 <= divisor < math.inf):
-        raise SpecError("probe_divisor", divisor, "a finite number >= 1")
+        raise SpecError(field, divisor, "a finite number >= 1")
     return float(divisor)
 
 
