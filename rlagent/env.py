@@ -230,7 +230,7 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         )  # fmt: skip
         probe, replaced = None, None
         p_seed = probe_seed(episode_seed, options.get("replica", 0))
-        divisor = options.get("probe_divisor", START_DIVISOR)
+        divisor = check_divisor(options.get("probe_divisor", START_DIVISOR), "reset options.probe_divisor")
         probing = {"seed": p_seed, "lr_scale": wl.probe_lr_scale, "divisor": divisor}
         if probe_start:
             probe, hp = start_from_probe(self.trainer, hp, **probing)
@@ -285,7 +285,6 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             raise SpecError("reset options.batch_size", bs, "an integer >= 1")
         if not isinstance(options.get("start_check", False), bool):
             raise SpecError("reset options.start_check", options["start_check"], "true or false")
-        check_divisor(options.get("probe_divisor", START_DIVISOR), "reset options.probe_divisor")
         return ranges.with_values(float(lr), int(bs)), probe
 
     def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
