@@ -12,7 +12,6 @@ and the value.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import tomllib
 from collections.abc import Mapping
@@ -27,13 +26,11 @@ from rlagent.errors import SpecError
 from rlagent.procedural import ProceduralSpec, Task, sample_task
 from rlagent.workloads import (
     BUILTIN_WORKLOADS,
-    DATASETS,
     DEFAULT_BATCH_SIZE_RANGE,
     DEFAULT_LR_RANGE,
-    MODELS,
     WorkloadSpec,
+    check_factory_args,
     check_range,
-    import_factory,
 )
 
 ACTIONS = ("discrete", "continuous", "discrete-wide")
@@ -45,10 +42,15 @@ _PROBE_STREAM = 0x9B0BE  # seeds the probe-or-own-start coin of a draw
 
 
 def _check_type(name: str, value: Any, types_: tuple[type, ...], allowed: str) -> None:
-    if isinstance(value, bool) and bool not in types_:
+    if (isinstance(value, bool) and bool not in types_) or not isinstance(value, types_):
         raise SpecError(name, value, allowed)
-    if not isinstance(value, types_):
-        raise SpecError(name, value, allowed)
+
+
+def _check_weight(name: str, value: Any) -> None:
+    """A reward weight: a finite number >= 0."""
+    _check_type(name, value, (int, float), "a finite number >= 0")
+    if not (value >= 0 and math.isfinite(value)):
+        raise SpecError(name, value, "a finite number >= 0")
 
 
 @dataclass(frozen=True)
@@ -138,13 +140,15 @@ class RewardSpec:
     """Subtracted per epoch: ``cost_weight × cost``; 0 ignores compute."""
     cost_unit: str = "steps"
     """``steps``: optimiser steps / 100 (deterministic); ``seconds``: epoch wall time."""
+    reversal_cost: float = 0.0
+    """Subtracted for each epoch whose LR move reverses the previous epoch's (a raise right after
+    a cut or a cut right after a raise; a hold, or a move clipping cancelled, is no move)."""
 
     def __post_init__(self) -> None:
         if self.mode not in REWARDS:
             raise SpecError("reward.mode", self.mode, f"one of {REWARDS}")
-        _check_type("reward.cost_weight", self.cost_weight, (int, float), "a number >= 0")
-        if not (self.cost_weight >= 0 and math.isfinite(self.cost_weight)):
-            raise SpecError("reward.cost_weight", self.cost_weight, "a finite number >= 0")
+        _check_weight("reward.cost_weight", self.cost_weight)
+        _check_weight("reward.reversal_cost", self.reversal_cost)
         if self.cost_unit not in COST_UNITS:
             raise SpecError("reward.cost_unit", self.cost_unit, f"one of {COST_UNITS}")
 
@@ -269,34 +273,36 @@ class EnvSpec:
     def to_dict(self) -> dict[str, Any]:
         """A plain-data form (JSON/TOML-able) that :func:`spec_from_dict` reads back.
 
-        The hidden LR scale's fields are left out while off (``lr_scale`` 1, ``lr_scale_range``
-        [1, 1], ``probe_sees_lr_scale`` true, ``probe_lr_scale`` unset; its shift: ``lr_shift``
-        unset, ``lr_shift_range`` [1, 1]), the sampler's ``first`` while ``dataset`` and its
-        ``start_lr_range`` while unset, so a spec that does not use them
-        reads as it did before they existed: records made with it (checkpoints, benchmark trial
-        files) still match.
+        Fields added after the first records were made are left out while off (:data:`_OFF`: the
+        hidden LR scale and shift, the sampler's ``first`` and ``start_lr_range``, the reward's
+        ``reversal_cost``), so a spec that does not use them reads as it did before they existed:
+        records made with it (checkpoints, benchmark trial files) still match.
         """
         data = dataclasses.asdict(self)
         train = data["workloads"]["train"]
+        _drop_off(data["reward"], _OFF["reward"])
         if isinstance(train, dict):
-            if tuple(train.get("lr_scale_range", ())) == (1.0, 1.0):
-                del train["lr_scale_range"]
-            if tuple(train.get("lr_shift_range", ())) == (1.0, 1.0):
-                del train["lr_shift_range"]
-            if train.get("first") == "dataset":
-                del train["first"]
-            if train.get("start_lr_range") is None:
-                del train["start_lr_range"]
-            if train.get("probe_sees_lr_scale") is True:
-                del train["probe_sees_lr_scale"]
+            _drop_off(train, _OFF["train"])
         for workload in data["workloads"].get("define", {}).values():
-            if workload.get("lr_scale") == 1.0:
-                del workload["lr_scale"]
-            if workload.get("probe_lr_scale", 0) is None:
-                del workload["probe_lr_scale"]
-            if workload.get("lr_shift", 0) is None:
-                del workload["lr_shift"]
+            _drop_off(workload, _OFF["workload"])
         return data
+
+
+_OFF: dict[str, dict[str, Any]] = {
+    "train": {
+        "lr_scale_range": (1.0, 1.0), "lr_shift_range": (1.0, 1.0), "first": "dataset",
+        "start_lr_range": None, "probe_sees_lr_scale": True,
+    },
+    "workload": {"lr_scale": 1.0, "probe_lr_scale": None, "lr_shift": None},
+    "reward": {"reversal_cost": 0.0},
+}  # fmt: skip
+"""Fields :meth:`EnvSpec.to_dict` leaves out at these values, by table."""
+
+
+def _drop_off(table: dict[str, Any], off: Mapping[str, Any]) -> None:
+    for key, value in off.items():
+        if key in table and (tuple(table[key]) if isinstance(table[key], list) else table[key]) == value:
+            del table[key]
 
 
 def _build(cls: type, data: Any, where: str) -> Any:
@@ -321,43 +327,6 @@ def _build(cls: type, data: Any, where: str) -> Any:
         return cls(**kwargs)
     except TypeError as exc:  # e.g. a table where a number was expected
         raise SpecError(where or "spec", dict(data), f"valid fields ({exc})") from exc
-
-
-def check_factory_args(spec: WorkloadSpec) -> None:
-    """Refuse ``model_args`` / ``dataset_args`` the workload's factories do not accept.
-
-    Reads the factories' signatures (``inspect.signature``); nothing is built. A user factory that
-    cannot be imported here is left to fail where it is used. A model factory is
-    called as ``factory(input_shape, num_classes, **model_args)``, a dataset factory as
-    ``factory(**dataset_args)``.
-
-    Raises:
-        SpecError: Naming the workload, the key and the arguments the factory accepts.
-    """
-    where = f"workloads.define.{spec.name}"
-    for kind, args, table, skip in (
-        ("model", spec.model_args, MODELS, 2),
-        ("dataset", spec.dataset_args, DATASETS, 0),
-    ):
-        ref = getattr(spec, kind)
-        try:
-            factory = table[ref] if ref in table else import_factory(ref, f"{where}.{kind}")
-            params = list(inspect.signature(factory).parameters.values())[skip:]
-        except (SpecError, TypeError, ValueError):
-            # Not importable here (it may be on the workers only) or no introspectable
-            # signature: the call itself will tell, where the workload is built.
-            continue
-        if any(p.kind is p.VAR_KEYWORD for p in params):
-            continue
-        accepted = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-        for key in args:
-            if key not in accepted:
-                raise SpecError(
-                    f"{where}.{kind}_args.{key}", args[key], f"an argument of {kind} {ref!r}: one of {accepted}"
-                )
-        missing = [p.name for p in params if p.name in accepted and p.default is p.empty and p.name not in args]
-        if missing:
-            raise SpecError(f"{where}.{kind}_args", dict(args), f"values for the required arguments {missing}")
 
 
 def spec_from_dict(data: Mapping[str, Any]) -> EnvSpec:

@@ -13,7 +13,7 @@ from gymnasium import spaces
 
 from rlagent.config import ACTIONS, EnvSpec, load_spec, spec_from_dict
 from rlagent.errors import SpecError, is_number
-from rlagent.features import FEATURE_NAMES, OBS_HIGH, OBS_LOW, RunTracker
+from rlagent.features import FEATURE_NAMES, OBS_HIGH, OBS_LOW, RunTracker, move_sign
 from rlagent.probe import START_DIVISOR, check_divisor, checked_start, probe_seed, start_from_probe
 from rlagent.training import HParams, Trainer, run_epoch
 from rlagent.workloads import Data, Source, WorkloadSpec, make_run
@@ -96,7 +96,8 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
     ``final``); ``best_improvement`` — increase of the best validation accuracy (the episode's
     sum is final best − initial); ``final`` — validation accuracy after the last epoch, 0
     before. Each minus ``reward.cost_weight × cost`` (``cost_unit``: optimiser steps / 100, or
-    wall seconds). A diverged epoch counts as chance accuracy.
+    wall seconds), and minus ``reward.reversal_cost`` on an epoch whose LR move reverses the
+    previous epoch's (dithering). A diverged epoch counts as chance accuracy.
 
     ## Starting State
     A freshly initialised model (weights, data split and shuffling drawn from the episode
@@ -182,6 +183,7 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         self.tracker: RunTracker | None = None
         self.hparams: HParams | None = None
         self._val_acc = 0.0  # validation accuracy after the last epoch (the untrained model's at reset)
+        self._lr_sign = 0
         self.epoch_time = 0.0
         """Wall time of the last step's epoch in seconds (not in info: info is deterministic)."""
 
@@ -249,6 +251,7 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         self._steps = 0
         self._done = False
         self._val_acc = val.acc
+        self._lr_sign = 0  # sign of the last epoch's LR move (reward.reversal_cost)
         obs = self.tracker.start(val_loss=val.loss, val_acc=val.acc, lr=lr, batch_size=bs)
         info = {
             "workload": name,
@@ -294,7 +297,10 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             raise gym.error.ResetNeeded("the episode has ended; call reset()")
         wl, trainer, tracker = self.workload, self.trainer, self.tracker
         lr_f, bs_f = decode_action(action, self.action_kind)
+        lr_before = self.hparams.lr
         self.hparams = self.hparams.scaled(lr_f, bs_f)
+        lr_sign = move_sign(lr_before, self.hparams.lr)
+        reversed_move, self._lr_sign = lr_sign != 0 and lr_sign == -self._lr_sign, lr_sign
         best_before = tracker.best_val_acc
         epoch, obs = run_epoch(trainer, self.data.val, tracker, self.hparams)
         self._samples += epoch.stats.samples
@@ -302,6 +308,7 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         diverged = epoch.diverged
         terminated = diverged or tracker.epoch >= wl.epochs
         reward = self._reward(epoch.val_acc, best_before, terminated, epoch.stats.steps, epoch.stats.seconds)
+        reward -= self.env_spec.reward.reversal_cost * reversed_move
         self._val_acc = epoch.val_acc
         self._done = terminated
         self.epoch_time = epoch.stats.seconds

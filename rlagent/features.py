@@ -92,6 +92,13 @@ def slope(values: Sequence[float]) -> float:
     return num / den
 
 
+def move_sign(before: float, after: float) -> int:
+    """The direction of a hyperparameter change: 1 up, -1 down, 0 for none (within rounding)."""
+    if math.isclose(before, after, rel_tol=1e-9):
+        return 0
+    return 1 if after > before else -1
+
+
 def above_chance(acc: float, num_classes: int) -> float:
     """Accuracy rescaled so that chance is 0 and perfect is 1."""
     chance = 1.0 / num_classes

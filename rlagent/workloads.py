@@ -11,6 +11,7 @@ reward and every selection, ``test`` is only ever reported.
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -366,3 +367,40 @@ def describe(spec: WorkloadSpec, source: Source) -> dict[str, Any]:
         "family": spec.family,
         "description": spec.description,
     }
+
+
+def check_factory_args(spec: WorkloadSpec) -> None:
+    """Refuse ``model_args`` / ``dataset_args`` the workload's factories do not accept.
+
+    Reads the factories' signatures (``inspect.signature``); nothing is built. A user factory that
+    cannot be imported here is left to fail where it is used. A model factory is
+    called as ``factory(input_shape, num_classes, **model_args)``, a dataset factory as
+    ``factory(**dataset_args)``.
+
+    Raises:
+        SpecError: Naming the workload, the key and the arguments the factory accepts.
+    """
+    where = f"workloads.define.{spec.name}"
+    for kind, args, table, skip in (
+        ("model", spec.model_args, MODELS, 2),
+        ("dataset", spec.dataset_args, DATASETS, 0),
+    ):
+        ref = getattr(spec, kind)
+        try:
+            factory = table[ref] if ref in table else import_factory(ref, f"{where}.{kind}")
+            params = list(inspect.signature(factory).parameters.values())[skip:]
+        except (SpecError, TypeError, ValueError):
+            # Not importable here (it may be on the workers only) or no introspectable
+            # signature: the call itself will tell, where the workload is built.
+            continue
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            continue
+        accepted = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        for key in args:
+            if key not in accepted:
+                raise SpecError(
+                    f"{where}.{kind}_args.{key}", args[key], f"an argument of {kind} {ref!r}: one of {accepted}"
+                )
+        missing = [p.name for p in params if p.name in accepted and p.default is p.empty and p.name not in args]
+        if missing:
+            raise SpecError(f"{where}.{kind}_args", dict(args), f"values for the required arguments {missing}")

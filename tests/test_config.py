@@ -115,6 +115,13 @@ def test_to_dict_round_trips_through_json() -> None:
         assert spec_from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
 
 
+def test_reversal_cost_is_left_out_of_records_while_off() -> None:
+    assert "reversal_cost" not in load_spec("default-hot-final").to_dict()["reward"]  # old records still match
+    steady = load_spec("default-steady-final")
+    assert steady.reward.reversal_cost == 0.005 and steady.to_dict()["reward"]["reversal_cost"] == 0.005
+    assert spec_from_dict(json.loads(json.dumps(steady.to_dict()))) == steady
+
+
 def test_minimal_spec_uses_defaults() -> None:
     spec = spec_from_dict({"workloads": {"train": ["digits-mlp"]}})
     assert isinstance(spec, EnvSpec)
@@ -166,6 +173,9 @@ def test_minimal_spec_uses_defaults() -> None:
         ("episode.probe_fraction", "half", "episode.probe_fraction", "'half'"),
         ("episode.probe_fraction", 0.5, "episode.probe_fraction", "0.5"),  # init_lr is not "probe"
         ("reward.cost_weight", -1.0, "reward.cost_weight", "-1.0"),
+        ("reward.reversal_cost", -0.01, "reward.reversal_cost", "-0.01"),
+        ("reward.reversal_cost", float("inf"), "reward.reversal_cost", "inf"),
+        ("reward.reversal_cost", True, "reward.reversal_cost", "True"),
         ("workloads.define.w.val_fraction", 1.5, "val_fraction", "1.5"),
         # bad choices
         ("reward.mode", "accuracy", "reward.mode", "'accuracy'"),

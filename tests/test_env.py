@@ -20,6 +20,7 @@ import rlagent
 from rlagent import ENV_ID, FEATURE_NAMES, HyperTuneEnv, SpecError
 from rlagent.config import EnvSpec, load_spec, resolve_spec_path, spec_from_dict
 from rlagent.env import BS_FACTORS, LR_FACTORS, action_kind_of, action_space, decode_action, hold_action
+from rlagent.policy.validate import lr_reversals
 
 ENV_IDS = [i for i in gym.registry if i.startswith("rlagent/")]
 ACTION_KINDS = ("discrete", "continuous", "discrete-wide")
@@ -280,6 +281,34 @@ def test_cost_weight_subtracts_steps() -> None:
     expected = [r - 0.5 * s / 100.0 for r, s in zip(plain["rewards"], per_epoch)]
     assert costly["rewards"] == pytest.approx(expected)
     assert all(c < p for c, p in zip(costly["rewards"], plain["rewards"]))
+
+
+def _rewards_and_lrs(spec: EnvSpec, actions: list[list[int]], options: dict[str, Any]) -> tuple[list[float], list]:
+    env = HyperTuneEnv(dataclasses.replace(spec, episode=dataclasses.replace(spec.episode, epochs=len(actions))))
+    _, info = env.reset(seed=0, options=options)
+    rewards, lrs = [], [info["lr"]]
+    for action in actions:
+        _, reward, _, _, info = env.step(np.array(action))
+        rewards.append(float(reward))
+        lrs.append(info["lr"])
+    return rewards, lrs
+
+
+@pytest.mark.parametrize(
+    ("lr", "actions", "charged"),
+    [
+        # ×2, ×½ (reverses), ×½, hold, ×2 (after a hold: no), ×¼ (reverses)
+        (1e-3, [[3, 1], [1, 1], [1, 1], [2, 1], [3, 1], [0, 1]], [0, 1, 0, 0, 0, 1]),
+        # at the top of the LR range: ×4 is clipped to no move, so the ×¼ after it reverses nothing
+        (0.3, [[4, 1], [0, 1], [4, 1], [4, 1]], [0, 0, 1, 0]),
+    ],
+)
+def test_reversal_cost_charges_each_lr_move_that_undoes_the_last(lr: float, actions: list, charged: list) -> None:
+    plain, lrs = _rewards_and_lrs(_tiny(), actions, {"lr": lr})
+    costly, same_lrs = _rewards_and_lrs(_tiny(reversal_cost=0.25), actions, {"lr": lr})
+    assert same_lrs == lrs  # the cost changes the reward, never the run
+    assert costly == pytest.approx([p - 0.25 * c for p, c in zip(plain, charged)])
+    assert lr_reversals(lrs)[1] == sum(charged)  # the env charges what validation reports count
 
 
 @pytest.mark.parametrize(

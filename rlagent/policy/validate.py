@@ -26,7 +26,7 @@ import torch
 from rlagent.config import EnvSpec, load_spec
 from rlagent.env import HyperTuneEnv, hold_action
 from rlagent.errors import SpecError, is_int, is_number
-from rlagent.features import FEATURE_NAMES
+from rlagent.features import FEATURE_NAMES, move_sign
 from rlagent.policy.controller import action_kind
 from rlagent.policy.file import SavedPolicy, load_policy
 from rlagent.pool.executor import ProcessExecutor
@@ -218,7 +218,7 @@ def lr_reversals(lrs: Sequence[float]) -> tuple[int, int]:
     """``(moves, reversals)`` of a run's LRs in order (its start, then each epoch's): ``moves``
     counts the changes that another change could follow (all but a last one), ``reversals`` those
     that the next change went the other way on — a ×2 then a ×½, or a ×¼ then a ×2."""
-    signs = [int(np.sign(math.log(b / a))) if not math.isclose(a, b, rel_tol=1e-9) else 0 for a, b in zip(lrs, lrs[1:])]
+    signs = [move_sign(a, b) for a, b in zip(lrs, lrs[1:])]
     pairs = list(zip(signs, signs[1:]))
     return sum(1 for a, _ in pairs if a), sum(1 for a, b in pairs if a and b == -a)
 
