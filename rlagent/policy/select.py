@@ -30,7 +30,7 @@ import math
 import re
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +131,9 @@ class Selection:
     """Empty when the incumbent itself was chosen."""
     n_select: int
     n_confirm: int
+    reversals: Mapping[str, float] = field(default_factory=dict)
+    """Per policy, the share of its LR moves on the selection draws (all starts) that its next
+    move reversed (:func:`rlagent.policy.validate.lr_reversals`): how much it dithers."""
 
     @property
     def replace(self) -> bool:
@@ -156,13 +159,14 @@ class Selection:
         lines = [
             f"Chosen on validation draws 0-{self.n_select - 1} (mean final validation accuracy):",
             "",
-            f"| policy | {head} | mean |",
-            "|---|" + "---:|" * (len(self.starts) + 1),
+            f"| policy | {head} | mean |" + (" LR moves reversed |" if self.reversals else ""),
+            "|---|" + "---:|" * (len(self.starts) + 1 + bool(self.reversals)),
         ]
         for name in sorted(self.scores, key=self.score, reverse=True):
             mark = "**" if name == self.chosen else ""
             cells = " | ".join(f"{v:.4f}" for v in self.scores[name])
-            lines.append(f"| {mark}{name}{mark} | {cells} | {mark}{self.score(name):.4f}{mark} |")
+            share = f" {self.reversals[name]:.0%} |" if name in self.reversals else (" |" if self.reversals else "")
+            lines.append(f"| {mark}{name}{mark} | {cells} | {mark}{self.score(name):.4f}{mark} |{share}")
         if self.confirmation:
             last = self.n_select + self.n_confirm - 1
             lines += [
@@ -188,6 +192,7 @@ class Selection:
             "scores": {k: list(v) for k, v in self.scores.items()},
             "chosen": self.chosen,
             "confirmation": [vars(p) for p in self.confirmation],
+            "reversals": dict(self.reversals),
             "replace": self.replace,
             "verdict": self.verdict(),
         }
@@ -289,9 +294,9 @@ def select_policy(
 
     policies = {INCUMBENT: incumbent, **candidates}
     labels = tuple(start_label(s) for s in starts)
-    scores = {
-        name: tuple(report(name, path, s, 0, n_select).mean_val_acc for s in starts) for name, path in policies.items()
-    }
+    reports = {name: [report(name, path, s, 0, n_select) for s in starts] for name, path in policies.items()}
+    scores = {name: tuple(r.mean_val_acc for r in rs) for name, rs in reports.items()}
+    reversals = {name: _reversal_share(rs) for name, rs in reports.items()}
     best = max(scores, key=lambda n: (statistics.fmean(scores[n]), n == INCUMBENT))
     confirmation: tuple[Paired, ...] = ()
     if best != INCUMBENT:
@@ -303,4 +308,9 @@ def select_policy(
             )
             for label, s in zip(labels, starts, strict=True)
         )
-    return Selection(labels, scores, best, confirmation, n_select, n_confirm)
+    return Selection(labels, scores, best, confirmation, n_select, n_confirm, reversals)
+
+
+def _reversal_share(reports: Sequence[ValidationReport]) -> float:
+    moves = sum(d.lr_moves for r in reports for d in r.draws)
+    return sum(d.lr_reversals for r in reports for d in r.draws) / moves if moves else 0.0

@@ -64,6 +64,11 @@ def test_the_better_policy_is_chosen_and_confirmed_on_fresh_draws(
     assert kept.chosen == INCUMBENT and kept.confirmation == () and not kept.replace
     assert list(kept.scores[INCUMBENT]) == pytest.approx(expected[better])
     assert kept.verdict().startswith("keep the incumbent: no candidate")
+    # Its dithering: LR moves reversed by the next move, over every start's draws.
+    runs = [validate_policy(paths[worse], spec, n_draws=2, start=s) for s in STARTS]
+    moves = sum(d.lr_moves for r in runs for d in r.draws)
+    assert moves > 0 and kept.reversals[worse] == sum(d.lr_reversals for r in runs for d in r.draws) / moves
+    assert f"| {kept.reversals[worse]:.0%} |" in kept.to_markdown() and "LR moves reversed" in kept.to_markdown()
 
     # The better one as a candidate: chosen, then scored against the incumbent on draws 2-3 only.
     chosen = select_policy(
