@@ -291,7 +291,7 @@ class EnvSpec:
 _OFF: dict[str, dict[str, Any]] = {
     "train": {
         "lr_scale_range": (1.0, 1.0), "lr_shift_range": (1.0, 1.0), "first": "dataset",
-        "start_lr_range": None, "probe_sees_lr_scale": True,
+        "start_lr_range": None, "probe_sees_lr_scale": True, "lr_scale_tail": (0.0, 1.0, 1.0),
     },
     "workload": {"lr_scale": 1.0, "probe_lr_scale": None, "lr_shift": None},
     "reward": {"reversal_cost": 0.0},

@@ -110,6 +110,11 @@ class ProceduralSpec:
     the range's ratio, so a policy must find the LR from how the run responds rather than
     remember one good value (domain randomisation of the LR's scale)."""
 
+    lr_scale_tail: tuple[float, float, float] = (0.0, 1.0, 1.0)
+    """``[share, low, high]``: that share of the draws takes its hidden LR scale log-uniform from
+    ``[low, high]`` instead of ``lr_scale_range`` (share 0, the default, turns it off). A tail far
+    above the range gives runs that stay stuck unless the LR is cut several times in a row."""
+
     probe_sees_lr_scale: bool = True
     """Whether an LR probe of a draw trains at its hidden LR scale (true, the default) or at scale 1
     (false: ``WorkloadSpec.probe_lr_scale = 1``). False makes the probe misjudge the run's best LR
@@ -141,6 +146,17 @@ class ProceduralSpec:
         check_range("workloads.train.sample_range", self.sample_range, positive=True, integer=True)
         object.__setattr__(self, "sample_range", tuple(self.sample_range))
         object.__setattr__(self, "lr_scale_range", _positive_range("lr_scale_range", self.lr_scale_range, off=True))
+        share, *tail = self.lr_scale_tail if isinstance(self.lr_scale_tail, (list, tuple)) else (None,)
+        if len(tail) != 2 or not is_number(share) or not 0 <= share < 1:
+            raise SpecError("workloads.train.lr_scale_tail", self.lr_scale_tail, "[share in [0, 1), low, high]")
+        tail = (1.0, 1.0) if share == 0 else _positive_range("lr_scale_tail", tail)
+        object.__setattr__(self, "lr_scale_tail", (float(share), *map(float, tail)))
+        if share and self.lr_scale_range == (1.0, 1.0):
+            raise SpecError(
+                "workloads.train.lr_scale_tail",
+                list(self.lr_scale_tail),
+                "share 0 unless lr_scale_range is other than [1, 1]",
+            )
         if not isinstance(self.probe_sees_lr_scale, bool):
             raise SpecError("workloads.train.probe_sees_lr_scale", self.probe_sees_lr_scale, "true or false")
         if not self.probe_sees_lr_scale and self.lr_scale_range == (1.0, 1.0):
@@ -392,7 +408,9 @@ def sample_task(
         sizes = powers_of_two(*batch_size_range)
         init_bs = int(sizes[int(rng.integers(len(sizes)))])
         if sampler.lr_scale_range != (1.0, 1.0):  # drawn last: the rest of a draw stays as without it
-            scale = round(log_uniform(rng, sampler.lr_scale_range), 4)
+            share, *tail = sampler.lr_scale_tail  # its coin only when on: draws without a tail stay as they were
+            in_tail = share > 0 and rng.random() < share
+            scale = round(log_uniform(rng, tuple(tail) if in_tail else sampler.lr_scale_range), 4)
             blind = "" if sampler.probe_sees_lr_scale else " (not seen by the LR probe)"
             workload = dataclasses.replace(
                 workload,

@@ -189,6 +189,40 @@ def test_hidden_lr_shift_is_off_by_default_and_drawn_after_the_scale() -> None:
     assert all("lr_shift" not in w for w in default["workloads"]["define"].values())
 
 
+def test_a_scale_tail_moves_only_the_scale_of_its_share_of_the_draws() -> None:
+    hot = ProceduralSpec(lr_scale_range=(1.0, 8.0), probe_sees_lr_scale=False)
+    stuck = dataclasses.replace(hot, lr_scale_tail=(0.25, 16.0, 64.0))
+    in_tail = 0
+    for seed in range(80):
+        plain, drawn = sample_task(seed, hot), sample_task(seed, stuck)
+        assert sample_task(seed, stuck) == drawn  # seeded
+        scale = drawn.workload.lr_scale
+        assert 1.0 <= scale <= 8.0 or 16.0 <= scale <= 64.0
+        in_tail += scale >= 16.0
+        same = dataclasses.replace(drawn.workload, lr_scale=plain.workload.lr_scale, description="")
+        assert same == dataclasses.replace(plain.workload, description="")  # nothing else moves
+        assert (drawn.init_lr, drawn.init_batch_size) == (plain.init_lr, plain.init_batch_size)
+    assert 10 <= in_tail <= 30  # about a quarter of 80
+    spec = load_spec("default-stuck-final")
+    assert spec.workloads.sampler.lr_scale_tail == (0.25, 16.0, 64.0) and spec_from_dict(spec.to_dict()) == spec
+    assert "lr_scale_tail" not in load_spec("default-hot-final").to_dict()["workloads"]["train"]  # off: left out
+
+
+@pytest.mark.parametrize(
+    ("train", "shown"),
+    [
+        ({"lr_scale_range": [1.0, 8.0], "lr_scale_tail": [1.5, 16.0, 64.0]}, "1.5"),
+        ({"lr_scale_range": [1.0, 8.0], "lr_scale_tail": [0.25, 64.0, 16.0]}, "64.0"),
+        ({"lr_scale_range": [1.0, 8.0], "lr_scale_tail": [0.25, 16.0]}, "16.0"),
+        ({"lr_scale_range": [1.0, 8.0], "lr_scale_tail": "lots"}, "lots"),
+        ({"lr_scale_tail": [0.25, 16.0, 64.0]}, "0.25"),  # a tail needs a hidden scale to widen
+    ],
+)
+def test_a_bad_scale_tail_is_refused_by_name(train: dict[str, Any], shown: str) -> None:
+    with pytest.raises(SpecError, match=rf"workloads\.train\.lr_scale_tail.*{shown}"):
+        spec_from_dict({"workloads": {"train": train}})
+
+
 def test_start_lr_range_moves_only_the_initial_lr() -> None:
     high = ProceduralSpec(start_lr_range=(0.03, 0.3))
     for seed in range(30):
