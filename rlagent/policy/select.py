@@ -296,7 +296,10 @@ def select_policy(
     labels = tuple(start_label(s) for s in starts)
     reports = {name: [report(name, path, s, 0, n_select) for s in starts] for name, path in policies.items()}
     scores = {name: tuple(r.mean_val_acc for r in rs) for name, rs in reports.items()}
-    reversals = {name: _reversal_share(rs) for name, rs in reports.items()}
+    # one share over every start's draws, by the report's own rule
+    reversals = {
+        name: ValidationReport([d for r in rs for d in r.draws]).reversal_share for name, rs in reports.items()
+    }
     best = max(scores, key=lambda n: (statistics.fmean(scores[n]), n == INCUMBENT))
     confirmation: tuple[Paired, ...] = ()
     if best != INCUMBENT:
@@ -309,8 +312,3 @@ def select_policy(
             for label, s in zip(labels, starts, strict=True)
         )
     return Selection(labels, scores, best, confirmation, n_select, n_confirm, reversals)
-
-
-def _reversal_share(reports: Sequence[ValidationReport]) -> float:
-    moves = sum(d.lr_moves for r in reports for d in r.draws)
-    return sum(d.lr_reversals for r in reports for d in r.draws) / moves if moves else 0.0
