@@ -15,6 +15,7 @@ from rlagent.config import ACTIONS, EnvSpec, load_spec, spec_from_dict
 from rlagent.errors import SpecError, is_number
 from rlagent.features import FEATURE_NAMES, OBS_HIGH, OBS_LOW, RunTracker, move_sign
 from rlagent.probe import START_DIVISOR, check_divisor, checked_start, probe_seed, start_from_probe
+from rlagent.rollback import BestWeights
 from rlagent.training import HParams, Trainer, run_epoch
 from rlagent.workloads import Data, Source, WorkloadSpec, make_run
 
@@ -25,21 +26,23 @@ BS_FACTORS = (0.5, 1.0, 2.0)
 WIDE_LR_FACTORS = (1 / 16, 0.25, 0.5, 1.0, 2.0, 4.0, 16.0)
 """``discrete-wide`` action 0: as :data:`LR_FACTORS` plus ×1/16 and ×16, so one epoch can undo
 a start that is far off."""
-_LR_FACTORS_OF = {"discrete": LR_FACTORS, "discrete-wide": WIDE_LR_FACTORS}
+_LR_FACTORS_OF = {"discrete": LR_FACTORS, "discrete-wide": WIDE_LR_FACTORS, "discrete-rollback": LR_FACTORS}
+ROLLBACK = "discrete-rollback"
+"""The action kind with a third choice: 1 rolls the run back to its best epoch (:mod:`rlagent.rollback`)."""
 RESET_OPTIONS = ("workload", "lr", "batch_size", "replica", "start_check", "probe_divisor")
 
 
 def action_space(kind: str) -> spaces.Space:
     """The action space of an episode spec's ``action`` kind."""
     if kind in _LR_FACTORS_OF:
-        return spaces.MultiDiscrete([len(_LR_FACTORS_OF[kind]), len(BS_FACTORS)])
+        return spaces.MultiDiscrete([len(_LR_FACTORS_OF[kind]), len(BS_FACTORS)] + [2] * (kind == ROLLBACK))
     return spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
 
 
 def hold_action(kind: str) -> np.ndarray:
     """The action of ``kind`` that keeps the LR and the batch size as they are."""
     if kind in _LR_FACTORS_OF:
-        return np.array([_LR_FACTORS_OF[kind].index(1.0), BS_FACTORS.index(1.0)])
+        return np.array([_LR_FACTORS_OF[kind].index(1.0), BS_FACTORS.index(1.0)] + [0] * (kind == ROLLBACK))
     return np.zeros(2, dtype=np.float32)
 
 
@@ -49,18 +52,25 @@ def action_kind_of(space: spaces.Space) -> str | None:
 
 
 def decode_action(action: Any, kind: str) -> tuple[float, float]:
-    """Multiplicative (LR, batch size) changes requested by an action."""
+    """Multiplicative (LR, batch size) changes requested by an action (see :func:`rolls_back`)."""
     a = np.asarray(action).reshape(-1)
-    if a.shape != (2,):
-        raise ValueError(f"action: got shape {np.asarray(action).shape}; expected (2,)")
+    size = 3 if kind == ROLLBACK else 2
+    if a.shape != (size,):
+        raise ValueError(f"action: got shape {np.asarray(action).shape}; expected ({size},)")
     if kind in _LR_FACTORS_OF:
         lr_factors = _LR_FACTORS_OF[kind]
         i, j = int(a[0]), int(a[1])
-        if not (0 <= i < len(lr_factors) and 0 <= j < len(BS_FACTORS)):
-            raise ValueError(f"action: got {a.tolist()}; expected [0..{len(lr_factors) - 1}, 0..{len(BS_FACTORS) - 1}]")
+        if not (0 <= i < len(lr_factors) and 0 <= j < len(BS_FACTORS) and (size == 2 or int(a[2]) in (0, 1))):
+            expected = f"0..{len(lr_factors) - 1}, 0..{len(BS_FACTORS) - 1}" + ", 0..1" * (size == 3)
+            raise ValueError(f"action: got {a.tolist()}; expected [{expected}]")
         return lr_factors[i], BS_FACTORS[j]
     c = np.clip(a.astype(np.float64), -1.0, 1.0)
     return float(4.0 ** c[0]), float(2.0 ** c[1])
+
+
+def rolls_back(action: Any, kind: str) -> bool:
+    """Whether an action (checked by :func:`decode_action`) asks to roll the run back to its best epoch."""
+    return kind == ROLLBACK and int(np.asarray(action).reshape(-1)[2]) == 1
 
 
 class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
@@ -78,7 +88,10 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
     ``episode.action = "discrete"`` (default): ``MultiDiscrete([5, 3])`` — the LR is multiplied
     by ``LR_FACTORS[a0]`` = ×{¼, ½, 1, 2, 4} and the batch size by ``BS_FACTORS[a1]`` = ×{½, 1, 2}.
     ``"discrete-wide"``: ``MultiDiscrete([7, 3])`` — as ``discrete`` with ×1/16 and ×16 added to
-    the LR's factors (:data:`WIDE_LR_FACTORS`). ``"continuous"``: ``Box(-1, 1, (2,))`` — LR ×4^a0,
+    the LR's factors (:data:`WIDE_LR_FACTORS`). ``"discrete-rollback"``: ``MultiDiscrete([5, 3,
+    2])`` — as ``discrete``, and a third choice of 1 first restores the model and optimiser state
+    of the run's best epoch so far by validation accuracy (:mod:`rlagent.rollback`; ``info``'s
+    ``rolled_back_to`` names that epoch). ``"continuous"``: ``Box(-1, 1, (2,))`` — LR ×4^a0,
     batch size ×2^a1 (rounded). All are clipped to the spec's ranges (batch size also to the
     training-set size).
 
@@ -119,8 +132,8 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Info
     ``workload``, ``heldout``, ``epoch``, ``lr``, ``batch_size``, ``train_loss``, ``train_acc``,
-    ``val_loss``, ``val_acc``, ``best_val_acc``, ``samples_seen``, ``steps``, ``diverged``; on
-    the last step also ``test_loss`` / ``test_acc`` (for reporting only: the test split never
+    ``val_loss``, ``val_acc``, ``best_val_acc``, ``samples_seen``, ``steps``, ``diverged``; with
+    ``discrete-rollback`` also ``rolled_back_to`` (the epoch restored, or None); on the last step also ``test_loss`` / ``test_acc`` (for reporting only: the test split never
     reaches the observation or the reward). Info is deterministic under a seed (``check_env``
     compares it), so the epoch's wall time is kept out of it, in ``env.unwrapped.epoch_time``.
 
@@ -184,6 +197,7 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         self.hparams: HParams | None = None
         self._val_acc = 0.0  # validation accuracy after the last epoch (the untrained model's at reset)
         self._lr_sign = 0
+        self._best: BestWeights | None = None  # the best epoch's state, for discrete-rollback
         self.epoch_time = 0.0
         """Wall time of the last step's epoch in seconds (not in info: info is deterministic)."""
 
@@ -246,6 +260,7 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             batch_size_range=wl.batch_size_range, epochs=wl.epochs,
         )  # fmt: skip
         val = self.trainer.evaluate(data.val)
+        self._best = BestWeights(self.trainer) if self.action_kind == ROLLBACK else None
         # The probe's minibatches are training compute: they count towards samples_seen.
         self._samples = probe.samples if probe else 0
         self._steps = 0
@@ -302,7 +317,12 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         lr_sign = move_sign(lr_before, self.hparams.lr)
         reversed_move, self._lr_sign = lr_sign != 0 and lr_sign == -self._lr_sign, lr_sign
         best_before = tracker.best_val_acc
+        rolled_back_to = None
+        if self._best is not None and rolls_back(action, self.action_kind) and self._best.epoch < tracker.epoch:
+            rolled_back_to = self._best.restore(trainer)
         epoch, obs = run_epoch(trainer, self.data.val, tracker, self.hparams)
+        if self._best is not None and not epoch.diverged and tracker.best_epoch == tracker.epoch:
+            self._best.keep(trainer, tracker.epoch)
         self._samples += epoch.stats.samples
         self._steps += epoch.stats.steps
         diverged = epoch.diverged
@@ -327,6 +347,8 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
             "steps": self._steps,
             "diverged": diverged,
         }
+        if self._best is not None:
+            info["rolled_back_to"] = rolled_back_to
         if terminated:
             if diverged:
                 info["test_loss"], info["test_acc"] = float("nan"), 1.0 / self.data.num_classes

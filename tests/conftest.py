@@ -44,6 +44,30 @@ def tiny_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_policy(config, venv=DummyVecEnv([lambda: Monitor(HyperTuneEnv("tiny"))])).policy_dir
 
 
+TINY_ROLLBACK = 'extends = "tiny"\nname = "tiny-rollback"\n\n[episode]\naction = "discrete-rollback"\n'
+"""The tiny spec with the rollback action (``discrete-rollback``)."""
+
+
+@pytest.fixture(scope="session")
+def tiny_rollback_policy(tiny_policy: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny_policy`` fine-tuned for 32 steps with the rollback action added (its head widened)."""
+    from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from rlagent.env import HyperTuneEnv
+    from rlagent.policy.train import PPOSettings, TrainConfig, train_policy
+
+    tmp = tmp_path_factory.mktemp("tiny_rollback_policy")
+    (tmp / "tiny-rollback.toml").write_text(TINY_ROLLBACK)
+    config = TrainConfig(
+        spec=tmp / "tiny-rollback.toml", timesteps=32, n_envs=1, devices="cpu", out=tmp / "pol", run_dir=tmp / "run",
+        checkpoint_every=0, progress=False, ppo=PPOSettings(n_steps=32, batch_size=32, net_arch=(8,)),
+        init_from=tiny_policy,
+    )  # fmt: skip
+    venv = DummyVecEnv([lambda: Monitor(HyperTuneEnv(tmp / "tiny-rollback.toml"))])
+    return train_policy(config, venv=venv).policy_dir
+
+
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[Any]:
     """A real local Ray (2 CPUs, no dashboard), started once and shut down at the end."""

@@ -19,11 +19,11 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 import rlagent
 from rlagent import ENV_ID, FEATURE_NAMES, HyperTuneEnv, SpecError
 from rlagent.config import EnvSpec, load_spec, resolve_spec_path, spec_from_dict
-from rlagent.env import BS_FACTORS, LR_FACTORS, action_kind_of, action_space, decode_action, hold_action
+from rlagent.env import BS_FACTORS, LR_FACTORS, action_kind_of, action_space, decode_action, hold_action, rolls_back
 from rlagent.policy.validate import lr_reversals
 
 ENV_IDS = [i for i in gym.registry if i.startswith("rlagent/")]
-ACTION_KINDS = ("discrete", "continuous", "discrete-wide")
+ACTION_KINDS = ("discrete", "continuous", "discrete-wide", "discrete-rollback")
 RESET_KEYS = {"workload", "heldout", "epoch", "lr", "batch_size", "val_loss", "val_acc", "episode_seed"}
 STEP_KEYS = {
     "workload", "heldout", "epoch", "lr", "batch_size", "train_loss", "train_acc", "val_loss", "val_acc",
@@ -72,6 +72,8 @@ def _actions(kind: str) -> list[np.ndarray]:
         return [np.array(a) for a in ([4, 2], [0, 0], [2, 1], [3, 2])]
     if kind == "discrete-wide":
         return [np.array(a) for a in ([6, 2], [0, 0], [3, 1], [1, 2])]
+    if kind == "discrete-rollback":
+        return [np.array(a) for a in ([4, 2, 0], [0, 0, 1], [2, 1, 1], [3, 2, 0])]
     return [np.array(a, dtype=np.float32) for a in ([1.0, 1.0], [-0.7, -1.0], [0.0, 0.0], [0.3, 0.5])]
 
 
@@ -198,7 +200,9 @@ def test_observations_finite_and_inside_box(kind: str) -> None:
     assert env.observation_space.shape == (len(FEATURE_NAMES),)
     env.action_space.seed(0)
     extremes = (
-        [env.action_space.low, env.action_space.high] if kind == "continuous" else [[0, 0], env.action_space.nvec - 1]
+        [env.action_space.low, env.action_space.high]
+        if kind == "continuous"
+        else [np.zeros_like(env.action_space.nvec), env.action_space.nvec - 1]
     )
     for episode in range(4):
         obs, _ = env.reset(seed=episode)
@@ -369,8 +373,9 @@ def test_invalid_discrete_action_raises(action: list[int]) -> None:
 
 @pytest.mark.parametrize("kind", ACTION_KINDS)
 def test_action_of_wrong_shape_raises(kind: str) -> None:
-    with pytest.raises(ValueError, match=r"expected \(2,\)"):
-        decode_action(np.zeros(3), kind)
+    size = 3 if kind == "discrete-rollback" else 2
+    with pytest.raises(ValueError, match=rf"got shape \(4,\); expected \({size},\)"):
+        decode_action(np.zeros(4), kind)
 
 
 def test_invalid_action_raises_in_step() -> None:
@@ -546,3 +551,79 @@ def test_probe_fraction_splits_draws_between_the_probe_and_their_own_start() -> 
     everywhere = dataclasses.replace(mixed.episode, probe_fraction=1.0)
     nowhere = dataclasses.replace(mixed.episode, probe_fraction=0.0)
     assert all(everywhere.probes(s) for s in seeds) and not any(nowhere.probes(s) for s in seeds)
+
+
+# The rollback action
+
+
+def _rollback_env(epochs: int = 6) -> HyperTuneEnv:
+    spec = _tiny("discrete-rollback")
+    return HyperTuneEnv(dataclasses.replace(spec, episode=dataclasses.replace(spec.episode, epochs=epochs)))
+
+
+def test_rollback_actions_add_a_third_choice_and_name_its_range() -> None:
+    assert action_space("discrete-rollback") == spaces.MultiDiscrete([5, 3, 2])
+    assert decode_action(np.array([0, 2, 1]), "discrete-rollback") == (0.25, 2.0)
+    assert rolls_back(np.array([0, 2, 1]), "discrete-rollback")
+    assert not rolls_back(np.array([0, 2, 0]), "discrete-rollback") and not rolls_back(np.array([0, 2]), "discrete")
+    assert decode_action(hold_action("discrete-rollback"), "discrete-rollback") == (1.0, 1.0)
+    assert not rolls_back(hold_action("discrete-rollback"), "discrete-rollback")
+    with pytest.raises(ValueError, match=r"got \[2, 1, 2\]; expected \[0..4, 0..2, 0..1\]"):
+        decode_action(np.array([2, 1, 2]), "discrete-rollback")
+
+
+def test_without_rollbacks_the_run_is_the_discrete_run() -> None:
+    plain, rollback = HyperTuneEnv(_tiny("discrete")), HyperTuneEnv(_tiny("discrete-rollback"))
+    moves = ([4, 2], [0, 0], [3, 1])
+    a = [plain.reset(seed=3)[0]] + [plain.step(np.array(m))[0] for m in moves]
+    b = [rollback.reset(seed=3)[0]] + [rollback.step(np.array([*m, 0]))[0] for m in moves]
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def _spied(env: HyperTuneEnv) -> list[dict[str, torch.Tensor]]:
+    """Record the model and optimiser state each epoch starts from (the real epoch still runs)."""
+    starts: list[dict[str, torch.Tensor]] = []
+    trainer, train_epoch = env.trainer, env.trainer.train_epoch
+
+    def spy():
+        moments = {f"opt.{k}": v.clone() for k, v in trainer.optimizer.state_dict()["state"].get(0, {}).items()}
+        starts.append({**{k: v.clone() for k, v in trainer.model.state_dict().items()}, **moments})
+        return train_epoch()
+
+    trainer.train_epoch = spy
+    return starts
+
+
+def _same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_rollback_trains_the_next_epoch_from_the_best_epochs_weights_at_the_lr_chosen() -> None:
+    env = _rollback_env()
+    _, info = env.reset(seed=0, options={"lr": 0.3})  # Adam at 0.3: the tiny run's accuracy wobbles
+    starts, accs = _spied(env), [info["val_acc"]]
+    for _ in range(5):
+        _, _, _, _, info = env.step(np.array([2, 1, 0]))
+        accs.append(info["val_acc"])
+        assert info["rolled_back_to"] is None
+    best = int(np.argmax(accs))  # the first epoch with the best validation accuracy
+    assert best < 5  # the test needs a last epoch below the best (true for this seed)
+    last = {k: v.clone() for k, v in env.trainer.model.state_dict().items()}  # after epoch 5
+    _, _, terminated, _, info = env.step(np.array([1, 1, 1]))  # halve the LR and roll back
+    assert terminated and info["rolled_back_to"] == best and info["epoch"] == 6
+    assert info["lr"] == pytest.approx(0.15)
+    # starts[i] is the state after epoch i: the sixth epoch started from the best one's, optimiser included
+    assert _same_state(starts[5], starts[best])
+    assert not _same_state({k: starts[5][k] for k in last}, last)
+
+
+def test_a_rollback_at_the_best_epoch_changes_nothing() -> None:
+    runs = []
+    for roll in (0, 1):
+        env = _rollback_env(epochs=2)
+        env.reset(seed=0)
+        _, _, _, _, first = env.step(np.array([3, 1, 0]))  # the first epoch beats the untrained model
+        _, reward, _, _, info = env.step(np.array([2, 1, roll]))
+        assert info["rolled_back_to"] is None
+        runs.append((first["val_acc"], reward, info["val_acc"], info["test_acc"]))
+    assert runs[0] == runs[1]

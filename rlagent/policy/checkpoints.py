@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import safetensors.torch
 import torch
+from gymnasium import spaces
 from safetensors import SafetensorError
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import VecNormalize
@@ -32,6 +33,10 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
 """Version of the checkpoint layout."""
+ADDED_CHOICE_PRIOR = 0.1
+"""When a policy starts from one with fewer discrete choices (``discrete`` into
+``discrete-rollback``), the probability its new head first gives the added choices together: low
+enough to keep the old policy's behaviour, high enough for PPO to try them."""
 STALE_PATTERNS = (".step-*.tmp-*", ".step-*.old-*")
 """Temporary folders :func:`rlagent._io.atomic_dir` leaves behind when a write is killed."""
 
@@ -226,6 +231,7 @@ def copy_policy(saved: SavedPolicy, model: PPO, venv: VecNormalize | None, *, wh
         what: What errors start with (the setting and the path it names).
     """
     state = saved.policy.state_dict()
+    widen_action_head(state, saved.action_space, model)
     if not critic:
         state = {k: v for k, v in state.items() if not k.startswith(CRITIC_PREFIXES)}
     try:
@@ -239,6 +245,29 @@ def copy_policy(saved: SavedPolicy, model: PPO, venv: VecNormalize | None, *, wh
         venv.obs_rms.mean = np.asarray(normalizer["mean"], dtype=np.float64)
         venv.obs_rms.var = np.asarray(normalizer["var"], dtype=np.float64)
         venv.obs_rms.count = float(normalizer["count"])
+
+
+def widen_action_head(state: dict[str, torch.Tensor], space: Any, model: PPO) -> None:
+    """Fit a MultiDiscrete policy's action head into ``model`` if ``model``'s space only adds
+    dimensions after the saved ones (``[5, 3]`` into ``[5, 3, 2]``); else leave ``state`` as is.
+
+    The added logits start with zero weights and biases that give the first choice of each added
+    dimension (do nothing) probability ``1 - ADDED_CHOICE_PRIOR``, so the widened policy acts as
+    the saved one did until PPO learns otherwise.
+    """
+    new = model.action_space
+    if not (isinstance(space, spaces.MultiDiscrete) and isinstance(new, spaces.MultiDiscrete)):
+        return
+    old_nvec, new_nvec = [int(n) for n in space.nvec], [int(n) for n in new.nvec]
+    if len(new_nvec) <= len(old_nvec) or new_nvec[: len(old_nvec)] != old_nvec:
+        return
+    weight, bias = state["action_net.weight"], state["action_net.bias"]
+    extra_bias = []
+    for n in new_nvec[len(old_nvec) :]:
+        others = float(np.log(ADDED_CHOICE_PRIOR / ((n - 1) * (1 - ADDED_CHOICE_PRIOR))))
+        extra_bias += [0.0] + [others] * (n - 1)
+    state["action_net.weight"] = torch.cat([weight, weight.new_zeros(len(extra_bias), weight.shape[1])])
+    state["action_net.bias"] = torch.cat([bias, bias.new_tensor(extra_bias)])
 
 
 def restore_checkpoint(ckpt: Checkpoint, model: PPO, venv: VecNormalize | None) -> int:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from rlagent.config import ACTIONS, data_dir
-from rlagent.env import action_kind_of, action_space, decode_action
+from rlagent.env import action_kind_of, action_space, decode_action, rolls_back
 from rlagent.errors import PolicyFileError, RLAgentError, SpecError
 from rlagent.features import RunTracker
 from rlagent.policy._args import check_optimizer, check_split
@@ -59,8 +59,8 @@ def resolve_policy(policy: SavedPolicy | str | Path) -> SavedPolicy:
 
 
 def action_kind(policy: SavedPolicy) -> str:
-    """The ``episode.action`` kind the policy acts in (``discrete``, ``discrete-wide`` or
-    ``continuous``), from its action space.
+    """The ``episode.action`` kind the policy acts in (``discrete``, ``discrete-wide``,
+    ``discrete-rollback`` or ``continuous``), from its action space.
 
     Raises:
         PolicyFileError: If no kind has the policy's action space.
@@ -111,6 +111,12 @@ class Controller:
             ...  # one epoch at lr, bs
             lr, bs = ctl.observe(train_loss=..., train_acc=..., val_loss=..., val_acc=...)
 
+    A ``discrete-rollback`` policy may also ask to roll the run back to its best epoch so far:
+    when :attr:`rollback` is True, load the weights and optimiser state you kept after epoch
+    ``ctl.tracker.best_epoch`` (the best validation accuracy so far; 0: the untrained model)
+    before the next epoch. :class:`rlagent.rollback.BestWeights` keeps them for a
+    :class:`~rlagent.training.Trainer`; :func:`rlagent.train_with_policy` does all of it.
+
     Args:
         policy: A :class:`SavedPolicy`, a policy directory, or a shipped policy's name.
         num_classes: Number of classes of the task.
@@ -159,6 +165,9 @@ class Controller:
         """What :meth:`probe` measured, if it ran."""
         self.start_replaced: bool | None = None
         """Whether :meth:`probe` with ``check`` replaced the first LR (None: no check ran)."""
+        self.rollback = False
+        """Whether the policy's last action asks to roll the run back to its best epoch before the
+        next one (only a ``discrete-rollback`` policy asks)."""
 
     def probe(self, trainer: Trainer, *, seed: int = 0, check: bool = False) -> float:
         """Set the first LR from a short LR range test on a copy of ``trainer``'s run.
@@ -234,6 +243,7 @@ class Controller:
         self._actor.deterministic = self.deterministic
         action = self._actor(obs)
         lr_f, bs_f = decode_action(action, self.kind)
+        self.rollback = rolls_back(action, self.kind) and self.tracker.best_epoch < self.tracker.epoch
         self.hparams = self.hparams.scaled(lr_f, bs_f)
         return self.lr, self.batch_size
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rlagent.config import EnvSpec, load_spec
-from rlagent.env import action_kind_of, action_space
+from rlagent.env import ROLLBACK, action_kind_of, action_space
 from rlagent.errors import PolicyFileError, RLAgentError, SpecError
 from rlagent.features import FEATURE_NAMES
 from rlagent.policy._checks import _check_architecture
@@ -130,7 +130,8 @@ def check_same_network(saved: SavedPolicy, label: str, spec: EnvSpec, ppo: Any) 
             f"{ppo.lstm_hidden_size}; {option} with --lstm {lstm}"
         )
     kind = action_kind_of(saved.action_space)
-    if kind != spec.episode.action:
+    widens = option != "resume" and (kind, spec.episode.action) == ("discrete", ROLLBACK)  # see widen_action_head
+    if kind != spec.episode.action and not widens:
         raise RLAgentError(f"{label} acts {kind}, spec {spec.name!r} asks for episode.action = {spec.episode.action!r}")
     if (saved.normalizer is not None) != ppo.normalize_obs:
         raise RLAgentError(

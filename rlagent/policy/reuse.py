@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from rlagent.config import EnvSpec, load_spec
-from rlagent.env import HyperTuneEnv
+from rlagent.env import ROLLBACK, HyperTuneEnv
 from rlagent.errors import SpecError
 from rlagent.policy._args import (
     check_device,
@@ -40,6 +40,7 @@ from rlagent.policy.controller import (
 )
 from rlagent.policy.file import SavedPolicy
 from rlagent.probe import probe_seed
+from rlagent.rollback import BestWeights
 from rlagent.training import Trainer, run_epoch
 
 
@@ -49,7 +50,9 @@ class TuneResult:
 
     model: nn.Module
     history: list[dict[str, Any]] = field(default_factory=list)
-    """Per epoch: lr, batch_size, train_loss, train_acc, val_loss, val_acc, seconds."""
+    """Per epoch: lr, batch_size, train_loss, train_acc, val_loss, val_acc, seconds; with a
+    ``discrete-rollback`` policy also ``rolled_back_to``: the epoch whose weights it started from
+    (None: the previous epoch's, as usual)."""
     test_acc: float | None = None
     """Accuracy on ``test_data`` after the last epoch, if it was given (never used to decide)."""
     diverged: bool = False
@@ -85,7 +88,9 @@ def train_with_policy(
         train_data: ``(x, y)`` tensors/arrays or a torch ``Dataset`` of ``(x, y)`` items.
         val_data: Validation data in the same form; drives the policy's decisions.
         epochs: Epoch budget.
-        policy: A :class:`SavedPolicy`, a policy directory, or a shipped policy's name.
+        policy: A :class:`SavedPolicy`, a policy directory, or a shipped policy's name. A
+            ``discrete-rollback`` policy may load the weights of the best epoch so far back into
+            ``model`` (kept as a copy on its device, with the optimiser's state).
         loss_fn: ``loss(logits, labels)`` with mean reduction; cross-entropy by default.
         device: Where to train; default: the model's device.
         optimizer: ``"adam"``, ``"sgd"`` or an optimiser over ``model``'s parameters.
@@ -148,10 +153,14 @@ def train_with_policy(
         model=model, probe_lr=ctl.probe_result.lr if ctl.probe_result else None, start_replaced=ctl.start_replaced
     )
     first = trainer.evaluate(val)
+    best = BestWeights(trainer) if ctl.kind == ROLLBACK else None
     ctl.start(val_loss=first.loss, val_acc=first.acc)
     for _ in range(epochs):
+        rolled = {"rolled_back_to": best.restore(trainer) if ctl.rollback else None} if best else {}
         epoch, obs = run_epoch(trainer, val, ctl.tracker, ctl.hparams)
-        result.history.append({**epoch.record(), "seconds": epoch.stats.seconds})
+        if best is not None and not epoch.diverged and ctl.tracker.best_epoch == ctl.tracker.epoch:
+            best.keep(trainer, epoch.epoch)
+        result.history.append({**epoch.record(), "seconds": epoch.stats.seconds, **rolled})
         if epoch.diverged:
             result.diverged = True
             break

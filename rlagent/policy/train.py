@@ -37,6 +37,7 @@ from rlagent.policy.checkpoints import (
     resume_seed,
     save_checkpoint,
 )
+from rlagent.policy.controller import action_kind
 from rlagent.policy.file import MAX_FRAME_STACK, SavedPolicy, save_policy
 from rlagent.policy.monitor import TrainingMonitor
 from rlagent.policy.preflight import check_training
@@ -305,6 +306,7 @@ def _init_record(saved: SavedPolicy, config: TrainConfig) -> dict[str, Any]:
         "timesteps": training.get("timesteps"),
         "reward": training.get("spec", {}).get("reward"),
         "gamma": training.get("ppo", {}).get("gamma"),
+        "action_kind": action_kind(saved),  # "discrete" into a discrete-rollback run: its head was widened
     }
 
 

@@ -74,6 +74,8 @@ class DrawResult:
     """LR changes the policy made with another epoch after them (:func:`lr_reversals`)."""
     lr_reversals: int
     """Of those, the ones its next change went back on (×2 then ×½: dithering)."""
+    rollbacks: int = 0
+    """Epochs the policy started from its run's best epoch instead of the last (``discrete-rollback``)."""
 
 
 @dataclass
@@ -110,6 +112,7 @@ class ValidationReport:
             "win_rate": round(self.win_rate, 3),
             "lr_reversal_share": round(self.reversal_share, 3),
             "diverged": sum(d.diverged for d in self.draws),
+            "rollbacks": sum(d.rollbacks for d in self.draws),
         }
 
     def save(self, path: str | Path) -> None:
@@ -225,13 +228,14 @@ def lr_reversals(lrs: Sequence[float]) -> tuple[int, int]:
 
 def _episode(
     env: HyperTuneEnv, seed: int, act: Any, start: dict[str, Any]
-) -> tuple[float, bool, str, int, list[float]]:
+) -> tuple[float, bool, str, int, list[float], int]:
     obs, info = env.reset(seed=seed, options=start)
-    lrs, done = [float(info["lr"])], False
+    lrs, rollbacks, done = [float(info["lr"])], 0, False
     while not done:
         obs, _, done, _, info = env.step(act(obs))
         lrs.append(float(info["lr"]))
-    return float(info["val_acc"]), bool(info["diverged"]), str(info["workload"]), int(info["epoch"]), lrs
+        rollbacks += info.get("rolled_back_to") is not None
+    return float(info["val_acc"]), bool(info["diverged"]), str(info["workload"]), int(info["epoch"]), lrs, rollbacks
 
 
 def _run_draw(policy_dir: str, spec: EnvSpec, seed: int, hide: tuple[str, ...], start: dict[str, Any]) -> DrawResult:
@@ -250,9 +254,9 @@ def _run_draw(policy_dir: str, spec: EnvSpec, seed: int, hide: tuple[str, ...], 
         return actor(obs)
 
     keep = hold_action(spec.episode.action)
-    val_acc, diverged, name, epochs, lrs = _episode(env, seed, act, start)
+    val_acc, diverged, name, epochs, lrs, rollbacks = _episode(env, seed, act, start)
     constant = _episode(env, seed, lambda _obs: keep, start)[0]
-    return DrawResult(seed, name, epochs, val_acc, constant, diverged, *lr_reversals(lrs))
+    return DrawResult(seed, name, epochs, val_acc, constant, diverged, *lr_reversals(lrs), rollbacks)
 
 
 def map_draws(run: Callable[..., T], args: Sequence[tuple[Any, ...]], n_workers: int) -> list[T]:

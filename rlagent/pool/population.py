@@ -26,7 +26,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
 from rlagent.batched import MODES, BatchPlanner, train_epochs
 from rlagent.config import EnvSpec, load_spec, spec_from_dict
-from rlagent.env import HyperTuneEnv, decode_action
+from rlagent.env import ROLLBACK, HyperTuneEnv, decode_action
 from rlagent.errors import SpecError, is_int
 from rlagent.pool.devices import WorkerSlot
 from rlagent.pool.factory import training_workloads
@@ -109,6 +109,10 @@ class PopulationVecEnv(DummyVecEnv):
             spec = spec_from_dict(spec)
         elif not isinstance(spec, EnvSpec):
             spec = load_spec(spec)
+        if spec.episode.action == ROLLBACK:  # a member's rollback would restore after its batched epoch
+            raise SpecError(
+                "episode.action", spec.episode.action, "not discrete-rollback in a population (use the process pool)"
+            )
         names = training_workloads(spec, workloads)
         sources: dict[str, Source] = {}  # one copy of each dataset for all members
         members = [

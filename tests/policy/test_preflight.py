@@ -19,6 +19,7 @@ from rlagent.errors import RLAgentError, SpecError
 from rlagent.policy.checkpoints import find_checkpoint
 from rlagent.policy.preflight import check_training
 from rlagent.policy.train import PPOSettings, TrainConfig, train_policy
+from tests.conftest import TINY_ROLLBACK
 
 TINY_PPO = PPOSettings(n_steps=16, batch_size=16, net_arch=(8,))
 
@@ -130,6 +131,12 @@ def test_resume_with_another_spec_is_refused_naming_both(run: Path, tmp_path: Pa
 def test_a_policy_to_start_from_must_fit_the_run(run: Path, tmp_path: Path) -> None:
     policy = run / "pol"
     assert check_training(_config(tmp_path, init_from=policy)).init is not None
+    rollback, wide = tmp_path / "rollback.toml", tmp_path / "wide.toml"
+    rollback.write_text(TINY_ROLLBACK)
+    wide.write_text(
+        TINY_ROLLBACK.replace("tiny-rollback", "tiny-wide-actions").replace('"discrete-rollback"', '"discrete-wide"')
+    )
+    assert check_training(_config(tmp_path, spec=rollback, init_from=policy)).init is not None  # its head is widened
     refusals = {
         r"has net_arch \{'pi': \[8\], 'vf': \[8\]\} with tanh, this run \{'pi': \[16\]": dict(
             ppo=PPOSettings(net_arch=(16,))
@@ -141,6 +148,7 @@ def test_a_policy_to_start_from_must_fit_the_run(run: Path, tmp_path: Path) -> N
             ppo=PPOSettings(net_arch=(8,), normalize_obs=False)
         ),
         "policy not found": dict(init_from=tmp_path / "nowhere"),
+        "acts discrete, spec 'tiny-wide-actions' asks for episode.action = 'discrete-wide'": dict(spec=wide),
     }
     for message, change in refusals.items():
         kw = {"init_from": policy, **change}
@@ -169,3 +177,11 @@ def _tiny_toml() -> str:
     from rlagent.config import resolve_spec_path
 
     return resolve_spec_path("tiny").read_text()
+
+
+def test_a_discrete_checkpoint_does_not_resume_as_a_rollback_run(run: Path, tmp_path: Path) -> None:
+    rollback = tmp_path / "rollback.toml"
+    rollback.write_text(TINY_ROLLBACK)
+    config = _config(tmp_path, spec=rollback, resume=run / "run" / "checkpoints", allow_spec_change=True)
+    with pytest.raises(RLAgentError, match="resume: .*acts discrete, spec 'tiny-rollback' asks for episode.action"):
+        check_training(config)

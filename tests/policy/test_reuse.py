@@ -12,6 +12,7 @@ import torch
 from rlagent.cli import main
 from rlagent.config import load_spec
 from rlagent.errors import SpecError
+from rlagent.policy.file import load_policy
 from rlagent.policy.reuse import resolve_policy, run_policy, train_with_policy, trained_start, tune
 from tests.policy._user_data import users_data, users_model
 
@@ -184,3 +185,21 @@ def test_a_policy_trained_from_probe_starts_runs_from_the_probe_unless_given_an_
     train, val = (x[:300], y[:300]), (x[300:], y[300:])
     assert train_with_policy(users_model(), train, val, epochs=1, policy=probe_policy).probe_lr is not None
     assert train_with_policy(users_model(), train, val, epochs=1, policy=tiny_policy).probe_lr is None
+
+
+def test_train_with_a_rollback_policy_rolls_the_users_model_back_to_its_best_epoch(tiny_rollback_policy: Path) -> None:
+    saved = load_policy(tiny_rollback_policy)
+    with torch.no_grad():
+        saved.policy.action_net.bias[-1] = 50.0  # this copy asks to roll back after every epoch
+    x, y = users_data()
+    result = train_with_policy(
+        users_model(), (x[:300], y[:300]), (x[300:350], y[300:350]), epochs=6, policy=saved, lr=0.3, start_check=False
+    )
+    with torch.no_grad():
+        untrained = (users_model()(x[300:350]).argmax(1) == y[300:350]).float().mean().item()
+    accs = [untrained] + [h["val_acc"] for h in result.history]  # accs[e]: after epoch e
+    restored = [h["rolled_back_to"] for h in result.history]  # restored[e]: before epoch e + 1
+    for e in range(6):  # the first epoch of 0..e with the best accuracy; none if it is e itself
+        best = max(range(e + 1), key=lambda i: (accs[i], -i))
+        assert restored[e] == (None if best == e else best)
+    assert any(r is not None for r in restored)  # at LR 0.3 some epoch falls below the best (true here)

@@ -12,12 +12,19 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from gymnasium import spaces as gym_spaces
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from rlagent.config import load_spec
 from rlagent.errors import RLAgentError, SpecError
 from rlagent.features import FEATURE_NAMES
-from rlagent.policy.checkpoints import CRITIC_PREFIXES, checkpoint_policies, copy_policy, read_checkpoint
+from rlagent.policy.checkpoints import (
+    ADDED_CHOICE_PRIOR,
+    CRITIC_PREFIXES,
+    checkpoint_policies,
+    copy_policy,
+    read_checkpoint,
+)
 from rlagent.policy.file import load_policy
 from rlagent.policy.train import (
     PPOSettings,
@@ -363,3 +370,39 @@ def test_ppo_learning_rate_falls_linearly_over_the_run_and_resumes_on_schedule(t
     )  # fmt: skip
     train_policy(resumed)
     assert adam_lr("run2", 80) == pytest.approx(scheduled(64))
+
+
+def test_a_discrete_policy_copied_into_a_rollback_run_keeps_its_choices_and_rarely_rolls_back(
+    trained: tuple[Path, object], tmp_path: Path
+) -> None:
+    from tests.conftest import TINY_ROLLBACK
+
+    tmp, _ = trained
+    saved = load_policy(tmp / "pol")
+    (tmp_path / "rb.toml").write_text(TINY_ROLLBACK)
+    venv = VecNormalize(
+        DummyVecEnv([lambda: EnvFactory(load_spec(tmp_path / "rb.toml"), ("tiny-mlp",))(WorkerSlot("cpu", 1))])
+    )
+    model = build_ppo(venv, TINY_PPO, seed=5, tensorboard=None)
+    copy_policy(saved, model, venv, what="init_from: pol")
+    state, old = model.policy.state_dict(), saved.policy.state_dict()
+    assert state["action_net.weight"].shape[0] == old["action_net.weight"].shape[0] + 2
+    assert (
+        torch.equal(state["action_net.weight"][:8], old["action_net.weight"])
+        and not state["action_net.weight"][8:].any()
+    )
+    obs = torch.as_tensor(np.random.default_rng(0).normal(size=(6, len(FEATURE_NAMES))), dtype=torch.float32)
+    with torch.no_grad():
+        new = model.policy.get_distribution(obs).distribution
+        was = saved.policy.get_distribution(obs).distribution
+    for before, after in zip(was, new[:2]):  # the LR and batch-size choices are the saved policy's
+        torch.testing.assert_close(after.probs, before.probs)
+    torch.testing.assert_close(new[2].probs[:, 1], torch.full((6,), ADDED_CHOICE_PRIOR))
+    venv.close()
+
+
+def test_a_run_with_the_rollback_action_fine_tunes_a_discrete_policy(tiny_rollback_policy: Path) -> None:
+    tuned = load_policy(tiny_rollback_policy)
+    assert tuned.action_space == gym_spaces.MultiDiscrete([5, 3, 2])
+    assert tuned.metadata["training"]["initialised_from"]["action_kind"] == "discrete"
+    assert tuned.metadata["training"]["spec"]["episode"]["action"] == "discrete-rollback"

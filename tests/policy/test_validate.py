@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from rlagent.config import load_spec
 from rlagent.env import HyperTuneEnv
@@ -207,3 +208,25 @@ def test_sigterm_stops_a_selection_and_its_draw_workers(tiny_policy: Path, tmp_p
     assert err.strip().splitlines()[-1].startswith("select_policy.py: interrupted")
     left = still_alive(tree, timeout=30)
     assert not left, f"still running after SIGTERM: {sorted(left)}"
+
+
+def test_validation_counts_a_rollback_policys_rollbacks(tiny_rollback_policy: Path, tmp_path: Path) -> None:
+    saved = load_policy(tiny_rollback_policy)
+    with torch.no_grad():
+        saved.policy.action_net.bias[-1] = 50.0  # asks to roll back before every epoch
+    eager = saved.save(tmp_path / "eager")
+    spec, start = load_spec("tiny-procedural"), {"lr": 0.3}
+    spec = dataclasses.replace(spec, episode=dataclasses.replace(spec.episode, epochs=5))
+    report = validate_policy(eager, spec, n_draws=3, start=start)
+    expected = 0
+    rollback_spec = dataclasses.replace(spec, episode=dataclasses.replace(spec.episode, action="discrete-rollback"))
+    env, policy = HyperTuneEnv(rollback_spec), load_policy(eager)
+    for draw in report.draws:  # a rollback happens before each epoch whose previous epoch was not the best
+        obs, info = env.reset(seed=draw.seed, options=start)
+        accs, done = [info["val_acc"]], False
+        while not done:
+            expected += int(np.argmax(accs)) != len(accs) - 1  # the first best epoch is not the last
+            obs, _, done, _, info = env.step(policy.predict(obs))
+            accs.append(info["val_acc"])
+    assert sum(d.rollbacks for d in report.draws) == report.summary()["rollbacks"] == expected > 0
+    assert validate_policy(tiny_rollback_policy, spec, n_draws=3).summary()["rollbacks"] == 0  # rarely asked

@@ -13,6 +13,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import VecNormalize
 
 from rlagent import PopulationVecEnv
+from rlagent.config import load_spec
 from rlagent.env import HyperTuneEnv
 from rlagent.errors import EnvWorkerError, SpecError
 
@@ -144,6 +145,14 @@ def test_bad_arguments_name_the_field() -> None:
         PopulationVecEnv(2, "tiny", mode="fast")
     with pytest.raises(SpecError, match="held out"):
         PopulationVecEnv(2, "tiny", workloads=["tiny-wide"])
+    rollback = {
+        **load_spec("tiny").to_dict(),
+        "episode": {**load_spec("tiny").to_dict()["episode"], "action": "discrete-rollback"},
+    }
+    with pytest.raises(
+        SpecError, match="episode.action: got 'discrete-rollback'; expected not discrete-rollback in a population"
+    ):
+        PopulationVecEnv(2, rollback)
     pop = PopulationVecEnv(1, "tiny")
     pop.reset()
     with pytest.raises(ValueError, match="action"):
