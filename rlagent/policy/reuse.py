@@ -240,7 +240,8 @@ def run_policy(
     while not done:
         obs, _, terminated, truncated, info = env.step(act(obs))
         keys = ("epoch", "lr", "batch_size", "train_loss", "train_acc", "val_loss", "val_acc", "diverged")
-        history.append({**{k: info[k] for k in keys}, "seconds": env.epoch_time})
+        rolled = {"rolled_back_to": info["rolled_back_to"]} if "rolled_back_to" in info else {}
+        history.append({**{k: info[k] for k in keys}, "seconds": env.epoch_time, **rolled})
         done = terminated or truncated
     env.close()
     return {

@@ -203,3 +203,8 @@ def test_train_with_a_rollback_policy_rolls_the_users_model_back_to_its_best_epo
         best = max(range(e + 1), key=lambda i: (accs[i], -i))
         assert restored[e] == (None if best == e else best)
     assert any(r is not None for r in restored)  # at LR 0.3 some epoch falls below the best (true here)
+    run = run_policy(saved, "tiny-mlp", spec="tiny", seed=0, epochs=6, lr=0.3, start_check=False)
+    accs = [h["val_acc"] for h in run["history"]]
+    for e, h in enumerate(run["history"][1:], start=1):  # after epoch 1 the untrained model is never the best here
+        best = max(range(e), key=lambda i: (accs[i], -i)) + 1
+        assert h["rolled_back_to"] == (None if best == e else best)
