@@ -231,7 +231,7 @@ def copy_policy(saved: SavedPolicy, model: PPO, venv: VecNormalize | None, *, wh
         what: What errors start with (the setting and the path it names).
     """
     state = saved.policy.state_dict()
-    widen_action_head(state, saved.action_space, model)
+    widen_action_head(state, saved.action_space, model.action_space)
     if not critic:
         state = {k: v for k, v in state.items() if not k.startswith(CRITIC_PREFIXES)}
     try:
@@ -247,15 +247,15 @@ def copy_policy(saved: SavedPolicy, model: PPO, venv: VecNormalize | None, *, wh
         venv.obs_rms.count = float(normalizer["count"])
 
 
-def widen_action_head(state: dict[str, torch.Tensor], space: Any, model: PPO) -> None:
-    """Fit a MultiDiscrete policy's action head into ``model`` if ``model``'s space only adds
-    dimensions after the saved ones (``[5, 3]`` into ``[5, 3, 2]``); else leave ``state`` as is.
+def widen_action_head(state: dict[str, torch.Tensor], space: Any, new: Any) -> None:
+    """Fit a MultiDiscrete policy's action head (``state``, acting in ``space``) to the space
+    ``new`` if ``new`` only adds dimensions after the saved ones (``[5, 3]`` into ``[5, 3, 2]``);
+    else leave ``state`` as is.
 
     The added logits start with zero weights and biases that give the first choice of each added
     dimension (do nothing) probability ``1 - ADDED_CHOICE_PRIOR``, so the widened policy acts as
     the saved one did until PPO learns otherwise.
     """
-    new = model.action_space
     if not (isinstance(space, spaces.MultiDiscrete) and isinstance(new, spaces.MultiDiscrete)):
         return
     old_nvec, new_nvec = [int(n) for n in space.nvec], [int(n) for n in new.nvec]
