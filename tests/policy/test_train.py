@@ -406,3 +406,20 @@ def test_a_run_with_the_rollback_action_fine_tunes_a_discrete_policy(tiny_rollba
     assert tuned.action_space == gym_spaces.MultiDiscrete([5, 3, 2])
     assert tuned.metadata["training"]["initialised_from"]["action_kind"] == "discrete"
     assert tuned.metadata["training"]["spec"]["episode"]["action"] == "discrete-rollback"
+
+
+def test_widening_leaves_a_head_alone_unless_the_new_space_only_adds_dimensions() -> None:
+    from rlagent.policy.checkpoints import widen_action_head
+
+    state = {"action_net.weight": torch.ones(8, 4), "action_net.bias": torch.zeros(8)}
+    for new in (gym_spaces.MultiDiscrete([7, 3]), gym_spaces.MultiDiscrete([5, 3]), gym_spaces.Box(-1, 1, (2,))):
+        kept = dict(state)
+        widen_action_head(kept, gym_spaces.MultiDiscrete([5, 3]), new)
+        assert (
+            kept["action_net.weight"] is state["action_net.weight"]
+            and kept["action_net.bias"] is state["action_net.bias"]
+        )
+    widen_action_head(state, gym_spaces.MultiDiscrete([5, 3]), gym_spaces.MultiDiscrete([5, 3, 3]))
+    assert state["action_net.bias"].shape == (11,)
+    probs = torch.softmax(state["action_net.bias"][8:], 0)  # zero weights: the same at every input
+    torch.testing.assert_close(probs[1:].sum(), torch.tensor(ADDED_CHOICE_PRIOR))
