@@ -133,8 +133,9 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
     ## Info
     ``workload``, ``heldout``, ``epoch``, ``lr``, ``batch_size``, ``train_loss``, ``train_acc``,
     ``val_loss``, ``val_acc``, ``best_val_acc``, ``samples_seen``, ``steps``, ``diverged``; with
-    ``discrete-rollback`` also ``rolled_back_to`` (the epoch restored, or None); on the last step also ``test_loss`` / ``test_acc`` (for reporting only: the test split never
-    reaches the observation or the reward). Info is deterministic under a seed (``check_env``
+    ``discrete-rollback`` also ``rolled_back_to`` (the epoch restored, or None); on the last step
+    also ``test_loss`` / ``test_acc`` (for reporting only: the test split never reaches the
+    observation or the reward). Info is deterministic under a seed (``check_env``
     compares it), so the epoch's wall time is kept out of it, in ``env.unwrapped.epoch_time``.
 
     ## Arguments

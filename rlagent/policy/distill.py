@@ -1,11 +1,11 @@
 """Teach a ``discrete`` policy to roll back: imitate it plus a rollback rule, before PPO refines it.
 
-PPO alone does not find the ``discrete-rollback`` choice. A collapse is a few percent of a training
-distribution's epochs, and a widened head (:func:`rlagent.policy.checkpoints.widen_action_head`)
-tries the new choice at random, mostly where it does nothing: after 8,192 fine-tuning steps its
-most likely action still never rolled back (session 41, ``policies/default/README.md``). And a
-rollback alone is not enough: rolled back to its best weights at the LR that collapsed it, a run
-collapses again.
+PPO alone does not learn when the ``discrete-rollback`` choice pays. A collapse is about 1% of a
+training distribution's epochs, and a widened head (:func:`rlagent.policy.checkpoints.widen_action_head`)
+tries the new choice at random, mostly where it pays nothing: after 8,192 fine-tuning steps its
+most likely action rolled back 26–57 times per 24 validation runs, at the wrong times (session 41,
+``policies/default/README.md``). And a rollback alone is not enough: rolled back to its best
+weights at the LR that collapsed it, a run collapses again.
 
 So the teacher here is the saved policy itself, except on epochs where the run's validation
 accuracy is more than ``margin`` below its best so far: there it rolls back to the best epoch and
@@ -20,6 +20,7 @@ value network is left as it was, for PPO to go on from (``--init-from``).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -182,7 +183,7 @@ def distilled_record(
         distilled_from={
             "policy": str(policy), "sha256": saved.metadata.get("sha256"), "margin": rule.margin, "cut": rule.cut,
             "states": fit.states, "fired": fit.fired, "agreement": round(fit.agreement, 4),
-            "agreement_fired": round(fit.agreement_fired, 4),
+            "agreement_fired": None if math.isnan(fit.agreement_fired) else round(fit.agreement_fired, 4),
         },
     )  # fmt: skip
     return training

@@ -68,3 +68,13 @@ def test_bad_rules_and_policies_are_refused(tiny_policy: Path, tiny_rollback_pol
         distill_rollback(tiny_rollback_policy, _spec(), n_draws=1)
     with pytest.raises(SpecError, match="workloads.train"):
         distill_rollback(tiny_policy, "tiny", n_draws=1)
+
+
+def test_a_rule_that_never_fired_records_no_agreement_on_its_rollbacks(tiny_policy: Path) -> None:
+    from rlagent.policy.distill import Distilled
+
+    saved = load_policy(tiny_policy)
+    fit = Distilled(saved, states=10, fired=0, agreement=1.0, agreement_fired=float("nan"))
+    record = distilled_record(saved, _spec(), tiny_policy, RollbackRule(), fit)
+    json.dumps(record, allow_nan=False)  # strict JSON, as policy.json is written
+    assert record["distilled_from"]["agreement_fired"] is None and record["distilled_from"]["fired"] == 0
