@@ -30,12 +30,12 @@ import torch
 
 from rlagent.config import EnvSpec, load_spec
 from rlagent.env import LR_FACTORS, ROLLBACK, HyperTuneEnv, action_space
-from rlagent.errors import RLAgentError, SpecError, is_int, is_number
+from rlagent.errors import RLAgentError, SpecError, is_number
 from rlagent.policy._checks import build_policy
 from rlagent.policy.checkpoints import widen_action_head
 from rlagent.policy.controller import action_kind
 from rlagent.policy.file import SavedPolicy, load_policy
-from rlagent.policy.validate import map_draws
+from rlagent.policy.validate import map_draws, seed_stream
 
 logger = logging.getLogger(__name__)
 
@@ -79,10 +79,7 @@ class Distilled:
 
 def distill_seeds(spec: EnvSpec, n: int) -> list[int]:
     """Episode seeds of the teacher's ``n`` draws: fixed for a spec, apart from PPO's and validation's."""
-    if not is_int(n) or n < 1:
-        raise SpecError("n_draws", n, "an integer >= 1")
-    rng = np.random.default_rng([spec.seed, _DISTILL_STREAM])
-    return [int(s) for s in rng.integers(2**31 - 1, size=n)]
+    return seed_stream(spec, _DISTILL_STREAM, n)
 
 
 def _teach_draw(policy_dir: str, spec: EnvSpec, seed: int, rule: RollbackRule) -> tuple[np.ndarray, np.ndarray]:

@@ -156,7 +156,7 @@ def train_with_policy(
     best = BestWeights(trainer) if ctl.kind == ROLLBACK else None
     ctl.start(val_loss=first.loss, val_acc=first.acc)
     for _ in range(epochs):
-        rolled = {"rolled_back_to": best.restore(trainer) if ctl.rollback else None} if best else {}
+        rolled = {"rolled_back_to": best.restore(trainer) if ctl.rollback else None} if best is not None else {}
         epoch, obs = run_epoch(trainer, val, ctl.tracker, ctl.hparams)
         if best is not None and not epoch.diverged and ctl.tracker.best_epoch == ctl.tracker.epoch:
             best.keep(trainer, epoch.epoch)

@@ -38,16 +38,22 @@ _VALIDATION_STREAM = 0x5A11D
 """Mixed into the spec's seed to give validation draws a seed stream of their own."""
 
 
-def validation_seeds(spec: EnvSpec, n: int, first: int = 0) -> list[int]:
-    """Episode seeds of validation draws ``first`` .. ``first + n - 1``: fixed for a spec, apart
-    from PPO's seed stream. Draw ``i`` is the same whatever ``n``, so disjoint ranges are
-    disjoint draws (choose on one range, confirm on the next)."""
+def seed_stream(spec: EnvSpec, stream: int, n: int, first: int = 0) -> list[int]:
+    """Episode seeds ``first`` .. ``first + n - 1`` of the spec's seed stream ``stream``: fixed for a
+    spec, and apart from PPO's and from other streams'. Seed ``i`` is the same whatever ``n``."""
     if not is_int(n) or n < 1:
         raise SpecError("n_draws", n, "an integer >= 1")
     if not is_int(first) or first < 0:
         raise SpecError("first_draw", first, "an integer >= 0")
-    rng = np.random.default_rng([spec.seed, _VALIDATION_STREAM])
+    rng = np.random.default_rng([spec.seed, stream])
     return [int(s) for s in rng.integers(2**31 - 1, size=first + n)[first:]]
+
+
+def validation_seeds(spec: EnvSpec, n: int, first: int = 0) -> list[int]:
+    """Episode seeds of validation draws ``first`` .. ``first + n - 1`` (:func:`seed_stream`): draw
+    ``i`` is the same whatever ``n``, so disjoint ranges are disjoint draws (choose on one range,
+    confirm on the next)."""
+    return seed_stream(spec, _VALIDATION_STREAM, n, first)
 
 
 def hide_mask(hide: Sequence[str]) -> np.ndarray:
