@@ -8,22 +8,25 @@ the per-epoch times are compared. The env should cost at most ~5% more than the 
 
     python scripts/bench_env.py                      # MNIST-1D MLP, 7 rounds x 5 epochs, 1 thread
     python scripts/bench_env.py --json               # one JSON object instead of text
+    python scripts/bench_env.py --action discrete-rollback  # with the best epoch kept for a rollback
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import statistics
 import time
 
 import gymnasium as gym
-import numpy as np
 import torch
 from torch import nn
 
 from rlagent import ENV_ID
+from rlagent.config import ACTIONS, load_spec
+from rlagent.env import hold_action
 
 TARGET_RATIO = 1.05
 
@@ -38,12 +41,14 @@ parser.add_argument("--warmup", type=int, default=2, help="untimed epochs per me
 parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+parser.add_argument("--action", default="discrete", choices=ACTIONS, help="the env's action kind")
 args = parser.parse_args()
 
 torch.set_num_threads(args.threads)
-env = gym.make(ENV_ID, spec=args.spec)
+spec = load_spec(args.spec)
+env = gym.make(ENV_ID, spec=dataclasses.replace(spec, episode=dataclasses.replace(spec.episode, action=args.action)))
 options = {"workload": args.workload, "lr": args.lr, "batch_size": args.batch_size}
-KEEP = np.array([2, 1])  # LR x1, batch size x1
+KEEP = hold_action(args.action)  # LR x1, batch size x1 (and no rollback)
 
 
 def start_round(seed: int) -> tuple[nn.Module, torch.optim.Optimizer, torch.Generator]:
@@ -110,6 +115,7 @@ data = env.unwrapped.data
 env_ms, plain_ms = statistics.median(env_times) * 1e3, statistics.median(plain_times) * 1e3
 result = {
     "workload": args.workload,
+    "action": args.action,
     "train_samples": len(data.train),
     "val_samples": len(data.val),
     "lr": args.lr,
