@@ -319,11 +319,11 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         reversed_move, self._lr_sign = lr_sign != 0 and lr_sign == -self._lr_sign, lr_sign
         best_before = tracker.best_val_acc
         rolled_back_to = None
-        if self._best is not None and rolls_back(action, self.action_kind) and self._best.epoch < tracker.epoch:
-            rolled_back_to = self._best.restore(trainer)
+        if self._best is not None and rolls_back(action, self.action_kind):
+            rolled_back_to = self._best.roll_back(trainer, tracker.epoch)
         epoch, obs = run_epoch(trainer, self.data.val, tracker, self.hparams)
-        if self._best is not None and not epoch.diverged and tracker.best_epoch == tracker.epoch:
-            self._best.keep(trainer, tracker.epoch)
+        if self._best is not None:
+            self._best.update(trainer, tracker, epoch.diverged)
         self._samples += epoch.stats.samples
         self._steps += epoch.stats.steps
         diverged = epoch.diverged

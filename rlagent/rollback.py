@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from rlagent.features import RunTracker
 from rlagent.training import Trainer
 
 
@@ -53,6 +54,16 @@ class BestWeights:
         trainer.optimizer.load_state_dict(copy.deepcopy(self._optimizer))
         trainer.lr = lr
         return self.epoch
+
+    def roll_back(self, trainer: Trainer, epoch: int) -> int | None:
+        """Before the epoch after ``epoch``: :meth:`restore` unless the kept state is ``epoch``'s own
+        (nothing to undo). Returns the epoch restored, or None."""
+        return self.restore(trainer) if self.epoch < epoch else None
+
+    def update(self, trainer: Trainer, tracker: RunTracker, diverged: bool) -> None:
+        """After an epoch: keep ``trainer``'s state if that epoch is the run's best so far (``tracker``)."""
+        if not diverged and tracker.best_epoch == tracker.epoch:
+            self.keep(trainer, tracker.epoch)
 
 
 __all__ = ["BestWeights"]

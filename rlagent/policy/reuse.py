@@ -156,10 +156,12 @@ def train_with_policy(
     best = BestWeights(trainer) if ctl.kind == ROLLBACK else None
     ctl.start(val_loss=first.loss, val_acc=first.acc)
     for _ in range(epochs):
-        rolled = {"rolled_back_to": best.restore(trainer) if ctl.rollback else None} if best is not None else {}
+        rolled = {}
+        if best is not None:
+            rolled["rolled_back_to"] = best.roll_back(trainer, ctl.tracker.epoch) if ctl.rollback else None
         epoch, obs = run_epoch(trainer, val, ctl.tracker, ctl.hparams)
-        if best is not None and not epoch.diverged and ctl.tracker.best_epoch == ctl.tracker.epoch:
-            best.keep(trainer, epoch.epoch)
+        if best is not None:
+            best.update(trainer, ctl.tracker, epoch.diverged)
         result.history.append({**epoch.record(), "seconds": epoch.stats.seconds, **rolled})
         if epoch.diverged:
             result.diverged = True
