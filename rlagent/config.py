@@ -64,7 +64,7 @@ class EpisodeSpec:
     ``continuous``: Box(-1, 1, (2,)), LR ×4^a and batch size ×2^b; ``discrete-wide``:
     MultiDiscrete([7, 3]), LR ×{1/16,¼,½,1,2,4,16} and batch size ×{½,1,2}; ``discrete-rollback``:
     MultiDiscrete([5, 3, 2]), as ``discrete`` plus a choice to roll the run back to its best epoch
-    so far (:mod:`rlagent.rollback`) before the next epoch."""
+    so far, and its LR, before the next epoch (:mod:`rlagent.rollback`)."""
     lr_range: tuple[float, float] | None = None
     """Learning-rate range the agent moves within; None uses each workload's own."""
     batch_size_range: tuple[int, int] | None = None

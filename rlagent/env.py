@@ -15,7 +15,7 @@ from rlagent.config import ACTIONS, EnvSpec, load_spec, spec_from_dict
 from rlagent.errors import SpecError, is_number
 from rlagent.features import FEATURE_NAMES, OBS_HIGH, OBS_LOW, RunTracker, move_sign
 from rlagent.probe import START_DIVISOR, check_divisor, checked_start, probe_seed, start_from_probe
-from rlagent.rollback import BestWeights
+from rlagent.rollback import BestWeights, resume_hparams
 from rlagent.training import HParams, Trainer, run_epoch
 from rlagent.workloads import Data, Source, WorkloadSpec, make_run
 
@@ -90,8 +90,8 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
     ``"discrete-wide"``: ``MultiDiscrete([7, 3])`` — as ``discrete`` with ×1/16 and ×16 added to
     the LR's factors (:data:`WIDE_LR_FACTORS`). ``"discrete-rollback"``: ``MultiDiscrete([5, 3,
     2])`` — as ``discrete``, and a third choice of 1 first restores the model and optimiser state
-    of the run's best epoch so far by validation accuracy (:mod:`rlagent.rollback`; ``info``'s
-    ``rolled_back_to`` names that epoch). ``"continuous"``: ``Box(-1, 1, (2,))`` — LR ×4^a0,
+    of the run's best epoch so far by validation accuracy, and the LR it trained at, which the LR
+    factor then moves (:mod:`rlagent.rollback`; ``info``'s ``rolled_back_to`` names that epoch). ``"continuous"``: ``Box(-1, 1, (2,))`` — LR ×4^a0,
     batch size ×2^a1 (rounded). All are clipped to the spec's ranges (batch size also to the
     training-set size).
 
@@ -314,13 +314,12 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         wl, trainer, tracker = self.workload, self.trainer, self.tracker
         lr_f, bs_f = decode_action(action, self.action_kind)
         lr_before = self.hparams.lr
-        self.hparams = self.hparams.scaled(lr_f, bs_f)
+        rolling = self._best is not None and rolls_back(action, self.action_kind) and self._best.epoch < tracker.epoch
+        self.hparams = resume_hparams(self.hparams, tracker, lr_f, bs_f, rolling)
         lr_sign = move_sign(lr_before, self.hparams.lr)
         reversed_move, self._lr_sign = lr_sign != 0 and lr_sign == -self._lr_sign, lr_sign
         best_before = tracker.best_val_acc
-        rolled_back_to = None
-        if self._best is not None and rolls_back(action, self.action_kind):
-            rolled_back_to = self._best.roll_back(trainer, tracker.epoch)
+        rolled_back_to = self._best.restore(trainer) if self._best is not None and rolling else None
         epoch, obs = run_epoch(trainer, self.data.val, tracker, self.hparams)
         if self._best is not None:
             self._best.update(trainer, tracker, epoch.diverged)

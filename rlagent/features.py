@@ -174,6 +174,8 @@ class RunTracker:
         self.epoch = 0
         self.best_val_acc = -math.inf
         self.best_epoch = 0
+        self.best_lr = math.nan
+        """The LR the best epoch trained at (at epoch 0: the start's), where a rollback returns to."""
         self.noise_scale = NoiseScale()
         self._prev: dict[str, float] = {}
         self._start: dict[str, float] = {}
@@ -226,7 +228,7 @@ class RunTracker:
     def start(self, *, val_loss: float, val_acc: float, lr: float, batch_size: int) -> np.ndarray:
         """Observation before the first epoch, from an evaluation of the untrained model."""
         self.epoch = 0
-        self.best_val_acc, self.best_epoch = val_acc, 0
+        self.best_val_acc, self.best_epoch, self.best_lr = val_acc, 0, lr
         self._prev = {}
         self._recent.clear()
         self._start = {"lr": lr, "vl": val_loss / self.loss_scale}
@@ -268,7 +270,7 @@ class RunTracker:
         if noise is not None:
             self.noise_scale.update(*noise)
         if val_acc > self.best_val_acc:
-            self.best_val_acc, self.best_epoch = val_acc, self.epoch
+            self.best_val_acc, self.best_epoch, self.best_lr = val_acc, self.epoch, lr
         return self._vector(
             train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
             lr=lr, batch_size=batch_size, loss_noise=loss_noise,

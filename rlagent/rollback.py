@@ -2,22 +2,26 @@
 
 A run that collapses after a raise of the LR (a recurrent net tipped over its stability edge) has
 lost what it learned; cutting the LR afterwards only relearns it slowly, if at all. Rolling back
-restores the model and optimiser state of the epoch with the best validation accuracy so far and
-keeps the LR and batch size the policy chose, so the next epoch trains from the best weights at
-the new (usually lower) LR. The epoch budget is not refunded: a rollback spends the epoch it
-trains like any other. Population-based training's exploit step copies a better member's weights
-in the same way; here the better member is the run's own past.
+restores the model and optimiser state of the epoch with the best validation accuracy so far, and
+the LR that epoch trained at: the LR that collapsed the run is undone with the weights it wrecked.
+The policy's LR factor then applies to that LR (:func:`resume_hparams`), and its batch-size factor
+to the present batch size, so the next epoch trains from the best weights at the best epoch's LR,
+moved as the policy chose. (Rolled back at the LR that collapsed it, a run collapses again: session
+41, ``policies/default/README.md``.) The epoch budget is not refunded: a rollback spends the epoch
+it trains like any other. Population-based training's exploit step copies a better member's
+weights and hyperparameters in the same way; here the better member is the run's own past.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import torch
 
 from rlagent.features import RunTracker
-from rlagent.training import Trainer
+from rlagent.training import HParams, Trainer
 
 
 class BestWeights:
@@ -55,15 +59,17 @@ class BestWeights:
         trainer.lr = lr
         return self.epoch
 
-    def roll_back(self, trainer: Trainer, epoch: int) -> int | None:
-        """Before the epoch after ``epoch``: :meth:`restore` unless the kept state is ``epoch``'s own
-        (nothing to undo). Returns the epoch restored, or None."""
-        return self.restore(trainer) if self.epoch < epoch else None
-
     def update(self, trainer: Trainer, tracker: RunTracker, diverged: bool) -> None:
         """After an epoch: keep ``trainer``'s state if that epoch is the run's best so far (``tracker``)."""
         if not diverged and tracker.best_epoch == tracker.epoch:
             self.keep(trainer, tracker.epoch)
 
 
-__all__ = ["BestWeights"]
+def resume_hparams(hparams: HParams, tracker: RunTracker, lr_factor: float, bs_factor: float, rolling: bool) -> HParams:
+    """The next epoch's LR and batch size: the factors applied to the present ones, or, when the run
+    rolls back (``rolling``), the LR factor to the LR the best epoch trained at (``tracker.best_lr``)."""
+    base = dataclasses.replace(hparams, lr=tracker.best_lr) if rolling else hparams
+    return base.scaled(lr_factor, bs_factor)
+
+
+__all__ = ["BestWeights", "resume_hparams"]

@@ -598,20 +598,22 @@ def _same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_rollback_trains_the_next_epoch_from_the_best_epochs_weights_at_the_lr_chosen() -> None:
+def test_a_rollback_trains_the_next_epoch_from_the_best_epochs_weights_at_its_lr_moved() -> None:
     env = _rollback_env()
-    _, info = env.reset(seed=0, options={"lr": 0.3})  # Adam at 0.3: the tiny run's accuracy wobbles
-    starts, accs = _spied(env), [info["val_acc"]]
-    for _ in range(5):
-        _, _, _, _, info = env.step(np.array([2, 1, 0]))
+    _, info = env.reset(seed=0, options={"lr": 0.01})
+    starts, accs, lrs = _spied(env), [info["val_acc"]], [info["lr"]]
+    for _ in range(5):  # double the LR every epoch: Adam at 0.16 and up makes the tiny run wobble
+        _, _, _, _, info = env.step(np.array([3, 1, 0]))
         accs.append(info["val_acc"])
+        lrs.append(info["lr"])
         assert info["rolled_back_to"] is None
     best = int(np.argmax(accs))  # the first epoch with the best validation accuracy
-    assert best < 5  # the test needs a last epoch below the best (true for this seed)
+    assert best < 5 and lrs[best] != lrs[5]  # the test needs a last epoch below the best (true for this seed)
+    assert env.tracker.best_lr == lrs[best]
     last = {k: v.clone() for k, v in env.trainer.model.state_dict().items()}  # after epoch 5
-    _, _, terminated, _, info = env.step(np.array([1, 1, 1]))  # halve the LR and roll back
+    _, _, terminated, _, info = env.step(np.array([1, 1, 1]))  # roll back and halve the LR
     assert terminated and info["rolled_back_to"] == best and info["epoch"] == 6
-    assert info["lr"] == pytest.approx(0.15)
+    assert info["lr"] == pytest.approx(lrs[best] / 2)  # the best epoch's LR halved, not the last one's
     # starts[i] is the state after epoch i: the sixth epoch started from the best one's, optimiser included
     assert _same_state(starts[5], starts[best])
     assert not _same_state({k: starts[5][k] for k in last}, last)

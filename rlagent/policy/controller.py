@@ -27,6 +27,7 @@ from rlagent.features import RunTracker
 from rlagent.policy._args import check_optimizer, check_split
 from rlagent.policy.file import SavedPolicy, load_policy
 from rlagent.probe import Probe, checked_start, start_from_probe
+from rlagent.rollback import resume_hparams
 from rlagent.training import HParams, Trainer
 from rlagent.workloads import DEFAULT_BATCH_SIZE_RANGE, DEFAULT_LR_RANGE
 
@@ -114,7 +115,8 @@ class Controller:
     A ``discrete-rollback`` policy may also ask to roll the run back to its best epoch so far:
     when :attr:`rollback` is True, load the weights and optimiser state you kept after epoch
     ``ctl.tracker.best_epoch`` (the best validation accuracy so far; 0: the untrained model)
-    before the next epoch. :class:`rlagent.rollback.BestWeights` keeps them for a
+    before the next epoch. The LR returned is then already the one that epoch trained at, moved
+    by the policy's factor. :class:`rlagent.rollback.BestWeights` keeps them for a
     :class:`~rlagent.training.Trainer`; :func:`rlagent.train_with_policy` does all of it.
 
     Args:
@@ -244,7 +246,7 @@ class Controller:
         action = self._actor(obs)
         lr_f, bs_f = decode_action(action, self.kind)
         self.rollback = rolls_back(action, self.kind) and self.tracker.best_epoch < self.tracker.epoch
-        self.hparams = self.hparams.scaled(lr_f, bs_f)
+        self.hparams = resume_hparams(self.hparams, self.tracker, lr_f, bs_f, self.rollback)
         return self.lr, self.batch_size
 
     def start(self, *, val_loss: float, val_acc: float) -> tuple[float, int]:

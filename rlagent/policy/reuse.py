@@ -158,7 +158,7 @@ def train_with_policy(
     for _ in range(epochs):
         rolled = {}
         if best is not None:
-            rolled["rolled_back_to"] = best.roll_back(trainer, ctl.tracker.epoch) if ctl.rollback else None
+            rolled["rolled_back_to"] = best.restore(trainer) if ctl.rollback else None
         epoch, obs = run_epoch(trainer, val, ctl.tracker, ctl.hparams)
         if best is not None:
             best.update(trainer, ctl.tracker, epoch.diverged)
