@@ -1,20 +1,24 @@
-"""Teach a ``discrete`` policy to roll back: imitate it plus a rollback rule, before PPO refines it.
+"""Teach a ``discrete`` policy to roll back: the policy plus a rollback detector fitted to a rule.
 
 PPO alone does not learn when the ``discrete-rollback`` choice pays. A collapse is about 1% of a
 training distribution's epochs, and a widened head (:func:`rlagent.policy.checkpoints.widen_action_head`)
 tries the new choice at random, mostly where it pays nothing: after 8,192 fine-tuning steps its
-most likely action rolled back 26–57 times per 24 validation runs, at the wrong times (session 41,
-``policies/default/README.md``). And a rollback alone is not enough: rolled back to its best
-weights at the LR that collapsed it, a run collapses again.
+most likely action rolled back 211 times in 120 validation runs, at the wrong times (session 41,
+``policies/default/README.md``).
 
-So the teacher here is the saved policy itself, except on epochs where the run's validation
-accuracy is more than ``margin`` below its best so far: there it rolls back to the best epoch and
-cuts the LR by ``cut`` (:class:`RollbackRule`). Its runs on draws of the training distribution,
-from a seed stream of their own (apart from PPO's and validation's), give states and actions. The
-student is the saved policy with its head widened; its actor is fitted to the teacher by
-cross-entropy: where the rule is silent, to the saved policy's own probabilities (so it acts as
-before there) and to rarely rolling back; where the rule fires, to the rollback and the cut. Its
-value network is left as it was, for PPO to go on from (``--init-from``).
+So the teacher here is the saved policy itself, which on epochs where the run's validation
+accuracy is more than ``margin`` below its best so far also rolls back (:class:`RollbackRule`):
+to the best epoch's weights and LR, which the policy's own LR factor then moves
+(:mod:`rlagent.rollback`). Its runs on draws of the training distribution, from a seed stream of
+their own (apart from PPO's and validation's), give states and rollback labels.
+
+The student is the saved policy with ``SIDE_UNITS`` units added to each hidden layer of its actor.
+The added units read the observation (and the layer before), and feed only the added rollback
+logits; the saved units never read them, and the saved LR and batch-size logits are kept. So
+the student's LR and batch-size choices are the saved policy's on every input, exactly
+(session 41's student, fitted as a whole, changed 2% of them and lost a run by it), and only the
+added weights are fitted, by cross-entropy, to the teacher's rollbacks. Its value network is left
+as it was.
 """
 
 from __future__ import annotations
@@ -27,9 +31,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from gymnasium import spaces
+from stable_baselines3.common.policies import ActorCriticPolicy
 
 from rlagent.config import EnvSpec, load_spec
-from rlagent.env import LR_FACTORS, ROLLBACK, HyperTuneEnv, action_space
+from rlagent.env import ROLLBACK, HyperTuneEnv, action_space
 from rlagent.errors import RLAgentError, SpecError, is_number
 from rlagent.policy._checks import build_policy
 from rlagent.policy.checkpoints import widen_action_head
@@ -44,22 +50,20 @@ _DISTILL_STREAM = 0xD157
 QUIET = 0.02
 """The rollback probability the student is fitted to where the rule is silent (1 - QUIET where it
 fires): not 0, so that PPO still tries the choice."""
+SIDE_UNITS = 16
+"""Units the student adds to each hidden layer of the saved actor, for the rollback choice alone."""
 
 
 @dataclass(frozen=True)
 class RollbackRule:
-    """Roll back and cut the LR when the run's validation accuracy has fallen below its best."""
+    """Roll back when the run's validation accuracy has fallen more than ``margin`` below its best."""
 
     margin: float = 0.1
     """Fires when the last validation accuracy is more than this below the best so far."""
-    cut: float = 0.25
-    """The LR factor taken when it fires (one of :data:`rlagent.env.LR_FACTORS`)."""
 
     def __post_init__(self) -> None:
         if not (is_number(self.margin) and 0.0 < self.margin < 1.0):
             raise SpecError("margin", self.margin, "a number in (0, 1)")
-        if self.cut not in LR_FACTORS:
-            raise SpecError("cut", self.cut, f"one of {list(LR_FACTORS)}")
 
 
 @dataclass
@@ -75,6 +79,8 @@ class Distilled:
     """Share of the states where the student's most likely action is the teacher's."""
     agreement_fired: float
     """The same over the states where the rule fired (nan if none)."""
+    kept: bool
+    """Whether the student's LR and batch-size logits equal the saved policy's on every state."""
 
 
 def distill_seeds(spec: EnvSpec, n: int) -> list[int]:
@@ -92,7 +98,7 @@ def _teach_draw(policy_dir: str, spec: EnvSpec, seed: int, rule: RollbackRule) -
     while not done:
         own = np.asarray(actor(obs)).reshape(-1)
         fires = env.tracker.best_val_acc - last > rule.margin
-        action = np.array([LR_FACTORS.index(rule.cut), own[1], 1] if fires else [own[0], own[1], 0])
+        action = np.array([own[0], own[1], int(fires)])
         states.append(obs)
         actions.append(action)
         obs, _, done, _, info = env.step(action)
@@ -107,7 +113,7 @@ def distill_rollback(
     rule: RollbackRule = RollbackRule(),
     n_draws: int = 96,
     n_workers: int = 1,
-    steps: int = 400,
+    steps: int = 1000,
     lr: float = 3e-3,
 ) -> Distilled:
     """Fit ``policy`` (a ``discrete`` MLP policy directory) with a rollback choice to its runs on
@@ -132,40 +138,88 @@ def distill_rollback(
     fired = actions[:, 2] == 1
 
     new_space = action_space(ROLLBACK)
-    state = saved.policy.state_dict()
-    widen_action_head(state, saved.action_space, new_space)
-    student = build_policy(saved.observation_space, new_space, saved.metadata["architecture"])
-    student.load_state_dict(state)
-    with torch.no_grad():  # where the rule is silent: the saved policy's own LR and batch-size choices
-        own = [d.probs for d in saved.policy.get_distribution(x).distribution]
-    lr_target = torch.where(fired[:, None], torch.nn.functional.one_hot(actions[:, 0], len(LR_FACTORS)).float(), own[0])
-    roll = fired.float() * (1 - 2 * QUIET) + QUIET
-    targets = [lr_target, own[1], torch.stack([1 - roll, roll], dim=1)]
-    params = [*student.mlp_extractor.policy_net.parameters(), *student.action_net.parameters()]
+    student, masks = side_widened(saved, new_space, SIDE_UNITS)
+    n_old = sum(int(n) for n in saved.action_space.nvec)
+    params = [p for p in student.parameters() if masks.get(p) is not None]
     optimizer = torch.optim.Adam(params, lr=lr)
-    generator = torch.Generator().manual_seed(0)
+    target = fired.float() * (1 - 2 * QUIET) + QUIET
+    # fired and silent states weigh half the loss each: the rule fires on about 1% of them
+    weight = torch.where(fired, 0.5 / max(1, int(fired.sum())), 0.5 / max(1, int((~fired).sum())))
     for _ in range(steps):
-        batch = torch.randint(len(x), (min(len(x), 512),), generator=generator)
-        dists = student.get_distribution(x[batch]).distribution
-        loss = sum(-(t[batch] * d.logits).sum(1).mean() for t, d in zip(targets, dists))
+        logits = student.action_net(student.mlp_extractor.forward_actor(x))[:, n_old:]
+        log_p = torch.log_softmax(logits, dim=1)
+        loss = -(weight * (target * log_p[:, 1] + (1 - target) * log_p[:, 0])).sum()
         optimizer.zero_grad()
         loss.backward()
+        for p in params:
+            p.grad.mul_(masks[p])  # the saved policy's weights stay as they were
         optimizer.step()
     student.eval()
     with torch.no_grad():
-        chosen = torch.stack([d.probs.argmax(1) for d in student.get_distribution(x).distribution], dim=1)
-    teacher = torch.stack([lr_target.argmax(1), own[1].argmax(1), fired.long()], dim=1)
-    agree = (chosen == teacher).all(1)
+        old_logits = saved.policy.action_net(saved.policy.mlp_extractor.forward_actor(x))
+        new_logits = student.action_net(student.mlp_extractor.forward_actor(x))
+        chosen = new_logits[:, n_old:].argmax(1)
+    kept = bool(torch.equal(old_logits, new_logits[:, :n_old]))
+    agree = chosen == fired.long()
+    arch = {**saved.metadata["architecture"]}
+    arch["net_arch"] = {**arch["net_arch"], "pi": [n + SIDE_UNITS for n in arch["net_arch"]["pi"]]}
     result = SavedPolicy(
-        metadata={**saved.metadata, "action_space": {"type": "MultiDiscrete", "nvec": [int(n) for n in new_space.nvec]}},
+        metadata={
+            **saved.metadata, "architecture": arch,
+            "action_space": {"type": "MultiDiscrete", "nvec": [int(n) for n in new_space.nvec]},
+        },
         feature_names=saved.feature_names, observation_space=saved.observation_space, action_space=new_space,
         policy=student, normalizer=saved.normalizer,
     )  # fmt: skip
     logger.info("distilled %d states (%d rolled back): agreement %.3f", len(x), int(fired.sum()), agree.float().mean())
     return Distilled(
         result, len(x), int(fired.sum()), float(agree.float().mean()),
-        float(agree[fired].float().mean()) if fired.any() else float("nan"),
+        float(agree[fired].float().mean()) if fired.any() else float("nan"), kept,
     )  # fmt: skip
+
+
+def side_widened(
+    saved: SavedPolicy, space: spaces.MultiDiscrete, units: int
+) -> tuple[ActorCriticPolicy, dict[torch.nn.Parameter, torch.Tensor]]:
+    """``saved``'s policy acting in ``space`` (its own MultiDiscrete space with dimensions added
+    after it), with ``units`` more units in each hidden layer of the actor that feed only the
+    added logits; see the module docstring.
+
+    Returns:
+        The student, and for each of its parameters that may be fitted a 0/1 mask of the entries
+        that may change (the added ones).
+    """
+    state = saved.policy.state_dict()
+    widen_action_head(state, saved.action_space, space)
+    arch = saved.metadata["architecture"]
+    pi = list(arch["net_arch"]["pi"])
+    student = build_policy(
+        saved.observation_space, space, {**arch, "net_arch": {**arch["net_arch"], "pi": [n + units for n in pi]}}
+    )
+    n_old = sum(int(n) for n in saved.action_space.nvec)
+    generator = torch.Generator().manual_seed(0)
+    names = [f"mlp_extractor.policy_net.{2 * i}" for i in range(len(pi))] + ["action_net"]
+    new_state, masks = dict(state), {}
+    params = dict(student.named_parameters())
+    for name in names:
+        old_w, old_b = state[f"{name}.weight"], state[f"{name}.bias"]
+        rows, cols = params[f"{name}.weight"].shape
+        keep_rows = old_w.shape[0] if name != "action_net" else n_old  # the saved outputs
+        w = torch.randn(rows, cols, generator=generator) * (0.5 / math.sqrt(cols))
+        w[: old_w.shape[0], : old_w.shape[1]] = old_w
+        w[:keep_rows, old_w.shape[1] :] = 0.0  # saved outputs never read the added inputs
+        b = torch.zeros(rows)
+        b[: old_b.shape[0]] = old_b
+        if name == "action_net":  # the added logits start as the widened head's: zero weights
+            w[keep_rows:] = 0.0
+        mask_w = torch.zeros(rows, cols)
+        mask_w[keep_rows:] = 1.0
+        mask_b = torch.zeros(rows)
+        mask_b[keep_rows:] = 1.0
+        new_state[f"{name}.weight"], new_state[f"{name}.bias"] = w, b
+        masks[params[f"{name}.weight"]], masks[params[f"{name}.bias"]] = mask_w, mask_b
+    student.load_state_dict(new_state)
+    return student, masks
 
 
 def distilled_record(
@@ -178,7 +232,8 @@ def distilled_record(
     training.update(
         spec=spec_record, spec_name=spec.name,
         distilled_from={
-            "policy": str(policy), "sha256": saved.metadata.get("sha256"), "margin": rule.margin, "cut": rule.cut,
+            "policy": str(policy), "sha256": saved.metadata.get("sha256"), "margin": rule.margin,
+            "side_units": SIDE_UNITS, "lr_batch_size_kept": fit.kept,
             "states": fit.states, "fired": fit.fired, "agreement": round(fit.agreement, 4),
             "agreement_fired": None if math.isnan(fit.agreement_fired) else round(fit.agreement_fired, 4),
         },
@@ -186,4 +241,13 @@ def distilled_record(
     return training
 
 
-__all__ = ["QUIET", "Distilled", "RollbackRule", "distill_rollback", "distill_seeds", "distilled_record"]
+__all__ = [
+    "QUIET",
+    "SIDE_UNITS",
+    "Distilled",
+    "RollbackRule",
+    "distill_rollback",
+    "distill_seeds",
+    "distilled_record",
+    "side_widened",
+]
