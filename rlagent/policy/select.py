@@ -15,7 +15,10 @@ held-out suite:
    on each part;
 2. **confirm** — if a candidate was chosen, it and the incumbent run draws ``n_select ..
    n_select + n_confirm - 1``, which played no part in the choice; it replaces the incumbent only
-   if it is ahead there from every start (paired by draw).
+   if it is ahead there from every start (paired by draw). A start where the two end every draw
+   at exactly the same accuracy (a candidate that acts as the incumbent there, e.g. one that only
+   adds a rollback the runs from that start never ask for) is no evidence either way: it is
+   skipped, and at least one start must remain.
 
 The confirmation is four times the choice (96 draws against 24): from a far too high start a
 draw's outcome is nearly all-or-nothing (a run recovers to ~0.5 or stays at chance), so a couple
@@ -116,6 +119,13 @@ class Paired:
     wins: int
     """Draws where the candidate ends above the incumbent."""
     draws: int
+    same: int = 0
+    """Draws where the two end at exactly the same accuracy."""
+
+    @property
+    def identical(self) -> bool:
+        """Whether the two ended every draw alike (no evidence either way)."""
+        return self.same == self.draws
 
 
 @dataclass(frozen=True)
@@ -137,8 +147,10 @@ class Selection:
 
     @property
     def replace(self) -> bool:
-        """Whether the chosen candidate is ahead of the incumbent from every start on fresh draws."""
-        return bool(self.confirmation) and all(p.difference > 0 for p in self.confirmation)
+        """Whether the chosen candidate is ahead of the incumbent on fresh draws from every start
+        where the two differ (and there is one)."""
+        differ = [p for p in self.confirmation if not p.identical]
+        return bool(differ) and all(p.difference > 0 for p in differ)
 
     def score(self, name: str) -> float:
         """A policy's selection score: its mean over the starts."""
@@ -148,9 +160,13 @@ class Selection:
         """One line: what was chosen and whether it replaces the incumbent."""
         if self.chosen == INCUMBENT:
             return f"keep the incumbent: no candidate scored above it on draws 0-{self.n_select - 1}"
-        behind = [p.start for p in self.confirmation if p.difference <= 0]
+        behind = [p.start for p in self.confirmation if p.difference <= 0 and not p.identical]
+        alike = [p.start for p in self.confirmation if p.identical]
+        if self.replace:
+            skipped = f" (alike from {', '.join(alike)})" if alike else ""
+            return f"replace the incumbent with {self.chosen}: ahead from every start on fresh draws{skipped}"
         if not behind:
-            return f"replace the incumbent with {self.chosen}: ahead from every start on fresh draws"
+            return f"keep the incumbent: {self.chosen} ends every fresh draw alike from every start"
         return f"keep the incumbent: {self.chosen} was chosen but is not ahead on fresh draws from {', '.join(behind)}"
 
     def to_markdown(self) -> str:
@@ -216,6 +232,7 @@ def paired(start: str, candidate: ValidationReport, incumbent: ValidationReport,
         stderr=stderr,
         wins=sum(d > 0 for d in diffs),
         draws=len(diffs),
+        same=sum(d == 0 for d in diffs),
     )
 
 

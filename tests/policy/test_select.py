@@ -229,6 +229,15 @@ def test_start_labels_and_the_verdict_of_a_candidate_behind_on_one_start() -> No
                     (ahead, behind), 24, 24)  # fmt: skip
     assert not sel.replace and sel.verdict().endswith("from LR 0.1 / batch 16")
     assert Selection(sel.starts, sel.scores, "c", (ahead,), 24, 24).replace
+    # a start where every draw ends alike is skipped; a start that differs by little is not
+    alike = paired("LR 0.1 / batch 16", _report([0.5, 0.6]), _report([0.5, 0.6]))
+    assert alike.identical and alike.same == 2 and alike.difference == 0
+    skipped = Selection(sel.starts, sel.scores, "c", (ahead, alike), 24, 24)
+    assert skipped.replace and skipped.verdict().endswith("(alike from LR 0.1 / batch 16)")
+    cancelled = paired("LR 0.1 / batch 16", _report([0.6, 0.5]), _report([0.5, 0.6]))
+    assert not cancelled.identical and not Selection(sel.starts, sel.scores, "c", (ahead, cancelled), 24, 24).replace
+    only_alike = Selection(sel.starts, sel.scores, "c", (alike,), 24, 24)
+    assert not only_alike.replace and "alike from every start" in only_alike.verdict()
 
 
 def _report(values: list[float], first: int = 0) -> ValidationReport:
