@@ -8,8 +8,9 @@ folder (every checkpoint whose step is a multiple of ``--every``, and the last, 
 ``NAME-STEP``). Every candidate and the incumbent are scored on validation draws
 ``0 .. --select-draws - 1`` from each ``--start`` (default: the draws' own starts, LR 1e-1 /
 batch 16, LR 1e-4 / batch 512); the best mean over the starts is chosen; the chosen one and the
-incumbent then run the next ``--confirm-draws`` draws, and it replaces the incumbent only if ahead
-there from every start (:mod:`rlagent.policy.select`). A start ``...@SPEC`` takes its draws from
+incumbent then run the next ``--confirm-draws`` draws (from ``--confirm-from`` if given: past
+draws already looked at), and it replaces the incumbent only if ahead there from every start where
+the two differ (:mod:`rlagent.policy.select`). A start ``...@SPEC`` takes its draws from
 that spec instead of ``--spec`` (e.g. ``--start own --start own@default-hot-final``: the plain
 and the probe-blind hot part of a mixed recipe). Reports are kept under ``--out`` and read
 back while they stand, so adding a candidate later costs only its own draws. Writes
@@ -89,6 +90,9 @@ def main() -> None:
     )
     parser.add_argument("--select-draws", type=int, default=24)
     parser.add_argument("--confirm-draws", type=int, default=96)
+    parser.add_argument(
+        "--confirm-from", type=int, default=None, help="first confirmation draw (default: --select-draws)"
+    )
     parser.add_argument("--n-workers", type=int, default=2)
     parser.add_argument("--out", required=True, help="folder for the reports, selection.md and selection.json")
     args = parser.parse_args()  # fmt: skip
@@ -103,7 +107,7 @@ def main() -> None:
             out = Path(args.out)
             selection = select_policy(
                 candidates, args.incumbent, args.spec, starts=starts, n_select=args.select_draws,
-                n_confirm=args.confirm_draws, n_workers=args.n_workers, store=out,
+                n_confirm=args.confirm_draws, confirm_from=args.confirm_from, n_workers=args.n_workers, store=out,
             )  # fmt: skip
     except USER_ERRORS as err:
         print(f"select_policy.py: error: {err}", file=sys.stderr)

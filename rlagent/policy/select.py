@@ -14,7 +14,8 @@ held-out suite:
    policy trained on a mix of distributions (e.g. plain draws and probe-blind hot ones) is judged
    on each part;
 2. **confirm** — if a candidate was chosen, it and the incumbent run draws ``n_select ..
-   n_select + n_confirm - 1``, which played no part in the choice; it replaces the incumbent only
+   n_select + n_confirm - 1`` (or from a later draw, ``confirm_from``: past draws already looked
+   at), which played no part in the choice; it replaces the incumbent only
    if it is ahead there from every start (paired by draw). A start where the two end every draw
    at exactly the same accuracy (a candidate that acts as the incumbent there, e.g. one that only
    adds a rollback the runs from that start never ask for) is no evidence either way: it is
@@ -142,8 +143,15 @@ class Selection:
     n_select: int
     n_confirm: int
     reversals: Mapping[str, float] = field(default_factory=dict)
+    confirm_from: int | None = None
+    """The first confirmation draw; None: ``n_select``."""
     """Per policy, the share of its LR moves on the selection draws (all starts) that its next
     move reversed (:func:`rlagent.policy.validate.lr_reversals`): how much it dithers."""
+
+    @property
+    def first_confirm(self) -> int:
+        """The first confirmation draw."""
+        return self.n_select if self.confirm_from is None else self.confirm_from
 
     @property
     def replace(self) -> bool:
@@ -184,10 +192,10 @@ class Selection:
             share = f" {self.reversals[name]:.0%} |" if name in self.reversals else (" |" if self.reversals else "")
             lines.append(f"| {mark}{name}{mark} | {cells} | {mark}{self.score(name):.4f}{mark} |{share}")
         if self.confirmation:
-            last = self.n_select + self.n_confirm - 1
+            last = self.first_confirm + self.n_confirm - 1
             lines += [
                 "",
-                f"Confirmed on the fresh draws {self.n_select}-{last}, paired by draw:",
+                f"Confirmed on the fresh draws {self.first_confirm}-{last}, paired by draw:",
                 "",
                 f"| start | {self.chosen} | incumbent | difference ± s.e. | draws won |",
                 "|---|---:|---:|---:|---:|",
@@ -205,6 +213,7 @@ class Selection:
             "starts": list(self.starts),
             "n_select": self.n_select,
             "n_confirm": self.n_confirm,
+            "confirm_from": self.first_confirm,
             "scores": {k: list(v) for k, v in self.scores.items()},
             "chosen": self.chosen,
             "confirmation": [vars(p) for p in self.confirmation],
@@ -244,6 +253,7 @@ def select_policy(
     starts: Sequence[Mapping[str, Any] | None] = DEFAULT_STARTS,
     n_select: int = 24,
     n_confirm: int = 96,
+    confirm_from: int | None = None,
     n_workers: int = 1,
     store: str | Path | None = None,
 ) -> Selection:
@@ -261,6 +271,8 @@ def select_policy(
             instead of ``spec`` (``{"spec": "default-hot-final"}``: its own starts there).
         n_select: Draws the choice is made on (draws ``0 .. n_select - 1``).
         n_confirm: Fresh draws the chosen policy must win on (the next ``n_confirm``; see above).
+        confirm_from: The first of them; None: ``n_select``. A later one skips draws already
+            looked at, e.g. an earlier selection's confirmation.
         n_workers: Processes running draws side by side.
         store: A folder for every report (``NAME/DIGEST__draws-FIRST-LAST[__start-LR-BS][__spec-SPEC].json``,
             DIGEST from the policy's ``policy.json``); reports there that still stand are read
@@ -282,6 +294,9 @@ def select_policy(
     for what, n in (("n_select", n_select), ("n_confirm", n_confirm)):
         if not is_int(n) or n < 1:
             raise SpecError(what, n, "an integer >= 1")
+    first = n_select if confirm_from is None else confirm_from
+    if not is_int(first) or first < n_select:
+        raise SpecError("confirm_from", confirm_from, f"an integer >= n_select ({n_select})")
     if not starts:
         raise SpecError("starts", list(starts), "at least one start (None for the draws' own)")
     spec = spec if isinstance(spec, EnvSpec) else load_spec(spec)
@@ -323,9 +338,9 @@ def select_policy(
         confirmation = tuple(
             paired(
                 label,
-                report(best, policies[best], s, n_select, n_confirm),
-                report(INCUMBENT, incumbent, s, n_select, n_confirm),
+                report(best, policies[best], s, first, n_confirm),
+                report(INCUMBENT, incumbent, s, first, n_confirm),
             )
             for label, s in zip(labels, starts, strict=True)
         )
-    return Selection(labels, scores, best, confirmation, n_select, n_confirm, reversals)
+    return Selection(labels, scores, best, confirmation, n_select, n_confirm, reversals, confirm_from)

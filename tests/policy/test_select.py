@@ -100,6 +100,14 @@ def test_the_better_policy_is_chosen_and_confirmed_on_fresh_draws(
             "draws-2-3__start-0.01-16.json",
         )
     ]
+    # Confirmation from a later draw skips the draws between (e.g. an earlier confirmation's).
+    later = select_policy(
+        {better: paths[better]}, paths[worse], spec, starts=STARTS, n_select=2, n_confirm=1, confirm_from=5,
+        store=tmp_path,
+    )  # fmt: skip
+    assert (tmp_path / better / f"{digest[better]}__draws-5-5.json").exists() and "draws 5-5" in later.to_markdown()
+    assert later.to_dict()["confirm_from"] == 5
+
     stored = tmp_path / INCUMBENT / f"{digest[worse]}__draws-0-1__start-0.01-16.json"
     edited = json.loads(stored.read_text())
     for draw in edited:
@@ -205,6 +213,7 @@ def test_paired_differences_and_their_error() -> None:
         ({"candidates": {"a/b": "p"}}, "candidate name"),
         ({"n_select": 0}, "n_select"),
         ({"n_confirm": 1.5}, "n_confirm"),
+        ({"confirm_from": 1}, r"confirm_from: got 1; expected an integer >= n_select \(24\)"),
         ({"starts": ()}, "starts"),
     ],
 )
