@@ -7,7 +7,7 @@ the LR that epoch trained at: the LR that collapsed the run is undone with the w
 The policy's LR factor then applies to that LR (:func:`resume_hparams`), and its batch-size factor
 to the present batch size, so the next epoch trains from the best weights at the best epoch's LR,
 moved as the policy chose. (Rolled back at the LR that collapsed it, a run collapses again: session
-41, ``policies/default/README.md``.) The epoch budget is not refunded: a rollback spends the epoch
+41, ``policies/hot-final/README.md``.) The epoch budget is not refunded: a rollback spends the epoch
 it trains like any other. Population-based training's exploit step copies a better member's
 weights and hyperparameters in the same way; here the better member is the run's own past.
 """

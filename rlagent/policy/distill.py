@@ -4,7 +4,7 @@ PPO alone does not learn when the ``discrete-rollback`` choice pays. A collapse 
 training distribution's epochs, and a widened head (:func:`rlagent.policy.checkpoints.widen_action_head`)
 tries the new choice at random, mostly where it pays nothing: after 8,192 fine-tuning steps its
 most likely action rolled back 211 times in 120 validation runs, at the wrong times (session 41,
-``policies/default/README.md``).
+``policies/hot-final/README.md``).
 
 So the teacher here is the saved policy itself, which on epochs where the run's validation
 accuracy is more than ``margin`` below its best so far also rolls back (:class:`RollbackRule`):

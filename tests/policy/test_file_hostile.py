@@ -89,8 +89,10 @@ def test_oversized_allow_listed_architecture_costs_nothing(policy: Path) -> None
 
 
 def test_weights_of_another_architecture_are_refused_from_the_header(policy: Path) -> None:
-    _edit(policy, lambda d: d["architecture"].__setitem__("net_arch", {"pi": [64, 128], "vf": [64, 64]}))
-    _refused(policy, r"do not fit the architecture: mlp_extractor.policy_net.2.weight: file \(64, 64\)")
+    first, second = _REAL_DOC["architecture"]["net_arch"]["pi"]
+    vf = _REAL_DOC["architecture"]["net_arch"]["vf"]
+    _edit(policy, lambda d: d["architecture"].__setitem__("net_arch", {"pi": [first, 2 * second], "vf": vf}))
+    _refused(policy, rf"do not fit the architecture: mlp_extractor.policy_net.2.weight: file \({second}, {first}\)")
 
 
 def test_nonfinite_weights_are_refused(policy: Path) -> None:
