@@ -29,13 +29,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spec", required=True, help="the spec whose sampler gives the teacher's draws")
     parser.add_argument("--margin", type=float, default=0.1, help="roll back when this far below the best (0-1)")
     parser.add_argument("--draws", type=int, default=96)
+    parser.add_argument(
+        "--spread", type=int, default=0, help="copies of the teacher's states with the rule's inputs redrawn (0: none)"
+    )
     parser.add_argument("--n-workers", type=int, default=1)
     parser.add_argument("--out", required=True, help="the student's policy directory")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         spec, rule = load_spec(args.spec), RollbackRule(args.margin)
-        fit = distill_rollback(args.policy, spec, rule=rule, n_draws=args.draws, n_workers=args.n_workers)
+        fit = distill_rollback(
+            args.policy, spec, rule=rule, n_draws=args.draws, n_workers=args.n_workers, spread=args.spread
+        )
         record = distilled_record(load_policy(args.policy), spec, args.policy, rule, fit)
         fit.policy.save(args.out, metadata=record)
     except RLAgentError as exc:

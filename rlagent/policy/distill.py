@@ -36,7 +36,8 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 
 from rlagent.config import EnvSpec, load_spec
 from rlagent.env import ROLLBACK, HyperTuneEnv, action_space
-from rlagent.errors import RLAgentError, SpecError, is_number
+from rlagent.errors import RLAgentError, SpecError, is_int, is_number
+from rlagent.features import FEATURE_NAMES
 from rlagent.policy._checks import build_policy
 from rlagent.policy.checkpoints import widen_action_head
 from rlagent.policy.controller import action_kind
@@ -81,6 +82,10 @@ class Distilled:
     """The same over the states where the rule fired (nan if none)."""
     kept: bool
     """Whether the student's LR and batch-size logits equal the saved policy's on every state."""
+    spread: int = 0
+    """Copies of the teacher's states with the rule's inputs redrawn (:func:`spread_states`)."""
+    agreement_spread: float = float("nan")
+    """Share of those copies where the student's rollback choice is the rule's (nan without them)."""
 
 
 def distill_seeds(spec: EnvSpec, n: int) -> list[int]:
@@ -88,8 +93,9 @@ def distill_seeds(spec: EnvSpec, n: int) -> list[int]:
     return seed_stream(spec, _DISTILL_STREAM, n)
 
 
-def _teach_draw(policy_dir: str, spec: EnvSpec, seed: int, rule: RollbackRule) -> tuple[np.ndarray, np.ndarray]:
-    """One draw run by the teacher: its raw observations and its actions (rollback choice last)."""
+def _teach_draw(policy_dir: str, spec: EnvSpec, seed: int, rule: RollbackRule) -> tuple[np.ndarray, np.ndarray, int]:
+    """One draw run by the teacher: its raw observations, its actions (rollback choice last) and
+    the draw's number of classes."""
     torch.set_num_threads(1)
     actor = load_policy(policy_dir).actor(deterministic=True)
     env = HyperTuneEnv(replace(spec, episode=replace(spec.episode, action=ROLLBACK)))
@@ -103,7 +109,34 @@ def _teach_draw(policy_dir: str, spec: EnvSpec, seed: int, rule: RollbackRule) -
         actions.append(action)
         obs, _, done, _, info = env.step(action)
         last = info["val_acc"]
-    return np.asarray(states, dtype=np.float32), np.asarray(actions, dtype=np.int64)
+    return np.asarray(states, dtype=np.float32), np.asarray(actions, dtype=np.int64), env.tracker.num_classes
+
+
+def spread_states(
+    states: np.ndarray, classes: np.ndarray, rule: RollbackRule, copies: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """``copies`` copies of the teacher's raw observations with the rule's two inputs, the last and
+    the best validation accuracy, redrawn across their range (best uniform from chance to 1, last
+    uniform from chance to best), and the rule's rollback label for each.
+
+    The teacher's own rollbacks are nearly all falls from a high accuracy, so a detector fitted to
+    them alone need not fire on a fall from near chance that the rule would catch; these copies
+    teach it the rule on the whole range of its inputs. The other features are left as they were.
+    """
+    if copies == 0:
+        return np.zeros((0, states.shape[1]), dtype=np.float32), np.zeros(0, dtype=bool)
+    val, best_i = FEATURE_NAMES.index("val_acc"), FEATURE_NAMES.index("best_val_acc")
+    chance = 1.0 / classes.astype(np.float64)
+    out, labels = [], []
+    for _ in range(copies):
+        best = rng.uniform(chance, 1.0)
+        last = rng.uniform(chance, best)
+        x = states.copy()
+        x[:, val] = (last - chance) / (1.0 - chance)
+        x[:, best_i] = (best - chance) / (1.0 - chance)
+        out.append(x)
+        labels.append(best - last > rule.margin)
+    return np.concatenate(out).astype(np.float32), np.concatenate(labels)
 
 
 def distill_rollback(
@@ -113,6 +146,7 @@ def distill_rollback(
     rule: RollbackRule = RollbackRule(),
     n_draws: int = 96,
     n_workers: int = 1,
+    spread: int = 0,
     steps: int = 1000,
     lr: float = 3e-3,
 ) -> Distilled:
@@ -131,22 +165,28 @@ def distill_rollback(
     saved = load_policy(policy)
     if action_kind(saved) != "discrete" or saved.frame_stack != 1 or saved.recurrent:
         raise RLAgentError(f"distill: {policy} must be a discrete feed-forward policy without frame stacking")
+    if not (is_int(spread) and spread >= 0):
+        raise SpecError("spread", spread, "an integer >= 0")
     draws = map_draws(_teach_draw, [(str(policy), spec, s, rule) for s in distill_seeds(spec, n_draws)], n_workers)
     obs = np.concatenate([d[0] for d in draws])
     actions = torch.as_tensor(np.concatenate([d[1] for d in draws]))
     x = torch.as_tensor(saved.normalize(obs))
     fired = actions[:, 2] == 1
+    classes = np.concatenate([np.full(len(d[0]), d[2]) for d in draws])
+    extra, extra_fired = spread_states(obs, classes, rule, spread, np.random.default_rng(0))
+    x_fit = torch.cat([x, torch.as_tensor(saved.normalize(extra))])
+    fired_fit = torch.cat([fired, torch.as_tensor(extra_fired)])
 
     new_space = action_space(ROLLBACK)
     student, masks = side_widened(saved, new_space, SIDE_UNITS)
     n_old = sum(int(n) for n in saved.action_space.nvec)
     params = [p for p in student.parameters() if masks.get(p) is not None]
     optimizer = torch.optim.Adam(params, lr=lr)
-    target = fired.float() * (1 - 2 * QUIET) + QUIET
-    # fired and silent states weigh half the loss each: the rule fires on about 1% of them
-    weight = torch.where(fired, 0.5 / max(1, int(fired.sum())), 0.5 / max(1, int((~fired).sum())))
+    target = fired_fit.float() * (1 - 2 * QUIET) + QUIET
+    # fired and silent states weigh half the loss each: the rule fires on about 1% of the teacher's
+    weight = torch.where(fired_fit, 0.5 / max(1, int(fired_fit.sum())), 0.5 / max(1, int((~fired_fit).sum())))
     for _ in range(steps):
-        logits = student.action_net(student.mlp_extractor.forward_actor(x))[:, n_old:]
+        logits = student.action_net(student.mlp_extractor.forward_actor(x_fit))[:, n_old:]
         log_p = torch.log_softmax(logits, dim=1)
         loss = -(weight * (target * log_p[:, 1] + (1 - target) * log_p[:, 0])).sum()
         optimizer.zero_grad()
@@ -159,6 +199,7 @@ def distill_rollback(
         old_logits = saved.policy.action_net(saved.policy.mlp_extractor.forward_actor(x))
         new_logits = student.action_net(student.mlp_extractor.forward_actor(x))
         chosen = new_logits[:, n_old:].argmax(1)
+        on_spread = student.action_net(student.mlp_extractor.forward_actor(x_fit[len(x) :]))[:, n_old:].argmax(1)
     kept = bool(torch.equal(old_logits, new_logits[:, :n_old]))
     agree = chosen == fired.long()
     arch = {**saved.metadata["architecture"]}
@@ -174,7 +215,8 @@ def distill_rollback(
     logger.info("distilled %d states (%d rolled back): agreement %.3f", len(x), int(fired.sum()), agree.float().mean())
     return Distilled(
         result, len(x), int(fired.sum()), float(agree.float().mean()),
-        float(agree[fired].float().mean()) if fired.any() else float("nan"), kept,
+        float(agree[fired].float().mean()) if fired.any() else float("nan"), kept, spread,
+        float((on_spread == fired_fit[len(x) :].long()).float().mean()) if spread else float("nan"),
     )  # fmt: skip
 
 
@@ -233,7 +275,8 @@ def distilled_record(
         spec=spec_record, spec_name=spec.name,
         distilled_from={
             "policy": str(policy), "sha256": saved.metadata.get("sha256"), "margin": rule.margin,
-            "side_units": SIDE_UNITS, "lr_batch_size_kept": fit.kept,
+            "side_units": SIDE_UNITS, "lr_batch_size_kept": fit.kept, "spread": fit.spread,
+            "agreement_spread": None if math.isnan(fit.agreement_spread) else round(fit.agreement_spread, 4),
             "states": fit.states, "fired": fit.fired, "agreement": round(fit.agreement, 4),
             "agreement_fired": None if math.isnan(fit.agreement_fired) else round(fit.agreement_fired, 4),
         },
@@ -250,4 +293,5 @@ __all__ = [
     "distill_seeds",
     "distilled_record",
     "side_widened",
+    "spread_states",
 ]

@@ -13,6 +13,7 @@ from gymnasium import spaces
 
 from rlagent.config import load_spec
 from rlagent.errors import RLAgentError, SpecError
+from rlagent.features import FEATURE_NAMES
 from rlagent.policy.distill import (
     SIDE_UNITS,
     RollbackRule,
@@ -21,6 +22,7 @@ from rlagent.policy.distill import (
     distill_seeds,
     distilled_record,
     side_widened,
+    spread_states,
 )
 from rlagent.policy.file import load_policy
 from rlagent.policy.validate import validation_seeds
@@ -36,7 +38,7 @@ def test_the_teacher_is_the_policy_and_rolls_back_where_the_rule_fires(tiny_poli
     policy = load_policy(tiny_policy)
     fired = 0
     for seed in distill_seeds(spec, 4):
-        states, actions = _teach_draw(str(tiny_policy), spec, seed, rule)
+        states, actions, _ = _teach_draw(str(tiny_policy), spec, seed, rule)
         assert len(states) == len(actions) == 5
         for obs, action in zip(states, actions):
             assert action[:2].tolist() == policy.predict(obs).tolist()  # the policy's own LR and batch-size choices
@@ -64,6 +66,31 @@ def test_the_student_keeps_the_policys_choices_and_learns_the_rollbacks(tiny_pol
         assert back.predict(obs)[:2].tolist() == saved.predict(obs).tolist()
     # the teacher's draws are not validation draws
     assert not set(distill_seeds(spec, 6)) & set(validation_seeds(spec, 48))
+
+
+def test_spread_copies_redraw_the_rules_inputs_and_carry_its_label(tiny_policy: Path) -> None:
+    states, _, classes = _teach_draw(str(tiny_policy), _spec(), distill_seeds(_spec(), 1)[0], RollbackRule(0.2))
+    rule, per_state = RollbackRule(margin=0.2), np.full(len(states), classes)
+    x, fired = spread_states(states, per_state, rule, 50, np.random.default_rng(1))
+    assert x.shape == (50 * len(states), states.shape[1]) and fired.shape == (len(x),)
+    val, best = FEATURE_NAMES.index("val_acc"), FEATURE_NAMES.index("best_val_acc")
+    chance = 1 / classes
+    raw_val, raw_best = x[:, val] * (1 - chance) + chance, x[:, best] * (1 - chance) + chance
+    assert np.all(raw_val <= raw_best + 1e-6) and np.all(raw_val >= chance - 1e-6)
+    assert np.mean(fired == (raw_best - raw_val > 0.2)) > 0.999  # the rule's label (float32 rounding aside)
+    assert 0.2 < fired.mean() < 0.8  # both labels, across the range
+    others = [i for i in range(states.shape[1]) if i not in (val, best)]
+    assert np.array_equal(x[: len(states)][:, others], states[:, others])  # the rest is the teacher's
+    assert spread_states(states, per_state, rule, 0, np.random.default_rng(1))[0].shape == (0, states.shape[1])
+
+
+def test_a_student_fitted_with_spread_copies_records_them(tiny_policy: Path) -> None:
+    fit = distill_rollback(tiny_policy, _spec(), rule=RollbackRule(margin=0.05), n_draws=2, spread=4)
+    assert fit.spread == 4 and fit.kept and fit.agreement_spread >= 0.8
+    record = distilled_record(load_policy(tiny_policy), _spec(), tiny_policy, RollbackRule(margin=0.05), fit)
+    assert record["distilled_from"]["spread"] == 4 and record["distilled_from"]["agreement_spread"] >= 0.8
+    with pytest.raises(SpecError, match="spread: got -1"):
+        distill_rollback(tiny_policy, _spec(), n_draws=1, spread=-1)
 
 
 def test_only_the_added_units_are_fitted(tiny_policy: Path) -> None:
