@@ -18,7 +18,9 @@ logits; the saved units never read them, and the saved LR and batch-size logits 
 the student's LR and batch-size choices are the saved policy's on every input, exactly
 (session 41's student, fitted as a whole, changed 2% of them and lost a run by it), and only the
 added weights are fitted, by cross-entropy, to the teacher's rollbacks. Its value network is left
-as it was.
+as it was. ``spread`` adds copies of the teacher's states with the rule's two inputs redrawn across
+their range (:func:`spread_states`), for a detector that follows the rule beyond the falls the
+teacher's runs happened to have.
 """
 
 from __future__ import annotations

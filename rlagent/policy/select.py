@@ -15,8 +15,8 @@ held-out suite:
    on each part;
 2. **confirm** — if a candidate was chosen, it and the incumbent run draws ``n_select ..
    n_select + n_confirm - 1`` (or from a later draw, ``confirm_from``: past draws already looked
-   at), which played no part in the choice; it replaces the incumbent only
-   if it is ahead there from every start (paired by draw). A start where the two end every draw
+   at), which played no part in the choice; it replaces the incumbent only if it is ahead there
+   from every start (paired by draw). A start where the two end every draw
    at exactly the same accuracy (a candidate that acts as the incumbent there, e.g. one that only
    adds a rollback the runs from that start never ask for) is no evidence either way: it is
    skipped, and at least one start must remain.
@@ -143,10 +143,10 @@ class Selection:
     n_select: int
     n_confirm: int
     reversals: Mapping[str, float] = field(default_factory=dict)
-    confirm_from: int | None = None
-    """The first confirmation draw; None: ``n_select``."""
     """Per policy, the share of its LR moves on the selection draws (all starts) that its next
     move reversed (:func:`rlagent.policy.validate.lr_reversals`): how much it dithers."""
+    confirm_from: int | None = None
+    """The first confirmation draw; None: ``n_select``."""
 
     @property
     def first_confirm(self) -> int:
