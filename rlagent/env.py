@@ -15,7 +15,7 @@ from rlagent.config import ACTIONS, EnvSpec, load_spec, spec_from_dict
 from rlagent.errors import SpecError, is_number
 from rlagent.features import FEATURE_NAMES, OBS_HIGH, OBS_LOW, RunTracker, move_sign
 from rlagent.probe import START_DIVISOR, check_divisor, checked_start, probe_seed, start_from_probe
-from rlagent.rollback import BestWeights, resume_hparams
+from rlagent.rollback import BestWeights, resume_hparams, rollback_due
 from rlagent.training import HParams, Trainer, run_epoch
 from rlagent.workloads import Data, Source, WorkloadSpec, make_run
 
@@ -314,7 +314,7 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         wl, trainer, tracker = self.workload, self.trainer, self.tracker
         lr_f, bs_f = decode_action(action, self.action_kind)
         lr_before = self.hparams.lr
-        rolling = self._best is not None and rolls_back(action, self.action_kind) and self._best.epoch < tracker.epoch
+        rolling = self._best is not None and rollback_due(rolls_back(action, self.action_kind), tracker)
         self.hparams = resume_hparams(self.hparams, tracker, lr_f, bs_f, rolling)
         lr_sign = move_sign(lr_before, self.hparams.lr)
         reversed_move, self._lr_sign = lr_sign != 0 and lr_sign == -self._lr_sign, lr_sign

@@ -65,6 +65,12 @@ class BestWeights:
             self.keep(trainer, tracker.epoch)
 
 
+def rollback_due(asked: bool, tracker: RunTracker) -> bool:
+    """Whether a rollback the policy ``asked`` for applies before the next epoch: only when the run's
+    best epoch is not its last (otherwise there is nothing to undo)."""
+    return asked and tracker.best_epoch < tracker.epoch
+
+
 def resume_hparams(hparams: HParams, tracker: RunTracker, lr_factor: float, bs_factor: float, rolling: bool) -> HParams:
     """The next epoch's LR and batch size: the factors applied to the present ones, or, when the run
     rolls back (``rolling``), the LR factor to the LR the best epoch trained at (``tracker.best_lr``)."""
@@ -72,4 +78,4 @@ def resume_hparams(hparams: HParams, tracker: RunTracker, lr_factor: float, bs_f
     return base.scaled(lr_factor, bs_factor)
 
 
-__all__ = ["BestWeights", "resume_hparams"]
+__all__ = ["BestWeights", "resume_hparams", "rollback_due"]

@@ -27,7 +27,7 @@ from rlagent.features import RunTracker
 from rlagent.policy._args import check_optimizer, check_split
 from rlagent.policy.file import SavedPolicy, load_policy
 from rlagent.probe import Probe, checked_start, start_from_probe
-from rlagent.rollback import resume_hparams
+from rlagent.rollback import resume_hparams, rollback_due
 from rlagent.training import HParams, Trainer
 from rlagent.workloads import DEFAULT_BATCH_SIZE_RANGE, DEFAULT_LR_RANGE
 
@@ -245,7 +245,7 @@ class Controller:
         self._actor.deterministic = self.deterministic
         action = self._actor(obs)
         lr_f, bs_f = decode_action(action, self.kind)
-        self.rollback = rolls_back(action, self.kind) and self.tracker.best_epoch < self.tracker.epoch
+        self.rollback = rollback_due(rolls_back(action, self.kind), self.tracker)
         self.hparams = resume_hparams(self.hparams, self.tracker, lr_f, bs_f, self.rollback)
         return self.lr, self.batch_size
 

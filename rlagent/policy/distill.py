@@ -188,8 +188,7 @@ def distill_rollback(
     # fired and silent states weigh half the loss each: the rule fires on about 1% of the teacher's
     weight = torch.where(fired_fit, 0.5 / max(1, int(fired_fit.sum())), 0.5 / max(1, int((~fired_fit).sum())))
     for _ in range(steps):
-        logits = student.action_net(student.mlp_extractor.forward_actor(x_fit))[:, n_old:]
-        log_p = torch.log_softmax(logits, dim=1)
+        log_p = torch.log_softmax(_logits(student, x_fit)[:, n_old:], dim=1)
         loss = -(weight * (target * log_p[:, 1] + (1 - target) * log_p[:, 0])).sum()
         optimizer.zero_grad()
         loss.backward()
@@ -198,17 +197,13 @@ def distill_rollback(
         optimizer.step()
     student.eval()
     with torch.no_grad():
-        old_logits = saved.policy.action_net(saved.policy.mlp_extractor.forward_actor(x))
-        new_logits = student.action_net(student.mlp_extractor.forward_actor(x))
-        chosen = new_logits[:, n_old:].argmax(1)
-        on_spread = student.action_net(student.mlp_extractor.forward_actor(x_fit[len(x) :]))[:, n_old:].argmax(1)
-    kept = bool(torch.equal(old_logits, new_logits[:, :n_old]))
-    agree = chosen == fired.long()
-    arch = {**saved.metadata["architecture"]}
-    arch["net_arch"] = {**arch["net_arch"], "pi": [n + SIDE_UNITS for n in arch["net_arch"]["pi"]]}
+        new_logits = _logits(student, x_fit)
+        kept = bool(torch.equal(_logits(saved.policy, x), _logits(student, x)[:, :n_old]))  # the same batch
+        rolls = new_logits[:, n_old:].argmax(1) == 1
+    agree, on_spread = rolls[: len(x)] == fired, rolls[len(x) :] == fired_fit[len(x) :]
     result = SavedPolicy(
         metadata={
-            **saved.metadata, "architecture": arch,
+            **saved.metadata, "architecture": _widened(saved.metadata["architecture"], SIDE_UNITS),
             "action_space": {"type": "MultiDiscrete", "nvec": [int(n) for n in new_space.nvec]},
         },
         feature_names=saved.feature_names, observation_space=saved.observation_space, action_space=new_space,
@@ -218,8 +213,18 @@ def distill_rollback(
     return Distilled(
         result, len(x), int(fired.sum()), float(agree.float().mean()),
         float(agree[fired].float().mean()) if fired.any() else float("nan"), kept, spread,
-        float((on_spread == fired_fit[len(x) :].long()).float().mean()) if spread else float("nan"),
+        float(on_spread.float().mean()) if spread else float("nan"),
     )  # fmt: skip
+
+
+def _logits(policy: ActorCriticPolicy, x: torch.Tensor) -> torch.Tensor:
+    """The action logits of a feed-forward policy on normalised observations."""
+    return policy.action_net(policy.mlp_extractor.forward_actor(x))
+
+
+def _widened(arch: dict[str, Any], units: int) -> dict[str, Any]:
+    """An architecture record with ``units`` more units in each hidden layer of the actor."""
+    return {**arch, "net_arch": {**arch["net_arch"], "pi": [n + units for n in arch["net_arch"]["pi"]]}}
 
 
 def side_widened(
@@ -235,11 +240,8 @@ def side_widened(
     """
     state = saved.policy.state_dict()
     widen_action_head(state, saved.action_space, space)
-    arch = saved.metadata["architecture"]
-    pi = list(arch["net_arch"]["pi"])
-    student = build_policy(
-        saved.observation_space, space, {**arch, "net_arch": {**arch["net_arch"], "pi": [n + units for n in pi]}}
-    )
+    pi = list(saved.metadata["architecture"]["net_arch"]["pi"])
+    student = build_policy(saved.observation_space, space, _widened(saved.metadata["architecture"], units))
     n_old = sum(int(n) for n in saved.action_space.nvec)
     generator = torch.Generator().manual_seed(0)
     names = [f"mlp_extractor.policy_net.{2 * i}" for i in range(len(pi))] + ["action_net"]
