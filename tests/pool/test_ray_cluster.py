@@ -92,10 +92,30 @@ def test_env_actors_spread_over_both_nodes_and_ppo_updates(cluster: Any, worker:
     assert pool.closed
 
 
+def _pause_after_first_checkpoint(pool: Any, run_dir: Path) -> tuple[threading.Event, threading.Event]:
+    """Hold the run's next env step once a checkpoint exists, until the test lets it go on.
+
+    So the node is gone before the run's next step on any host: a fast one ran all its steps
+    before Ray noticed a node removed while they went on. Returns (paused, go_on).
+    """
+    paused, go_on = threading.Event(), threading.Event()
+    step_async = pool.step_async
+
+    def held(actions: Any) -> None:
+        if not go_on.is_set() and any((run_dir / "checkpoints").glob("step-*")):
+            paused.set()
+            go_on.wait(START)
+        step_async(actions)
+
+    pool.step_async = held  # the instance's attribute: the VecEnv wrappers above it call it
+    return paused, go_on
+
+
 def test_lost_node_with_a_replacement_costs_an_episode(cluster: Any, worker: Any, tmp_path: Path) -> None:
     connect(cluster)
     pool = make_ray_pool(load_spec("tiny"), n_envs=2, devices="cpu")
     lost = pool.node_ids.index(worker.node_id)
+    paused, go_on = _pause_after_first_checkpoint(pool, tmp_path / "run")
     runs: dict[str, Any] = {}
 
     def train() -> None:  # in a thread: Ray starts a node only from the main thread
@@ -104,13 +124,15 @@ def test_lost_node_with_a_replacement_costs_an_episode(cluster: Any, worker: Any
         except BaseException as exc:  # noqa: BLE001 - raised below
             runs["error"] = exc
 
-    timesteps = 12 * ROLLOUT
+    timesteps = 4 * ROLLOUT
     thread = threading.Thread(target=train, daemon=True)
     thread.start()
-    wait_for(lambda: any((tmp_path / "run" / "checkpoints").glob("step-*")), START, "the first checkpoint")
-    assert thread.is_alive(), "training ended before the node was removed"
+    wait_for(lambda: paused.is_set() or not thread.is_alive(), START, "the first checkpoint")
+    assert thread.is_alive(), f"training ended before the node was removed: {runs.get('error')!r}"
     cluster.remove_node(worker, allow_graceful=False)
     added = cluster.add_node(num_cpus=1)
+    wait_for(lambda: node_dead(worker.node_id), START, "Ray to list the node dead", poll=0.2)
+    go_on.set()
     thread.join(timeout=2 * START)
     assert not thread.is_alive(), "training did not finish"
     if "error" in runs:
