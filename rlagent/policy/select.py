@@ -40,10 +40,10 @@ from typing import Any
 
 from rlagent.config import EnvSpec, load_spec
 from rlagent.errors import SpecError, is_int
-from rlagent.policy._integrity import DIGEST_FIELD, read_json
+from rlagent.policy._integrity import read_json
 from rlagent.policy.controller import trained_start
 from rlagent.policy.file import JSON_NAME
-from rlagent.policy.validate import ValidationReport, start_suffix, validate_policy
+from rlagent.policy.validate import ValidationReport, policy_digest, start_suffix, validate_policy
 
 logger = logging.getLogger(__name__)
 
@@ -313,7 +313,7 @@ def select_policy(
             # does not read back the first one's reports. Read from policy.json alone, so an
             # incumbent of a format this rlagent no longer loads is judged by its stored reports
             # (made by the rlagent that reads it); without them validating it fails, saying why.
-            digest = str(read_json(Path(policy) / JSON_NAME).get(DIGEST_FIELD, "unsigned"))[:12]
+            digest = policy_digest(policy)[:12]
             on = "" if own_spec is None else f"__spec-{_spec_name(own_spec)}"
             where = folder / name / f"{digest}__draws-{first}-{first + n - 1}{start_suffix(start)}{on}.json"
         result = validate_policy(

@@ -10,6 +10,7 @@ size held constant, so a score says how much the policy adds on that draw.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -27,8 +28,9 @@ from rlagent.config import EnvSpec, load_spec
 from rlagent.env import HyperTuneEnv, hold_action
 from rlagent.errors import SpecError, is_int, is_number
 from rlagent.features import FEATURE_NAMES, move_sign
+from rlagent.policy._integrity import DIGEST_FIELD, read_json
 from rlagent.policy.controller import action_kind
-from rlagent.policy.file import SavedPolicy, load_policy
+from rlagent.policy.file import JSON_NAME, SavedPolicy, load_policy
 from rlagent.pool.executor import ProcessExecutor
 
 logger = logging.getLogger(__name__)
@@ -121,30 +123,52 @@ class ValidationReport:
             "rollbacks": sum(d.rollbacks for d in self.draws),
         }
 
-    def save(self, path: str | Path) -> None:
-        """Write the draws as a JSON list (one object of :class:`DrawResult` fields per draw)."""
-        Path(path).write_text(json.dumps([asdict(d) for d in self.draws], indent=1))
+    def save(self, path: str | Path, policy: str | Path | None = None) -> None:
+        """Write the draws as JSON: with ``policy``, ``{"policy": its digest, "draws": [...]}``
+        (:func:`policy_digest`), so the report stands for that policy wherever it is copied;
+        without, a list of :class:`DrawResult` objects."""
+        draws = [asdict(d) for d in self.draws]
+        doc: Any = draws if policy is None else {"policy": policy_digest(policy), "draws": draws}
+        Path(path).write_text(json.dumps(doc, indent=1))
 
     @classmethod
     def load_current(cls, path: str | Path, policy: str | Path, seeds: Sequence[int]) -> ValidationReport | None:
         """The report saved at ``path`` if it still stands for ``policy`` on these draws, else None.
 
-        It stands when it is newer than the policy's ``policy.json`` and holds exactly ``seeds``
-        (:func:`validation_seeds`) in order, so a retrained policy, another number of draws or
-        another spec seed is validated again rather than read back; so is a file that does not
-        read as a report (with a warning).
+        It stands when it holds exactly ``seeds`` (:func:`validation_seeds`) in order and was made
+        by this policy: the digest it records equals the policy's (:func:`policy_digest`), or, for a
+        report that records none (a plain list), it is newer than the policy's ``policy.json``. So a
+        retrained policy, another number of draws or another spec seed is validated again rather
+        than read back, while a policy copied elsewhere (new file times) keeps its reports. A file
+        that does not read as a report is validated again, with a warning.
         """
-        path, policy_json = Path(path), Path(policy) / "policy.json"
-        if not path.is_file() or not policy_json.is_file() or path.stat().st_mtime < policy_json.stat().st_mtime:
+        path, policy_json = Path(path), Path(policy) / JSON_NAME
+        if not path.is_file() or not policy_json.is_file():
             return None
         try:
-            draws = [DrawResult(**d) for d in json.loads(path.read_text())]
-        except (OSError, ValueError, TypeError) as exc:
+            doc = json.loads(path.read_text())
+            if isinstance(doc, dict):
+                if doc.get("policy") != policy_digest(policy):
+                    return None
+                doc = doc["draws"]
+            elif path.stat().st_mtime < policy_json.stat().st_mtime:
+                return None
+            draws = [DrawResult(**d) for d in doc]
+        except (OSError, ValueError, TypeError, KeyError) as exc:
             logger.warning("%s is not a validation report (%s); validating again", path, exc)
             return None
         if [d.seed for d in draws] != list(seeds):
             return None
         return cls(draws)
+
+
+def policy_digest(policy: str | Path) -> str:
+    """What identifies a saved policy's content: the SHA-256 its ``policy.json`` records (over
+    everything in it, the weights' own digest included), or, for a file that records none, the
+    SHA-256 of the file's bytes."""
+    path = Path(policy) / JSON_NAME
+    recorded = read_json(path).get(DIGEST_FIELD)
+    return str(recorded) if recorded else hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def parse_start(text: str) -> dict[str, Any]:
@@ -324,5 +348,5 @@ def validate_policy(
         logger.info("draw %d %s: policy %.3f, constant %.3f", d.seed, d.workload, d.val_acc, d.constant_val_acc)
     report = ValidationReport(draws)
     if store is not None:
-        report.save(store)
+        report.save(store, policy)
     return report

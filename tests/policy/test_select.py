@@ -110,7 +110,7 @@ def test_the_better_policy_is_chosen_and_confirmed_on_fresh_draws(
 
     stored = tmp_path / INCUMBENT / f"{digest[worse]}__draws-0-1__start-0.01-16.json"
     edited = json.loads(stored.read_text())
-    for draw in edited:
+    for draw in edited["draws"]:
         draw["val_acc"] = 1.0
     stored.write_text(json.dumps(edited))
     again = select_policy(

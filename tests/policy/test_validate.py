@@ -24,6 +24,7 @@ from rlagent.policy.validate import (
     hide_mask,
     lr_reversals,
     parse_start,
+    policy_digest,
     start_suffix,
     validate_policy,
     validation_seeds,
@@ -129,12 +130,22 @@ def test_a_saved_report_is_read_back_only_while_it_stands_for_the_policy(tiny_po
     stored = validate_policy(policy, spec, n_draws=2, store=tmp_path / "store.json")  # runs, then saves
     assert stored.draws == report.draws
     saved = json.loads((tmp_path / "store.json").read_text())
-    saved[0]["val_acc"] = 0.5  # proof that the next call reads the file instead of running the draws
+    saved["draws"][0]["val_acc"] = 0.5  # proof that the next call reads the file instead of running the draws
     (tmp_path / "store.json").write_text(json.dumps(saved))
     assert validate_policy(policy, spec, n_draws=2, store=tmp_path / "store.json").draws[0].val_acc == 0.5
     later = (tmp_path / "validation.json").stat().st_mtime + 10
     os.utime(policy / "policy.json", (later, later))  # retrained after the report was written
     assert ValidationReport.load_current(tmp_path / "validation.json", policy, validation_seeds(spec, 2)) is None
+    # a report that validate_policy stored records the policy's digest: it stands for the policy
+    # whatever the file times (policy.json is now the newer file), and not for another policy
+    assert json.loads((tmp_path / "store.json").read_text())["policy"] == policy_digest(policy)
+    assert ValidationReport.load_current(tmp_path / "store.json", policy, validation_seeds(spec, 2)) is not None
+    other = tmp_path / "other"
+    shutil.copytree(policy, other)
+    doc = json.loads((other / "policy.json").read_text())
+    doc["json_sha256"] = "0" * 64
+    (other / "policy.json").write_text(json.dumps(doc))
+    assert ValidationReport.load_current(tmp_path / "store.json", other, validation_seeds(spec, 2)) is None
 
 
 def test_parse_start_reads_lr_and_batch_size_or_names_the_bad_text() -> None:
@@ -179,7 +190,7 @@ def test_start_ablation_pairs_each_probe_divisor_with_the_reference(tiny_policy:
     assert run.returncode == 0, run.stderr
     rows = [line for line in run.stdout.splitlines() if line.startswith("| tiny-procedural |")]
     assert [row.split("|")[2].strip() for row in rows] == ["10", "30"] and "| — |" in rows[0]
-    stored = json.loads((tmp_path / "tiny-procedural__draws-0-1__div30.json").read_text())
+    stored = json.loads((tmp_path / "tiny-procedural__draws-0-1__div30.json").read_text())["draws"]
     env = HyperTuneEnv("tiny-procedural")
     _, info = env.reset(seed=stored[0]["seed"], options={"lr": "probe", "probe_divisor": 30})
     assert info["lr"] == pytest.approx(max(info["probe_lr"] / 30, 1e-4))
