@@ -68,6 +68,20 @@ def decode_action(action: Any, kind: str) -> tuple[float, float]:
     return float(4.0 ** c[0]), float(2.0 ** c[1])
 
 
+def without_lr_raise(action: Any, kind: str) -> np.ndarray:
+    """``action`` (of ``kind``, as a policy gives it) with an LR raise it asks for replaced by a hold;
+    its batch-size and rollback choices are kept. Any other action comes back as a copy."""
+    a = np.array(action, copy=True)
+    flat = a.reshape(-1)
+    if kind in _LR_FACTORS_OF:
+        factors = _LR_FACTORS_OF[kind]
+        if factors[int(flat[0])] > 1.0:
+            flat[0] = factors.index(1.0)
+    else:
+        flat[0] = min(flat[0], 0.0)  # continuous: the LR factor is 4 ** a0
+    return a
+
+
 def rolls_back(action: Any, kind: str) -> bool:
     """Whether an action (checked by :func:`decode_action`) asks to roll the run back to its best epoch."""
     return kind == ROLLBACK and int(np.asarray(action).reshape(-1)[2]) == 1

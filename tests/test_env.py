@@ -19,7 +19,16 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 import rlagent
 from rlagent import ENV_ID, FEATURE_NAMES, HyperTuneEnv, SpecError
 from rlagent.config import EnvSpec, load_spec, resolve_spec_path, spec_from_dict
-from rlagent.env import BS_FACTORS, LR_FACTORS, action_kind_of, action_space, decode_action, hold_action, rolls_back
+from rlagent.env import (
+    BS_FACTORS,
+    LR_FACTORS,
+    action_kind_of,
+    action_space,
+    decode_action,
+    hold_action,
+    rolls_back,
+    without_lr_raise,
+)
 from rlagent.policy.validate import lr_reversals
 
 ENV_IDS = [i for i in gym.registry if i.startswith("rlagent/")]
@@ -629,3 +638,24 @@ def test_a_rollback_at_the_best_epoch_changes_nothing() -> None:
         assert info["rolled_back_to"] is None
         runs.append((first["val_acc"], reward, info["val_acc"], info["test_acc"]))
     assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize(
+    ("kind", "action", "held"),
+    [
+        ("discrete", [4, 0], [2, 0]),  # x4, batch x1/2: the raise held, the batch cut kept
+        ("discrete", [3, 2], [2, 2]),
+        ("discrete", [0, 2], [0, 2]),  # a cut passes
+        ("discrete", [2, 1], [2, 1]),
+        ("discrete-wide", [6, 1], [3, 1]),  # x16
+        ("discrete-rollback", [3, 1, 1], [2, 1, 1]),  # the rollback kept
+        ("continuous", [0.5, -0.3], [0.0, -0.3]),
+        ("continuous", [-0.5, 0.3], [-0.5, 0.3]),
+    ],
+)
+def test_without_lr_raise_holds_only_an_lr_raise(kind: str, action: list[float], held: list[float]) -> None:
+    given = np.array(action, dtype=np.float32 if kind == "continuous" else np.int64)
+    out = without_lr_raise(given, kind)
+    assert out.tolist() == pytest.approx(held) and given.tolist() == pytest.approx(action)  # a copy
+    lr_factor, bs_factor = decode_action(out, kind)
+    assert lr_factor <= 1.0 and bs_factor == decode_action(given, kind)[1]

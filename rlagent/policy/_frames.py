@@ -10,6 +10,10 @@ the policy is used.
 
 A recurrent policy (sb3-contrib's ``RecurrentPPO``, policy format 5) instead carries an LSTM
 state from epoch to epoch; :class:`PolicyActor` keeps it, reset at a run's start as in training.
+
+A policy saved with ``no_final_raise`` never raises the LR for a run's last epoch:
+:class:`PolicyActor` counts the run's epochs, tells the last one from the ``progress`` feature
+(epochs done / the run's budget) and plays an LR raise asked for there as a hold.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
+from rlagent.env import action_kind_of, without_lr_raise
 from rlagent.errors import PolicyFileError
 
 MAX_FRAME_STACK = 16
@@ -48,6 +53,11 @@ class PolicyActor:
         self._n = policy.observation_space.shape[0]
         self._frames = np.zeros(policy.frame_stack * self._n, dtype=np.float32)
         self._state: tuple[np.ndarray, ...] | None = None  # the LSTM's (hidden, cell), after a first step
+        self._epoch = 0  # epochs the run has trained when the next call comes (one call per epoch)
+        self._kind = action_kind_of(policy.action_space)
+        self._progress = policy.feature_names.index("progress") if policy.no_final_raise else -1
+        self.held_raises = 0
+        """LR raises this actor played as holds (``no_final_raise``)."""
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         """The action for the run's next step, given its newest raw observation.
@@ -62,12 +72,23 @@ class PolicyActor:
         self._frames[-self._n :] = self.policy.normalize(obs)
         if not self.policy.recurrent:
             actions, _ = self.policy.policy.predict(self._frames, deterministic=self.deterministic)
-            return actions
-        first = np.array([self._state is None])
-        actions, self._state = self.policy.policy.predict(
-            self._frames, state=self._state, episode_start=first, deterministic=self.deterministic
-        )
+        else:
+            first = np.array([self._state is None])
+            actions, self._state = self.policy.policy.predict(
+                self._frames, state=self._state, episode_start=first, deterministic=self.deterministic
+            )
+        if self.policy.no_final_raise and self._kind is not None and self._last_epoch_next(obs):
+            held = without_lr_raise(actions, self._kind)
+            self.held_raises += int(not np.array_equal(held, actions))
+            actions = held
+        self._epoch += 1
         return actions
+
+    def _last_epoch_next(self, obs: np.ndarray) -> bool:
+        """Whether the epoch this call chooses for is the run's last: ``progress`` is epochs done /
+        budget, so after k epochs the budget is k / progress (unknown before the first epoch)."""
+        progress = float(obs[self._progress])
+        return self._epoch > 0 and progress > 0 and round(self._epoch / progress) == self._epoch + 1
 
 
 def frame_space(space: Any, frame_stack: int) -> Any:

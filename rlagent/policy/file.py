@@ -75,6 +75,7 @@ from rlagent.policy._integrity import (
 __all__ = [
     "FORMAT_VERSION",
     "JSON_NAME",
+    "NO_FINAL_RAISE",
     "WEIGHTS_NAME",
     "PolicyActor",
     "PolicyFileError",
@@ -107,6 +108,8 @@ _OLD_FORMATS = {
     "(see rlagent.features.FEATURE_NAMES): retrain the policy with `rlagent train`",
 }
 JSON_NAME = "policy.json"
+NO_FINAL_RAISE = "no_final_raise"
+"""Optional ``policy.json`` field: true plays an LR raise asked for before a run's last epoch as a hold."""
 """Name of the description file inside a policy directory."""
 WEIGHTS_NAME = "policy.safetensors"
 """Name of the weights file inside a policy directory."""
@@ -129,6 +132,8 @@ class SavedPolicy:
             current one only); act with :meth:`actor`, which keeps them.
         recurrent: Whether the network carries an LSTM state from epoch to epoch of a run (act
             with :meth:`actor`, which keeps it).
+        no_final_raise: Whether an LR raise the network asks for before a run's last epoch is
+            played as a hold (by :meth:`actor`; ``policy.json``'s ``no_final_raise``).
         policy: The rebuilt SB3 ``ActorCriticPolicy`` (CPU, eval mode; for a recurrent policy
             sb3-contrib's ``RecurrentActorCriticPolicy``).
         normalizer: The observation statistics (``mean``, ``var``, ``count``, ``clip_obs``,
@@ -154,6 +159,7 @@ class SavedPolicy:
         self.policy = policy
         self.normalizer = normalizer
         self.recurrent = metadata.get("architecture", {}).get("policy") == RECURRENT_POLICY
+        self.no_final_raise = metadata.get(NO_FINAL_RAISE) is True
         if normalizer is not None:
             self._mean = np.asarray(normalizer["mean"], dtype=np.float64)
             self._var = np.asarray(normalizer["var"], dtype=np.float64)
@@ -222,7 +228,7 @@ class SavedPolicy:
         )
         return save_policy(
             path, model, normalizer=rms, feature_names=self.feature_names, metadata=metadata,
-            frame_stack=self.frame_stack, **kwargs,
+            frame_stack=self.frame_stack, no_final_raise=self.no_final_raise, **kwargs,
         )  # fmt: skip
 
     def __repr__(self) -> str:
@@ -250,6 +256,7 @@ def save_policy(
     clip_obs: float = 10.0,
     epsilon: float = 1e-8,
     frame_stack: int = 1,
+    no_final_raise: bool = False,
 ) -> Path:
     """Write a trained SB3 PPO policy to a policy directory, atomically.
 
@@ -272,6 +279,8 @@ def save_policy(
         epsilon: Variance epsilon; only used with a ``RunningMeanStd``.
         frame_stack: How many consecutive observations the model's input holds (SB3's
             ``VecFrameStack`` ``n_stack``); ``feature_names`` and the normaliser describe one.
+        no_final_raise: Play an LR raise the network asks for before a run's last epoch as a
+            hold (:class:`~rlagent.policy._frames.PolicyActor`); needs a ``progress`` feature.
 
     Returns:
         The policy directory.
@@ -286,12 +295,17 @@ def save_policy(
     policy = model.policy
     if type(frame_stack) is not int or not 1 <= frame_stack <= MAX_FRAME_STACK:
         raise PolicyFileError(f"frame_stack must be an integer in 1..{MAX_FRAME_STACK}, got {frame_stack!r:.50}")
+    if type(no_final_raise) is not bool:
+        raise PolicyFileError(f"no_final_raise must be True or False, got {no_final_raise!r:.50}")
+    if no_final_raise and "progress" not in feature_names:
+        raise PolicyFileError("no_final_raise needs the feature 'progress' to tell a run's last epoch")
     obs_space = frame_space(model.observation_space, frame_stack)
     arch = _architecture_of(policy)
     recurrent = arch["policy"] == RECURRENT_POLICY
     doc: dict[str, Any] = {
         "format_version": FORMAT_VERSION if recurrent else STACK_FORMAT if frame_stack > 1 else ONE_FRAME_FORMAT,
         **({"frame_stack": frame_stack} if frame_stack > 1 else {}),
+        **({NO_FINAL_RAISE: True} if no_final_raise else {}),
         "feature_names": _check_feature_names(feature_names, obs_space),
         "observation_space": _encode_obs_space(obs_space),
         "action_space": _encode_action_space(model.action_space),
@@ -357,8 +371,12 @@ def load_policy(
     _check_version(doc, json_path)
     check_json_digest(doc, json_path)
     frame_stack = _parse_frame_stack(doc)
+    if type(doc.get(NO_FINAL_RAISE, False)) is not bool:
+        raise PolicyFileError(f"policy.json: {NO_FINAL_RAISE} must be true or false, found {doc[NO_FINAL_RAISE]!r:.50}")
 
     feature_names = _parse_feature_names(doc)
+    if doc.get(NO_FINAL_RAISE) and "progress" not in feature_names:
+        raise PolicyFileError(f"policy.json: {NO_FINAL_RAISE} needs the feature 'progress' to tell a run's last epoch")
     if expected_features is not None:
         _compare_features(feature_names, tuple(expected_features))
     obs_space = _parse_obs_space(_field(doc, "observation_space", dict), len(feature_names))

@@ -468,6 +468,8 @@ def test_missing_files(saved: Path, tmp_path: Path) -> None:
         (lambda d: d["observation_space"].__setitem__("shape", [3]), "observation_space"),
         (lambda d: d["normalizer"].__setitem__("var", [-1.0] * N_FEATURES), "var >= 0"),
         (lambda d: d["normalizer"].__setitem__("mean", [0.0]), "normalizer mean/var"),
+        (lambda d: d.__setitem__("no_final_raise", "yes"), "no_final_raise must be true or false"),
+        (lambda d: d.__setitem__("no_final_raise", 1), "no_final_raise must be true or false"),
     ],
 )
 def test_malformed_fields(saved: Path, edit: Callable[[dict], None], text: str) -> None:
