@@ -237,7 +237,8 @@ class SavedPolicy:
             f"SavedPolicy(features={len(self.feature_names)}, action_space={self.action_space}, "
             f"net_arch={arch.get('net_arch')}, activation={arch.get('activation')!r}, "
             f"lstm_hidden_size={arch.get('lstm_hidden_size', 0)}, "
-            f"frame_stack={self.frame_stack}, normalized={self.normalizer is not None})"
+            f"frame_stack={self.frame_stack}, normalized={self.normalizer is not None}"
+            + (", no_final_raise=True)" if self.no_final_raise else ")")
         )
 
 
