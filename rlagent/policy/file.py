@@ -108,9 +108,9 @@ _OLD_FORMATS = {
     "(see rlagent.features.FEATURE_NAMES): retrain the policy with `rlagent train`",
 }
 JSON_NAME = "policy.json"
+"""Name of the description file inside a policy directory."""
 NO_FINAL_RAISE = "no_final_raise"
 """Optional ``policy.json`` field: true plays an LR raise asked for before a run's last epoch as a hold."""
-"""Name of the description file inside a policy directory."""
 WEIGHTS_NAME = "policy.safetensors"
 """Name of the weights file inside a policy directory."""
 
