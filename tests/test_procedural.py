@@ -208,6 +208,21 @@ def test_a_scale_tail_moves_only_the_scale_of_its_share_of_the_draws() -> None:
     assert "lr_scale_tail" not in load_spec("default-hot-final").to_dict()["workloads"]["train"]  # off: left out
 
 
+def test_a_cold_tail_draws_its_share_below_the_hidden_range() -> None:
+    spec = load_spec("default-cold-final")  # a quarter of the draws 0.01-0.1x, the rest as default-hot-final
+    assert spec.workloads.sampler.lr_scale_tail == (0.25, 0.01, 0.1) and spec_from_dict(spec.to_dict()) == spec
+    hot = load_spec("default-hot-final")
+    scales = [spec.draw(seed).workload.lr_scale for seed in range(80)]
+    assert all(1.0 <= s <= 8.0 or 0.01 <= s <= 0.1 for s in scales)
+    assert 10 <= sum(s <= 0.1 for s in scales) <= 30
+    for seed in range(0, 80, 8):  # only the hidden scale differs from default-hot-final's draw
+        cold, plain = spec.draw(seed), hot.draw(seed)
+        assert dataclasses.replace(cold.workload, lr_scale=1.0, description="") == dataclasses.replace(
+            plain.workload, lr_scale=1.0, description=""
+        )
+        assert (cold.init_lr, cold.init_batch_size) == (plain.init_lr, plain.init_batch_size)
+
+
 @pytest.mark.parametrize(
     ("train", "shown"),
     [
