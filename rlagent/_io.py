@@ -22,7 +22,7 @@ import numpy as np
 
 from rlagent.errors import RLAgentError
 
-__all__ = ["atomic_dir", "json_default", "optional_import", "write_atomic", "write_json_atomic"]
+__all__ = ["atomic_dir", "json_default", "optional_import", "replaceable_dir", "write_atomic", "write_json_atomic"]
 
 
 def json_default(obj: Any) -> Any:
@@ -58,6 +58,15 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
 def write_json_atomic(path: str | Path, data: Any, *, indent: int = 1) -> None:
     """:func:`write_atomic` of ``data`` as JSON, encoded with :func:`json_default`."""
     write_atomic(path, json.dumps(data, indent=indent, default=json_default) + "\n")
+
+
+def replaceable_dir(target: Path, marker: str) -> bool:
+    """Whether ``target`` is a directory (not a link) that :func:`atomic_dir` may replace: one that
+    holds the file ``marker`` (what it wrote there before, beside extras such as a model card) or
+    nothing."""
+    if not target.is_dir() or target.is_symlink():
+        return False
+    return (target / marker).is_file() or not any(target.iterdir())
 
 
 @contextlib.contextmanager

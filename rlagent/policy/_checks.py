@@ -9,7 +9,7 @@ naming the field; the weights must match the recorded SHA-256 and fit the archit
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,18 @@ _MAX_LSTM = 256
 RECURRENT_POLICY = "MlpLstmPolicy"
 """The architecture name of a policy with an LSTM before its networks (sb3-contrib's
 ``RecurrentActorCriticPolicy``: one layer, separate actor and critic LSTMs; policy format 5)."""
+NO_FINAL_RAISE = "no_final_raise"
+"""Optional ``policy.json`` field: true plays an LR raise asked for before a run's last epoch as a hold."""
+
+
+def check_no_final_raise(value: Any, feature_names: Sequence[str], where: str = "") -> bool:
+    """``no_final_raise`` as given (``where`` prefixes the message), refused unless True or False,
+    and True only with a ``progress`` feature to tell a run's last epoch by."""
+    if type(value) is not bool:
+        raise PolicyFileError(f"{where}{NO_FINAL_RAISE} must be true or false, found {value!r:.50}")
+    if value and "progress" not in feature_names:
+        raise PolicyFileError(f"{where}{NO_FINAL_RAISE} needs the feature 'progress' to tell a run's last epoch")
+    return value
 
 
 def _field(doc: Mapping[str, Any], key: str, kind: type) -> Any:

@@ -9,7 +9,9 @@ two plain files:
 * ``policy.json`` -- everything else: format version, feature names, observation and action
   spaces, the observation normaliser's statistics, the network architecture (from an
   allow-list), the weights file's SHA-256, free training metadata and ``json_sha256``, the
-  SHA-256 of the rest of the JSON, so that neither file can be edited unnoticed.
+  SHA-256 of the rest of the JSON, so that neither file can be edited unnoticed; optionally
+  ``no_final_raise`` (an LR raise before a run's last epoch is held, :class:`PolicyActor`; an
+  rlagent older than that field ignores it).
 
 Loading rebuilds the policy from the allow-listed architecture and copies the weights in with
 ``load_state_dict(strict=True)``; nothing from the files is ever executed or unpickled. Reading
@@ -37,10 +39,11 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.vec_env import VecNormalize
 
-from rlagent._io import atomic_dir, json_default, write_atomic
+from rlagent._io import atomic_dir, json_default, replaceable_dir, write_atomic
 from rlagent.errors import PolicyFileError
 from rlagent.features import FEATURE_NAMES
 from rlagent.policy._checks import (
+    NO_FINAL_RAISE,
     RECURRENT_POLICY,
     _check_architecture,
     _compare_features,
@@ -52,6 +55,7 @@ from rlagent.policy._checks import (
     _parse_obs_space,
     _parse_training,
     build_policy,
+    check_no_final_raise,
 )
 from rlagent.policy._encode import (
     _architecture_of,
@@ -109,8 +113,6 @@ _OLD_FORMATS = {
 }
 JSON_NAME = "policy.json"
 """Name of the description file inside a policy directory."""
-NO_FINAL_RAISE = "no_final_raise"
-"""Optional ``policy.json`` field: true plays an LR raise asked for before a run's last epoch as a hold."""
 WEIGHTS_NAME = "policy.safetensors"
 """Name of the weights file inside a policy directory."""
 
@@ -132,8 +134,7 @@ class SavedPolicy:
             current one only); act with :meth:`actor`, which keeps them.
         recurrent: Whether the network carries an LSTM state from epoch to epoch of a run (act
             with :meth:`actor`, which keeps it).
-        no_final_raise: Whether an LR raise the network asks for before a run's last epoch is
-            played as a hold (by :meth:`actor`; ``policy.json``'s ``no_final_raise``).
+        no_final_raise: Whether :meth:`actor` holds an LR raise asked for before a run's last epoch.
         policy: The rebuilt SB3 ``ActorCriticPolicy`` (CPU, eval mode; for a recurrent policy
             sb3-contrib's ``RecurrentActorCriticPolicy``).
         normalizer: The observation statistics (``mean``, ``var``, ``count``, ``clip_obs``,
@@ -236,9 +237,8 @@ class SavedPolicy:
         return (
             f"SavedPolicy(features={len(self.feature_names)}, action_space={self.action_space}, "
             f"net_arch={arch.get('net_arch')}, activation={arch.get('activation')!r}, "
-            f"lstm_hidden_size={arch.get('lstm_hidden_size', 0)}, "
-            f"frame_stack={self.frame_stack}, normalized={self.normalizer is not None}"
-            + (", no_final_raise=True)" if self.no_final_raise else ")")
+            f"lstm_hidden_size={arch.get('lstm_hidden_size', 0)}, frame_stack={self.frame_stack}, "
+            f"normalized={self.normalizer is not None}, no_final_raise={self.no_final_raise})"
         )
 
 
@@ -280,8 +280,7 @@ def save_policy(
         epsilon: Variance epsilon; only used with a ``RunningMeanStd``.
         frame_stack: How many consecutive observations the model's input holds (SB3's
             ``VecFrameStack`` ``n_stack``); ``feature_names`` and the normaliser describe one.
-        no_final_raise: Play an LR raise the network asks for before a run's last epoch as a
-            hold (:class:`~rlagent.policy._frames.PolicyActor`); needs a ``progress`` feature.
+        no_final_raise: Hold an LR raise asked for before a run's last epoch (``PolicyActor``).
 
     Returns:
         The policy directory.
@@ -296,10 +295,7 @@ def save_policy(
     policy = model.policy
     if type(frame_stack) is not int or not 1 <= frame_stack <= MAX_FRAME_STACK:
         raise PolicyFileError(f"frame_stack must be an integer in 1..{MAX_FRAME_STACK}, got {frame_stack!r:.50}")
-    if type(no_final_raise) is not bool:
-        raise PolicyFileError(f"no_final_raise must be True or False, got {no_final_raise!r:.50}")
-    if no_final_raise and "progress" not in feature_names:
-        raise PolicyFileError("no_final_raise needs the feature 'progress' to tell a run's last epoch")
+    check_no_final_raise(no_final_raise, feature_names)
     obs_space = frame_space(model.observation_space, frame_stack)
     arch = _architecture_of(policy)
     recurrent = arch["policy"] == RECURRENT_POLICY
@@ -325,7 +321,7 @@ def save_policy(
     doc[DIGEST_FIELD] = json_digest(doc)
     text = json.dumps(doc, indent=2, allow_nan=False) + "\n"
 
-    if target.exists() and not _is_replaceable(target):
+    if target.exists() and not replaceable_dir(target, JSON_NAME):  # a policy directory (with its card) or empty
         raise FileExistsError(f"{target} exists and is not a policy directory; not overwriting")
     with atomic_dir(target, keep_extras=(JSON_NAME, WEIGHTS_NAME)) as tmp:
         tmp.chmod(0o755)  # mkdtemp makes it private; a policy directory is meant to be shared
@@ -333,13 +329,6 @@ def save_policy(
         write_atomic(tmp / JSON_NAME, text)
     logger.info("saved policy to %s (sha256 %s)", target, doc["sha256"][:12])
     return target
-
-
-def _is_replaceable(target: Path) -> bool:
-    if not target.is_dir() or target.is_symlink():
-        return False
-    # A policy directory (it may also hold a model card, plots, logs) or an empty one.
-    return (target / JSON_NAME).is_file() or not any(target.iterdir())
 
 
 # --------------------------------------------------------------------------------------------
@@ -372,12 +361,9 @@ def load_policy(
     _check_version(doc, json_path)
     check_json_digest(doc, json_path)
     frame_stack = _parse_frame_stack(doc)
-    if type(doc.get(NO_FINAL_RAISE, False)) is not bool:
-        raise PolicyFileError(f"policy.json: {NO_FINAL_RAISE} must be true or false, found {doc[NO_FINAL_RAISE]!r:.50}")
 
     feature_names = _parse_feature_names(doc)
-    if doc.get(NO_FINAL_RAISE) and "progress" not in feature_names:
-        raise PolicyFileError(f"policy.json: {NO_FINAL_RAISE} needs the feature 'progress' to tell a run's last epoch")
+    check_no_final_raise(doc.get(NO_FINAL_RAISE, False), feature_names, "policy.json: ")
     if expected_features is not None:
         _compare_features(feature_names, tuple(expected_features))
     obs_space = _parse_obs_space(_field(doc, "observation_space", dict), len(feature_names))
