@@ -106,8 +106,8 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
     2])`` — as ``discrete``, and a third choice of 1 first restores the model and optimiser state
     of the run's best epoch so far by validation accuracy, and the LR it trained at, which the LR
     factor then moves (:mod:`rlagent.rollback`; ``info``'s ``rolled_back_to`` names that epoch).
-    ``"continuous"``: ``Box(-1, 1, (2,))`` — LR ×4^a0, batch size ×2^a1 (rounded). All are clipped to the spec's ranges (batch size also to the
-    training-set size).
+    ``"continuous"``: ``Box(-1, 1, (2,))`` — LR ×4^a0, batch size ×2^a1 (rounded). All are
+    clipped to the spec's ranges (batch size also to the training-set size).
 
     ## Observation Space
     ``Box(OBS_LOW, OBS_HIGH, (22,), float32)``: scale-free features of the run named in
