@@ -6,7 +6,8 @@
 Each candidate is ``NAME=PATH``: a policy directory, one checkpoint, or a run's checkpoints
 folder (every checkpoint whose step is a multiple of ``--every``, and the last, named
 ``NAME-STEP``). Every candidate and the incumbent are scored on validation draws
-``0 .. --select-draws - 1`` from each ``--start`` (default: the draws' own starts, LR 1e-1 /
+``0 .. --select-draws - 1`` (from ``--select-from`` if given: past the draws the incumbent was
+chosen on, where it is flattered) from each ``--start`` (default: the draws' own starts, LR 1e-1 /
 batch 16, LR 1e-4 / batch 512); the best mean over the starts is chosen; the chosen one and the
 incumbent then run the next ``--confirm-draws`` draws (from ``--confirm-from`` if given: past
 draws already looked at), and it replaces the incumbent only if ahead there from every start where
@@ -89,9 +90,16 @@ def main() -> None:
         ),
     )
     parser.add_argument("--select-draws", type=int, default=24)
+    parser.add_argument(
+        "--select-from", type=int, default=0,
+        help="first selection draw (default 0); past the draws the incumbent was chosen on",
+    )  # fmt: skip
     parser.add_argument("--confirm-draws", type=int, default=96)
     parser.add_argument(
-        "--confirm-from", type=int, default=None, help="first confirmation draw (default: --select-draws)"
+        "--confirm-from",
+        type=int,
+        default=None,
+        help="first confirmation draw (default: the one after the selection draws)",
     )
     parser.add_argument("--n-workers", type=int, default=2)
     parser.add_argument("--out", required=True, help="folder for the reports, selection.md and selection.json")
@@ -107,7 +115,8 @@ def main() -> None:
             out = Path(args.out)
             selection = select_policy(
                 candidates, args.incumbent, args.spec, starts=starts, n_select=args.select_draws,
-                n_confirm=args.confirm_draws, confirm_from=args.confirm_from, n_workers=args.n_workers, store=out,
+                n_confirm=args.confirm_draws, confirm_from=args.confirm_from, select_from=args.select_from,
+                n_workers=args.n_workers, store=out,
             )  # fmt: skip
     except USER_ERRORS as err:
         print(f"select_policy.py: error: {err}", file=sys.stderr)

@@ -8,15 +8,15 @@ partly noise that happened to favour it. So the choice is made in two stages on 
 the training distribution (:func:`rlagent.policy.validate.validation_seeds`), never on the
 held-out suite:
 
-1. **choose** — every candidate and the incumbent run validation draws ``0 .. n_select - 1``
-   from each start; the one with the best mean final validation accuracy over the starts is
-   chosen (the incumbent on a tie). A start may name its own spec (``{"spec": ...}``), so a
-   policy trained on a mix of distributions (e.g. plain draws and probe-blind hot ones) is judged
-   on each part;
-2. **confirm** — if a candidate was chosen, it and the incumbent run draws ``n_select ..
-   n_select + n_confirm - 1`` (or from a later draw, ``confirm_from``: past draws already looked
-   at), which played no part in the choice; it replaces the incumbent only if it is ahead there
-   from every start (paired by draw). A start where the two end every draw
+1. **choose** — every candidate and the incumbent run validation draws ``select_from ..
+   select_from + n_select - 1`` (from draw 0 by default) from each start; the one with the best
+   mean final validation accuracy over the starts is chosen (the incumbent on a tie). A start may
+   name its own spec (``{"spec": ...}``), so a policy trained on a mix of distributions (e.g.
+   plain draws and probe-blind hot ones) is judged on each part;
+2. **confirm** — if a candidate was chosen, it and the incumbent run the next ``n_confirm``
+   draws (or from a later draw, ``confirm_from``: past draws already looked at), which played no
+   part in the choice; it replaces the incumbent only if it is ahead there from every start
+   (paired by draw). A start where the two end every draw
    at exactly the same accuracy (a candidate that acts as the incumbent there, e.g. one that only
    adds a rollback the runs from that start never ask for) is no evidence either way: it is
    skipped, and at least one start must remain.
@@ -25,6 +25,10 @@ The confirmation is four times the choice (96 draws against 24): from a far too 
 draw's outcome is nearly all-or-nothing (a run recovers to ~0.5 or stays at chance), so a couple
 of draws move a 24-draw mean by 2-3 points, as much as any change to the recipe has; 96 draws
 halve the paired standard error, at about 6 minutes per start and policy on 2 cores.
+
+The curse also flatters an incumbent on the draws it was itself chosen on: scored there against
+it, every later candidate starts behind by the noise that picked it. ``select_from`` moves the
+choice to draws the incumbent was never chosen on.
 """
 
 from __future__ import annotations
@@ -146,12 +150,19 @@ class Selection:
     """Per policy, the share of its LR moves on the selection draws (all starts) that its next
     move reversed (:func:`rlagent.policy.validate.lr_reversals`): how much it dithers."""
     confirm_from: int | None = None
-    """The first confirmation draw; None: ``n_select``."""
+    """The first confirmation draw; None: the one after the selection draws."""
+    select_from: int = 0
+    """The first selection draw."""
 
     @property
     def first_confirm(self) -> int:
         """The first confirmation draw."""
-        return self.n_select if self.confirm_from is None else self.confirm_from
+        return self.select_from + self.n_select if self.confirm_from is None else self.confirm_from
+
+    @property
+    def select_draws(self) -> str:
+        """The selection draws, as ``FIRST-LAST``."""
+        return f"{self.select_from}-{self.select_from + self.n_select - 1}"
 
     @property
     def replace(self) -> bool:
@@ -167,7 +178,7 @@ class Selection:
     def verdict(self) -> str:
         """One line: what was chosen and whether it replaces the incumbent."""
         if self.chosen == INCUMBENT:
-            return f"keep the incumbent: no candidate scored above it on draws 0-{self.n_select - 1}"
+            return f"keep the incumbent: no candidate scored above it on draws {self.select_draws}"
         behind = [p.start for p in self.confirmation if p.difference <= 0 and not p.identical]
         alike = [p.start for p in self.confirmation if p.identical]
         if self.replace:
@@ -181,7 +192,7 @@ class Selection:
         """The choice and the confirmation as two markdown tables and the verdict."""
         head = " | ".join(self.starts)
         lines = [
-            f"Chosen on validation draws 0-{self.n_select - 1} (mean final validation accuracy):",
+            f"Chosen on validation draws {self.select_draws} (mean final validation accuracy):",
             "",
             f"| policy | {head} | mean |" + (" LR moves reversed |" if self.reversals else ""),
             "|---|" + "---:|" * (len(self.starts) + 1 + bool(self.reversals)),
@@ -211,6 +222,7 @@ class Selection:
     def to_dict(self) -> dict[str, Any]:
         return {
             "starts": list(self.starts),
+            "select_from": self.select_from,
             "n_select": self.n_select,
             "n_confirm": self.n_confirm,
             "confirm_from": self.first_confirm,
@@ -254,6 +266,7 @@ def select_policy(
     n_select: int = 24,
     n_confirm: int = 96,
     confirm_from: int | None = None,
+    select_from: int = 0,
     n_workers: int = 1,
     store: str | Path | None = None,
 ) -> Selection:
@@ -269,10 +282,13 @@ def select_policy(
             from LR-probe starts runs the draws' own starts from the probe, and the given ones as
             given (:func:`start_as_run`). ``"spec"`` in a start draws its draws from that spec
             instead of ``spec`` (``{"spec": "default-hot-final"}``: its own starts there).
-        n_select: Draws the choice is made on (draws ``0 .. n_select - 1``).
+        n_select: Draws the choice is made on (draws ``select_from .. select_from + n_select - 1``).
         n_confirm: Fresh draws the chosen policy must win on (the next ``n_confirm``; see above).
-        confirm_from: The first of them; None: ``n_select``. A later one skips draws already
-            looked at, e.g. an earlier selection's confirmation.
+        confirm_from: The first of them; None: the one after the selection draws. A later one
+            skips draws already looked at, e.g. an earlier selection's confirmation; an earlier
+            one must end before the selection draws.
+        select_from: The first selection draw: past the draws the incumbent was chosen on, so
+            that its score there is not flattered by its own choice (see above).
         n_workers: Processes running draws side by side.
         store: A folder for every report (``NAME/DIGEST__draws-FIRST-LAST[__start-LR-BS][__spec-SPEC].json``,
             DIGEST from the policy's ``policy.json``); reports there that still stand are read
@@ -283,8 +299,8 @@ def select_policy(
         The scores, the choice, the confirmation and (``.replace``) whether to replace.
 
     Raises:
-        SpecError: Naming the argument, for no candidates, a bad name, no starts, or draw counts
-            below 1.
+        SpecError: Naming the argument, for no candidates, a bad name, no starts, draw counts
+            below 1, or confirmation draws that overlap the selection draws.
     """
     if not candidates:
         raise SpecError("candidates", {}, "at least one candidate policy")
@@ -294,9 +310,13 @@ def select_policy(
     for what, n in (("n_select", n_select), ("n_confirm", n_confirm)):
         if not is_int(n) or n < 1:
             raise SpecError(what, n, "an integer >= 1")
-    first = n_select if confirm_from is None else confirm_from
-    if not is_int(first) or first < n_select:
-        raise SpecError("confirm_from", confirm_from, f"an integer >= n_select ({n_select})")
+    if not is_int(select_from) or select_from < 0:
+        raise SpecError("select_from", select_from, "an integer >= 0")
+    end = select_from + n_select  # one past the last selection draw
+    first = end if confirm_from is None else confirm_from
+    if not is_int(first) or first < 0 or select_from - n_confirm < first < end:
+        before = f", or <= {select_from - n_confirm} (ending before them)" if select_from >= n_confirm else ""
+        raise SpecError("confirm_from", confirm_from, f"an integer >= {end} (after the selection draws{before})")
     if not starts:
         raise SpecError("starts", list(starts), "at least one start (None for the draws' own)")
     spec = spec if isinstance(spec, EnvSpec) else load_spec(spec)
@@ -326,7 +346,7 @@ def select_policy(
 
     policies = {INCUMBENT: incumbent, **candidates}
     labels = tuple(start_label(s) for s in starts)
-    reports = {name: [report(name, path, s, 0, n_select) for s in starts] for name, path in policies.items()}
+    reports = {name: [report(name, path, s, select_from, n_select) for s in starts] for name, path in policies.items()}
     scores = {name: tuple(r.mean_val_acc for r in rs) for name, rs in reports.items()}
     # one share over every start's draws, by the report's own rule
     reversals = {
@@ -343,4 +363,4 @@ def select_policy(
             )
             for label, s in zip(labels, starts, strict=True)
         )
-    return Selection(labels, scores, best, confirmation, n_select, n_confirm, reversals, confirm_from)
+    return Selection(labels, scores, best, confirmation, n_select, n_confirm, reversals, confirm_from, select_from)

@@ -107,6 +107,17 @@ def test_the_better_policy_is_chosen_and_confirmed_on_fresh_draws(
     )  # fmt: skip
     assert (tmp_path / better / f"{digest[better]}__draws-5-5.json").exists() and "draws 5-5" in later.to_markdown()
     assert later.to_dict()["confirm_from"] == 5
+    # The choice on later draws (past those an incumbent was chosen on); the confirmation may then
+    # come before them.
+    moved = select_policy(
+        {better: paths[better]}, paths[worse], spec, starts=STARTS, n_select=2, n_confirm=2, select_from=4,
+        confirm_from=2, store=tmp_path,
+    )  # fmt: skip
+    for name, path in ((better, paths[better]), (INCUMBENT, paths[worse])):
+        on_4_5 = [validate_policy(path, spec, n_draws=2, first_draw=4, start=s).mean_val_acc for s in STARTS]
+        assert list(moved.scores[name]) == pytest.approx(on_4_5)
+    assert "draws 4-5" in moved.to_markdown() and moved.to_dict()["select_from"] == 4
+    assert moved.confirmation == () or "draws 2-3" in moved.to_markdown()
 
     stored = tmp_path / INCUMBENT / f"{digest[worse]}__draws-0-1__start-0.01-16.json"
     edited = json.loads(stored.read_text())
@@ -213,7 +224,10 @@ def test_paired_differences_and_their_error() -> None:
         ({"candidates": {"a/b": "p"}}, "candidate name"),
         ({"n_select": 0}, "n_select"),
         ({"n_confirm": 1.5}, "n_confirm"),
-        ({"confirm_from": 1}, r"confirm_from: got 1; expected an integer >= n_select \(24\)"),
+        ({"confirm_from": 1}, r"confirm_from: got 1; expected an integer >= 24 \(after the selection draws\)"),
+        ({"select_from": -1}, "select_from: got -1; expected an integer >= 0"),
+        ({"select_from": 96, "confirm_from": 100, "n_confirm": 24}, r">= 120 \(after the selection draws, or <= 72"),
+        ({"select_from": 96, "confirm_from": 80, "n_confirm": 24}, "confirm_from: got 80"),
         ({"starts": ()}, "starts"),
     ],
 )
@@ -246,6 +260,8 @@ def test_start_labels_and_the_verdict_of_a_candidate_behind_on_one_start() -> No
     cancelled = paired("LR 0.1 / batch 16", _report([0.6, 0.5]), _report([0.5, 0.6]))
     assert not cancelled.identical and not Selection(sel.starts, sel.scores, "c", (ahead, cancelled), 24, 24).replace
     only_alike = Selection(sel.starts, sel.scores, "c", (alike,), 24, 24)
+    later = Selection(sel.starts, sel.scores, INCUMBENT, (), 24, 24, select_from=96)
+    assert later.first_confirm == 120 and later.verdict().endswith("on draws 96-119")
     assert not only_alike.replace and "alike from every start" in only_alike.verdict()
 
 
