@@ -315,8 +315,9 @@ def select_policy(
     end = select_from + n_select  # one past the last selection draw
     first = end if confirm_from is None else confirm_from
     if not is_int(first) or first < 0 or select_from - n_confirm < first < end:
-        before = f", or <= {select_from - n_confirm} (ending before them)" if select_from >= n_confirm else ""
-        raise SpecError("confirm_from", confirm_from, f"an integer >= {end} (after the selection draws{before})")
+        before = f" or <= {select_from - n_confirm} (ending before them)" if select_from >= n_confirm else ""
+        after = f"an integer >= {end} (after the selection draws {select_from}-{end - 1})"
+        raise SpecError("confirm_from", confirm_from, after + before)
     if not starts:
         raise SpecError("starts", list(starts), "at least one start (None for the draws' own)")
     spec = spec if isinstance(spec, EnvSpec) else load_spec(spec)
