@@ -109,15 +109,21 @@ def test_the_better_policy_is_chosen_and_confirmed_on_fresh_draws(
     assert later.to_dict()["confirm_from"] == 5
     # The choice on later draws (past those an incumbent was chosen on); the confirmation may then
     # come before them.
+    on_4_5 = {
+        name: [validate_policy(path, spec, n_draws=2, first_draw=4, start=s).mean_val_acc for s in STARTS]
+        for name, path in paths.items()
+    }
+    top, low = sorted(on_4_5, key=lambda n: np.mean(on_4_5[n]), reverse=True)
+    assert np.mean(on_4_5[top]) > np.mean(on_4_5[low]), "the two policies must differ on draws 4-5"
     moved = select_policy(
-        {better: paths[better]}, paths[worse], spec, starts=STARTS, n_select=2, n_confirm=2, select_from=4,
+        {top: paths[top]}, paths[low], spec, starts=STARTS, n_select=2, n_confirm=2, select_from=4,
         confirm_from=2, store=tmp_path,
     )  # fmt: skip
-    for name, path in ((better, paths[better]), (INCUMBENT, paths[worse])):
-        on_4_5 = [validate_policy(path, spec, n_draws=2, first_draw=4, start=s).mean_val_acc for s in STARTS]
-        assert list(moved.scores[name]) == pytest.approx(on_4_5)
-    assert "draws 4-5" in moved.to_markdown() and moved.to_dict()["select_from"] == 4
-    assert moved.confirmation == () or "draws 2-3" in moved.to_markdown()
+    assert list(moved.scores[top]) == pytest.approx(on_4_5[top])
+    assert list(moved.scores[INCUMBENT]) == pytest.approx(on_4_5[low])
+    assert moved.chosen == top and [p.draws for p in moved.confirmation] == [2] * len(STARTS)
+    assert "draws 4-5" in moved.to_markdown() and "fresh draws 2-3" in moved.to_markdown()
+    assert moved.to_dict()["select_from"] == 4 and moved.to_dict()["confirm_from"] == 2
 
     stored = tmp_path / INCUMBENT / f"{digest[worse]}__draws-0-1__start-0.01-16.json"
     edited = json.loads(stored.read_text())
@@ -263,9 +269,9 @@ def test_start_labels_and_the_verdict_of_a_candidate_behind_on_one_start() -> No
     cancelled = paired("LR 0.1 / batch 16", _report([0.6, 0.5]), _report([0.5, 0.6]))
     assert not cancelled.identical and not Selection(sel.starts, sel.scores, "c", (ahead, cancelled), 24, 24).replace
     only_alike = Selection(sel.starts, sel.scores, "c", (alike,), 24, 24)
+    assert not only_alike.replace and "alike from every start" in only_alike.verdict()
     later = Selection(sel.starts, sel.scores, INCUMBENT, (), 24, 24, select_from=96)
     assert later.first_confirm == 120 and later.verdict().endswith("on draws 96-119")
-    assert not only_alike.replace and "alike from every start" in only_alike.verdict()
 
 
 def _report(values: list[float], first: int = 0) -> ValidationReport:
