@@ -14,8 +14,9 @@ their own (apart from PPO's and validation's), give states and rollback labels.
 
 The student is the saved policy with ``SIDE_UNITS`` units added to each hidden layer of its actor.
 The added units read the observation (and the layer before), and feed only the added rollback
-logits; the saved units never read them, and the saved LR and batch-size logits are kept. So
-the student's LR and batch-size choices are the saved policy's on every input, exactly
+logits; the saved units never read them, and the saved LR and batch-size logits are kept (up to
+float rounding: a wider matrix product may sum in another order, about 1e-8 on some CPUs). So
+the student's LR and batch-size choices are the saved policy's on every input
 (session 41's student, fitted as a whole, changed 2% of them and lost a run by it), and only the
 added weights are fitted, by cross-entropy, to the teacher's rollbacks. Its value network is left
 as it was. ``spread`` adds copies of the teacher's states with the rule's two inputs redrawn across
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -83,7 +85,8 @@ class Distilled:
     agreement_fired: float
     """The same over the states where the rule fired (nan if none)."""
     kept: bool
-    """Whether the student's LR and batch-size logits equal the saved policy's on every state."""
+    """Whether the student's LR and batch-size choices are the saved policy's on every state, with
+    their logits equal up to float rounding (:func:`same_head`)."""
     spread: int = 0
     """Copies of the teacher's states with the rule's inputs redrawn (:func:`spread_states`)."""
     agreement_spread: float = float("nan")
@@ -198,7 +201,7 @@ def distill_rollback(
     student.eval()
     with torch.no_grad():
         new_logits = _logits(student, x_fit)
-        kept = bool(torch.equal(_logits(saved.policy, x), _logits(student, x)[:, :n_old]))  # the same batch
+        kept = same_head(_logits(saved.policy, x), _logits(student, x)[:, :n_old], saved.action_space.nvec)
         rolls = new_logits[:, n_old:].argmax(1) == 1
     agree, on_spread = rolls[: len(x)] == fired, rolls[len(x) :] == fired_fit[len(x) :]
     result = SavedPolicy(
@@ -215,6 +218,22 @@ def distill_rollback(
         float(agree[fired].float().mean()) if fired.any() else float("nan"), kept, spread,
         float(on_spread.float().mean()) if spread else float("nan"),
     )  # fmt: skip
+
+
+LOGIT_ATOL = 1e-5
+"""Largest difference :func:`same_head` allows between two logits: float rounding, not a change."""
+
+
+def same_head(old: torch.Tensor, new: torch.Tensor, nvec: Sequence[int]) -> bool:
+    """Whether two MultiDiscrete heads' logits (rows: states; columns: the dimensions' logits side by
+    side, sizes ``nvec``) make the same choice in every dimension on every state and differ by at
+    most ``LOGIT_ATOL``. The student's saved logits are computed by wider matrix products than the
+    saved policy's, which some CPUs' kernels sum in another order (differences of about 1e-8), so
+    bitwise equality would depend on the host."""
+    if old.shape != new.shape or not torch.allclose(old, new, rtol=0.0, atol=LOGIT_ATOL):
+        return False
+    edges = np.cumsum([0, *[int(n) for n in nvec]])
+    return all(torch.equal(old[:, a:b].argmax(1), new[:, a:b].argmax(1)) for a, b in zip(edges[:-1], edges[1:]))
 
 
 def _logits(policy: ActorCriticPolicy, x: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from rlagent.policy.distill import (
     distill_rollback,
     distill_seeds,
     distilled_record,
+    same_head,
     side_widened,
     spread_states,
 )
@@ -125,3 +126,15 @@ def test_a_rule_that_never_fired_records_no_agreement_on_its_rollbacks(tiny_poli
     record = distilled_record(saved, _spec(), tiny_policy, RollbackRule(), fit)
     json.dumps(record, allow_nan=False)  # strict JSON, as policy.json is written
     assert record["distilled_from"]["agreement_fired"] is None and record["distilled_from"]["fired"] == 0
+
+
+def test_a_head_is_the_same_up_to_rounding_but_not_with_another_choice_or_logit() -> None:
+    old = torch.tensor([[0.1, 0.5, 0.2, 1.0, 0.9], [0.3, 0.2, 0.1, 0.0, 1e-6]])  # dims of 3 and 2 logits
+    nvec = [3, 2]
+    assert same_head(old, old + 1e-8, nvec)  # a wider matrix product's rounding
+    assert not same_head(old, old + 1e-3, nvec)  # a changed logit, though every choice is the same
+    flipped = old.clone()
+    flipped[1, 4] = -1e-6  # within the tolerance, but the second state's second choice changes
+    assert torch.allclose(old, flipped, rtol=0.0, atol=1e-5)
+    assert not same_head(old, flipped, nvec)
+    assert not same_head(old, old[:, :4], nvec)  # another head
