@@ -19,6 +19,7 @@ from rlagent import ENV_ID
 from rlagent.bench.runner import BenchConfig, run_benchmark
 from rlagent.config import load_spec
 from rlagent.errors import RLAgentError
+from rlagent.hparams import epoch_lr
 from rlagent.policy.reuse import run_policy
 from rlagent.policy.train import PPOSettings, TrainConfig, TrainResult, train_policy
 from rlagent.pool import BACKENDS, make_pool
@@ -107,7 +108,7 @@ def _cmd_rollout(args: argparse.Namespace) -> None:
         total += float(reward)
         done = terminated or truncated
         table.add_row(
-            str(info["epoch"]), f"{info['lr']:.2e}", str(info["batch_size"]), f"{info['train_loss']:.3f}",
+            str(info["epoch"]), f"{epoch_lr(info):.2e}", str(info["batch_size"]), f"{info['train_loss']:.3f}",
             f"{info['val_acc']:.3f}", f"{reward:.3f}", f"{env.unwrapped.epoch_time:.2f}",
         )  # fmt: skip
     env.close()
@@ -256,7 +257,7 @@ def _cmd_run_policy(args: argparse.Namespace) -> None:
         table.add_column(col, justify="right")
     for h in result["history"]:
         table.add_row(
-            str(h["epoch"]), f"{h['lr']:.2e}", str(h["batch_size"]), f"{h['train_loss']:.3f}",
+            str(h["epoch"]), f"{epoch_lr(h):.2e}", str(h["batch_size"]), f"{h['train_loss']:.3f}",
             f"{h['train_acc']:.3f}", f"{h['val_acc']:.3f}",
         )  # fmt: skip
     console.print(table)

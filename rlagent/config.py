@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from rlagent.errors import SpecError
+from rlagent.hparams import SCHEDULES, Envelope
 from rlagent.procedural import ProceduralSpec, Task, sample_task
 from rlagent.workloads import (
     BUILTIN_WORKLOADS,
@@ -80,6 +81,13 @@ class EpisodeSpec:
     """With ``init_lr = "probe"``: the share of procedural draws that start from the probe; the
     others keep the draw's own start (LR and batch size), so one policy trains from both the
     probe's LR and from LRs it is given. Which draws probe is fixed by the episode seed."""
+    schedule: str = "constant"
+    """A schedule fixed in advance under the LR the agent chooses (:class:`rlagent.hparams.Envelope`):
+    ``constant``, none; ``cosine``, each epoch trains at the chosen LR × half a cosine over the
+    episode, from 1 in the first epoch to ``schedule_floor`` in the last. The agent sees and moves
+    the chosen LR, so holding it follows the cosine and its moves are deviations from it."""
+    schedule_floor: float = 0.01
+    """With ``schedule = "cosine"``: the multiplier of the last epoch, in (0, 1]."""
 
     def __post_init__(self) -> None:
         if self.epochs is not None:
@@ -108,6 +116,11 @@ class EpisodeSpec:
             raise SpecError(
                 "episode.probe_fraction", self.probe_fraction, '1 unless init_lr = "probe" (it splits probe starts)'
             )
+        if self.schedule not in SCHEDULES:
+            raise SpecError("episode.schedule", self.schedule, f"one of {SCHEDULES}")
+        _check_type("episode.schedule_floor", self.schedule_floor, (int, float), "a number in (0, 1]")
+        if not 0.0 < self.schedule_floor <= 1.0:
+            raise SpecError("episode.schedule_floor", self.schedule_floor, "a number in (0, 1]")
         if self.init_batch_size != "sample":
             _check_type("episode.init_batch_size", self.init_batch_size, (int,), "an integer >= 1 or 'sample'")
             if self.init_batch_size < 1:
@@ -117,6 +130,10 @@ class EpisodeSpec:
                 raise SpecError(
                     "episode.init_batch_size", self.init_batch_size, f"a value inside batch_size_range {bs}"
                 )
+
+    def envelope(self, epochs: int) -> Envelope:
+        """The schedule under the chosen LR for a run of ``epochs`` epochs."""
+        return Envelope(self.schedule, epochs, float(self.schedule_floor))
 
     def probes(self, episode_seed: int) -> bool:
         """Whether a procedural draw with this episode seed starts from the probe's LR."""

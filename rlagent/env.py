@@ -14,9 +14,10 @@ from gymnasium import spaces
 from rlagent.config import ACTIONS, EnvSpec, load_spec, spec_from_dict
 from rlagent.errors import SpecError, is_number
 from rlagent.features import FEATURE_NAMES, OBS_HIGH, OBS_LOW, RunTracker, move_sign
+from rlagent.hparams import HParams
 from rlagent.probe import START_DIVISOR, check_divisor, checked_start, probe_seed, start_from_probe
 from rlagent.rollback import BestWeights, resume_hparams, rollback_due
-from rlagent.training import HParams, Trainer, run_epoch
+from rlagent.training import Trainer, run_epoch
 from rlagent.workloads import Data, Source, WorkloadSpec, make_run
 
 LR_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -107,7 +108,10 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
     of the run's best epoch so far by validation accuracy, and the LR it trained at, which the LR
     factor then moves (:mod:`rlagent.rollback`; ``info``'s ``rolled_back_to`` names that epoch).
     ``"continuous"``: ``Box(-1, 1, (2,))`` — LR ×4^a0, batch size ×2^a1 (rounded). All are
-    clipped to the spec's ranges (batch size also to the training-set size).
+    clipped to the spec's ranges (batch size also to the training-set size). With
+    ``episode.schedule = "cosine"`` the epoch trains at the LR so chosen × a cosine envelope over
+    the episode (:class:`rlagent.hparams.Envelope`), which the agent does not move: holding
+    the LR follows the cosine.
 
     ## Observation Space
     ``Box(OBS_LOW, OBS_HIGH, (22,), float32)``: scale-free features of the run named in
@@ -147,7 +151,9 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
     ## Info
     ``workload``, ``heldout``, ``epoch``, ``lr``, ``batch_size``, ``train_loss``, ``train_acc``,
     ``val_loss``, ``val_acc``, ``best_val_acc``, ``samples_seen``, ``steps``, ``diverged``; with
-    ``discrete-rollback`` also ``rolled_back_to`` (the epoch restored, or None); on the last step
+    ``discrete-rollback`` also ``rolled_back_to`` (the epoch restored, or None); with a schedule
+    other than ``constant`` also ``lr_envelope`` (the envelope's multiplier of the epoch: it
+    trained at ``lr × lr_envelope``; ``lr`` is the chosen LR the agent sees); on the last step
     also ``test_loss`` / ``test_acc`` (for reporting only: the test split never reaches the
     observation or the reward). Info is deterministic under a seed (``check_env``
     compares it), so the epoch's wall time is kept out of it, in ``env.unwrapped.epoch_time``.
@@ -169,7 +175,8 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Version History
     * v0: Initial version; procedural training sets and more optimiser families added without
-      changing the observation, action or reward of named workloads.
+      changing the observation, action or reward of named workloads; an LR envelope under the
+      agent's LR (``episode.schedule``) added, off by default.
     """
 
     metadata: dict[str, Any] = {"render_modes": []}
@@ -255,9 +262,11 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         run = make_run(wl, episode_seed, device=self.device, sources=sources, replica=options.get("replica", 0))
         data = run.data
         hp, probe_start = self._initial_values(wl, len(data.train), options)
+        episode = self.env_spec.episode
         self.trainer = Trainer(
             run.model, data.train, optimizer=wl.optimizer, optimizer_args=wl.optimizer_args,
             lr=hp.lr, batch_size=hp.batch_size, generator=run.generator, lr_scale=wl.lr_scale, lr_shift=wl.lr_shift,
+            envelope=episode.envelope(wl.epochs) if episode.schedule != "constant" else None,
         )  # fmt: skip
         probe, replaced = None, None
         p_seed = probe_seed(episode_seed, options.get("replica", 0))
@@ -363,6 +372,8 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         }
         if self._best is not None:
             info["rolled_back_to"] = rolled_back_to
+        if trainer.envelope is not None:
+            info["lr_envelope"] = trainer.envelope(tracker.epoch - 1)
         if terminated:
             if diverged:
                 info["test_loss"], info["test_acc"] = float("nan"), 1.0 / self.data.num_classes

@@ -29,7 +29,8 @@ from torch import nn
 
 from rlagent.datasets import Split
 from rlagent.errors import SpecError, is_number
-from rlagent.training import HParams, Trainer, seeded_global_rng
+from rlagent.hparams import HParams
+from rlagent.training import Trainer, seeded_global_rng
 
 logger = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ import numpy as np
 from rlagent.costs import epoch_seconds_estimate
 from rlagent.datasets import DATASETS
 from rlagent.errors import SpecError, is_number
+from rlagent.hparams import log_uniform, powers_of_two
 from rlagent.models import ACTIVATIONS, MODELS, NORMS, POOLINGS, cnn1d_lengths
-from rlagent.training import log_uniform, powers_of_two
 from rlagent.workloads import DEFAULT_BATCH_SIZE_RANGE, DEFAULT_LR_RANGE, OPTIMIZERS, WorkloadSpec, check_range
 
 __all__ = [

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 
 from rlagent.features import RunTracker
-from rlagent.training import HParams, Trainer
+from rlagent.hparams import HParams
+from rlagent.training import Trainer
 
 
 class BestWeights:

@@ -4,14 +4,14 @@ The environment, ``train_with_policy`` and every baseline take their epochs thro
 :func:`run_epoch` — apply the hyperparameters, train one epoch with :class:`Trainer`, evaluate
 on validation, apply the one divergence rule, update the run's :class:`RunTracker` — so an
 "epoch" costs and means the same everywhere and comparisons between tuners are fair. The run's
-learning rate and batch size, with the ranges they are kept in, are one :class:`HParams` value.
+learning rate and batch size, with the ranges they are kept in, are one
+:class:`rlagent.hparams.HParams` value.
 Data stay as tensors on the device and minibatches are gathered by indexing (no ``DataLoader``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import math
 import time
@@ -25,6 +25,7 @@ from torch import nn
 
 from rlagent.alignment import AlignmentMeter
 from rlagent.features import RunTracker
+from rlagent.hparams import Envelope, HParams
 from rlagent.workloads import OPTIMIZER_ARGS, Split
 
 NOISE_WINDOW = 4
@@ -58,17 +59,6 @@ class EpochStats:
     """True if the loss became non-finite."""
 
 
-def powers_of_two(low: int, high: int) -> list[int]:
-    """The powers of two in ``[low, high]`` (``[low]`` if there are none)."""
-    first, last = (low - 1).bit_length(), max(low, high).bit_length() - 1
-    return [2**e for e in range(first, last + 1)] or [low]
-
-
-def log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
-    """A value drawn log-uniformly from ``bounds``."""
-    return float(np.exp(rng.uniform(math.log(bounds[0]), math.log(bounds[1]))))
-
-
 @contextlib.contextmanager
 def seeded_global_rng(generators: list[torch.Generator], device: torch.device) -> Iterator[None]:
     """Run a block with torch's global RNG seeded from the state of ``generators``, then restore it.
@@ -90,55 +80,6 @@ def seeded_global_rng(generators: list[torch.Generator], device: torch.device) -
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed)  # not torch.manual_seed: ~0.2 ms for its device probes
             yield
-
-
-@dataclass(frozen=True)
-class HParams:
-    """A run's learning rate and batch size, and the ranges they are kept in.
-
-    Every change goes through :meth:`scaled` (or :meth:`clipped`), so the env, ``train_with_policy``,
-    ``Controller`` and every baseline clip the same way.
-    """
-
-    lr: float
-    batch_size: int
-    lr_range: tuple[float, float]
-    batch_size_range: tuple[int, int]
-    n_train: int | None = None
-    """Training-set size: the batch size is also capped at it (None: no cap)."""
-
-    @property
-    def max_batch_size(self) -> int:
-        """The largest batch size allowed: the range's top, capped at the training-set size."""
-        low, high = self.batch_size_range
-        return high if self.n_train is None else max(low, min(high, self.n_train))
-
-    def scaled(self, lr_factor: float = 1.0, bs_factor: float = 1.0) -> HParams:
-        """The values multiplied by the factors, clipped to the ranges (batch size rounded)."""
-        lr = float(min(max(self.lr * lr_factor, self.lr_range[0]), self.lr_range[1]))
-        bs = int(min(max(round(self.batch_size * bs_factor), self.batch_size_range[0]), self.max_batch_size))
-        return dataclasses.replace(self, lr=lr, batch_size=bs)
-
-    def clipped(self) -> HParams:
-        """The values clipped to the ranges."""
-        return self.scaled(1.0, 1.0)
-
-    def with_values(self, lr: float, batch_size: float) -> HParams:
-        """Other values in the same ranges, clipped."""
-        return dataclasses.replace(self, lr=float(lr), batch_size=int(round(batch_size))).clipped()
-
-    def batch_sizes(self) -> list[int]:
-        """Powers of two inside the batch-size range (capped at the training-set size)."""
-        return powers_of_two(self.batch_size_range[0], self.max_batch_size)
-
-    def sample_lr(self, rng: np.random.Generator) -> float:
-        """A learning rate drawn log-uniformly from the range."""
-        return log_uniform(rng, self.lr_range)
-
-    def sample_batch_size(self, rng: np.random.Generator) -> int:
-        """A batch size drawn uniformly from :meth:`batch_sizes`."""
-        sizes = self.batch_sizes()
-        return int(sizes[int(rng.integers(len(sizes)))])
 
 
 @dataclass
@@ -204,6 +145,8 @@ class Trainer:
             ``trainer.lr`` reads and sets ``lr`` (see ``WorkloadSpec.lr_scale``).
         lr_shift: ``(epoch, factor)``: once ``epoch`` epochs are trained the hidden multiplier is
             ``lr_scale × factor``, the visible LR unchanged (``WorkloadSpec.lr_shift``); None: no shift.
+        envelope: A schedule under the visible LR: the optimiser steps at ``lr × lr_scale ×
+            envelope(epochs_trained)`` (``episode.schedule``); None: none.
     """
 
     def __init__(
@@ -222,10 +165,12 @@ class Trainer:
         on_step: Callable[[], None] | None = None,
         lr_scale: float = 1.0,
         lr_shift: tuple[int, float] | None = None,
+        envelope: Envelope | None = None,
     ) -> None:
         self.model = model
         self.lr_scale = float(lr_scale)
         self.lr_shift = lr_shift
+        self.envelope = envelope
         self.epochs_trained = 0  # by train_epoch or rlagent.batched.train_batched
         self.train_split = train
         if isinstance(optimizer, str):
@@ -242,13 +187,18 @@ class Trainer:
 
     @property
     def lr(self) -> float:
-        """The learning rate tuners see and set (the optimiser steps at ``lr × lr_scale``)."""
-        return self.step_lr / self.lr_scale
+        """The learning rate tuners see and set (the optimiser steps at ``lr ×`` :attr:`lr_multiplier`)."""
+        return self.step_lr / self.lr_multiplier
 
     @lr.setter
     def lr(self, value: float) -> None:
         for group in self.optimizer.param_groups:
-            group["lr"] = value * self.lr_scale
+            group["lr"] = value * self.lr_multiplier
+
+    @property
+    def lr_multiplier(self) -> float:
+        """What the visible LR is multiplied by for the next epoch: ``lr_scale`` × the envelope's value."""
+        return self.lr_scale * (self.envelope(self.epochs_trained) if self.envelope else 1.0)
 
     @property
     def step_lr(self) -> float:
@@ -268,13 +218,15 @@ class Trainer:
 
     def set_epochs_trained(self, epochs: int) -> None:
         """Set the epoch count (after each epoch, or for a run restored from a checkpoint), with the
-        hidden multiplier ``lr_shift`` gives after that many epochs; the visible LR is kept."""
+        hidden multiplier ``lr_shift`` and the envelope give after that many epochs; the visible LR
+        is kept."""
+        lr, multiplier = self.lr, self.lr_multiplier
         at, factor = self.lr_shift or (math.inf, 1.0)
         if (self.epochs_trained >= at) != (epochs >= at):
-            lr = self.lr
             self.lr_scale *= factor if epochs >= at else 1.0 / factor
-            self.lr = lr
         self.epochs_trained = epochs
+        if self.lr_multiplier != multiplier:  # else the step LR stays bit for bit
+            self.lr = lr
 
     def _train_epoch(self) -> EpochStats:
         start = time.perf_counter()

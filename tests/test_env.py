@@ -659,3 +659,30 @@ def test_without_lr_raise_holds_only_an_lr_raise(kind: str, action: list[float],
     assert out.tolist() == pytest.approx(held) and given.tolist() == pytest.approx(action)  # a copy
     lr_factor, bs_factor = decode_action(out, kind)
     assert lr_factor <= 1.0 and bs_factor == decode_action(given, kind)[1]
+
+
+def test_a_cosine_envelope_scales_the_step_rate_and_nothing_the_agent_sees() -> None:
+    """``episode.schedule = "cosine"``: epoch e trains at the chosen LR × the envelope's value for e;
+    the chosen LR is what the agent sees (``info["lr"]``, the LR features); holding it follows the cosine."""
+    from rlagent.hparams import Envelope
+
+    spec = load_spec("tiny")
+    name = spec.workloads.train[0]
+    shaped_spec = dataclasses.replace(spec, episode=dataclasses.replace(spec.episode, schedule="cosine"))
+    plain, shaped = HyperTuneEnv(spec), HyperTuneEnv(shaped_spec)
+    obs_p, _ = plain.reset(seed=0, options={"workload": name})
+    obs_s, _ = shaped.reset(seed=0, options={"workload": name})
+    np.testing.assert_array_equal(obs_p, obs_s)
+    envelope = Envelope("cosine", shaped.workload.epochs, 0.01)
+    hold = hold_action("discrete")
+    for epoch in range(shaped.workload.epochs):
+        assert shaped.trainer.step_lr == pytest.approx(shaped.hparams.lr * shaped.workload.lr_scale * envelope(epoch))
+        obs_p, _, _, _, info_p = plain.step(hold)
+        obs_s, _, done, _, info_s = shaped.step(hold)
+        assert info_s["lr"] == info_p["lr"] and "lr_envelope" not in info_p
+        assert info_s["lr_envelope"] == envelope(epoch)
+        lr_features = [FEATURE_NAMES.index(f) for f in ("lr_pos", "lr_rel_start", "last_lr_action")]
+        np.testing.assert_array_equal(obs_s[lr_features], obs_p[lr_features])
+    assert done and envelope(epoch) == pytest.approx(0.01)
+    assert info_s["val_loss"] != info_p["val_loss"]  # the later epochs ran cooler
+    gym_check_env(gym.make(ENV_ID, spec=shaped_spec).unwrapped)

@@ -5,8 +5,9 @@ import torch
 from torch import nn
 
 from rlagent.errors import SpecError
+from rlagent.hparams import HParams
 from rlagent.probe import PROBE_STEPS, Probe, checked_start, probe_lr, probe_start_lr
-from rlagent.training import HParams, Trainer
+from rlagent.training import Trainer
 from rlagent.workloads import Split
 
 RANGE = (1e-4, 0.3)

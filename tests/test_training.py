@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from rlagent import training
+from rlagent.hparams import HParams
 from rlagent.training import NOISE_WINDOW, Trainer, make_optimizer
 from rlagent.workloads import Split
 
@@ -248,7 +249,7 @@ def test_make_optimizer() -> None:
 
 
 def _scaled(lr: float, bs: int, lr_f: float, bs_f: float, n_train: int) -> tuple[float, int]:
-    hp = training.HParams(lr, bs, (1e-4, 0.1), (8, 512), n_train).scaled(lr_f, bs_f)
+    hp = HParams(lr, bs, (1e-4, 0.1), (8, 512), n_train).scaled(lr_f, bs_f)
     return hp.lr, hp.batch_size
 
 
@@ -263,7 +264,7 @@ def test_hparams_clip_to_ranges_and_training_set() -> None:
 
 
 def test_hparams_batch_sizes_are_powers_of_two_in_range() -> None:
-    hp = training.HParams(1e-3, 32, (1e-4, 0.1), (12, 512), 300)
+    hp = HParams(1e-3, 32, (1e-4, 0.1), (12, 512), 300)
     assert hp.batch_sizes() == [16, 32, 64, 128, 256]
     rng = np.random.default_rng(0)
     assert {hp.sample_batch_size(rng) for _ in range(200)} == set(hp.batch_sizes())

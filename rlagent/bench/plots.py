@@ -13,6 +13,7 @@ from typing import Any
 from rlagent._io import optional_import
 from rlagent.bench.methods.base import MethodResult
 from rlagent.bench.report import POLICY_METHODS, BenchRow, method_key, policy_schedule
+from rlagent.hparams import epoch_lr
 
 __all__ = ["accuracy_figure", "method_colours", "schedule_figure", "write_plots"]
 
@@ -138,7 +139,7 @@ def schedule_figure(runs: Sequence[MethodResult], trained: bool) -> Any:
     for r in runs:
         hist = r.details["history"]
         epochs = [h.get("epoch", i + 1) for i, h in enumerate(hist)]
-        ax_lr.plot(epochs, [h["lr"] for h in hist], marker=".", alpha=0.8, label=f"seed {r.seed}")
+        ax_lr.plot(epochs, [epoch_lr(h) for h in hist], marker=".", alpha=0.8, label=f"seed {r.seed}")
         ax_bs.plot(epochs, [h["batch_size"] for h in hist], marker=".", alpha=0.8, label=f"seed {r.seed}")
     schedule = policy_schedule(runs, max(len(r.details["history"]) for r in runs))
     xs = range(1, len(schedule) + 1)

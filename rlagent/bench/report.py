@@ -18,6 +18,7 @@ from scipy import stats
 from rlagent.bench.methods.base import MethodResult
 from rlagent.bench.methods.schedules import mean_schedule
 from rlagent.errors import RLAgentError
+from rlagent.hparams import epoch_lr
 
 __all__ = [
     "METHOD_ORDER",
@@ -339,7 +340,7 @@ def policy_schedule(results: Iterable[MethodResult], epochs: int) -> list[tuple[
     """
     schedules = []
     for r in results:
-        steps = r.details.get("schedule") or [(h["lr"], h["batch_size"]) for h in r.details.get("history", [])]
+        steps = r.details.get("schedule") or [(epoch_lr(h), h["batch_size"]) for h in r.details.get("history", [])]
         if steps:
             schedules.append(steps)
     if not schedules:

@@ -2,13 +2,15 @@
 
 :class:`Controller` is the policy alone: it turns your loop's per-epoch metrics into the next
 epoch's LR and batch size with the same features (:class:`rlagent.features.RunTracker`) and action
-decoding as the environment it was trained in. :func:`resolve_policy`, :func:`trained_start` and
-:func:`action_kind` read a policy by path or shipped name and the start and action set it was
-trained with. :mod:`rlagent.policy.reuse` builds on them.
+decoding as the environment it was trained in. :func:`resolve_policy`, :func:`trained_start`,
+:func:`trained_envelope` and :func:`action_kind` read a policy by path or shipped name and the
+start, LR envelope and action set it was trained with; :func:`policy_episode` puts the last two
+into a spec's episode. :mod:`rlagent.policy.reuse` builds on them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -20,15 +22,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlagent.config import ACTIONS, data_dir
+from rlagent.config import ACTIONS, EpisodeSpec, data_dir
 from rlagent.env import action_kind_of, action_space, decode_action, rolls_back
 from rlagent.errors import PolicyFileError, RLAgentError, SpecError
 from rlagent.features import RunTracker
+from rlagent.hparams import Envelope, HParams
 from rlagent.policy._args import check_optimizer, check_split
 from rlagent.policy.file import SavedPolicy, load_policy
 from rlagent.probe import Probe, checked_start, start_from_probe
 from rlagent.rollback import resume_hparams, rollback_due
-from rlagent.training import HParams, Trainer
+from rlagent.training import Trainer
 from rlagent.workloads import DEFAULT_BATCH_SIZE_RANGE, DEFAULT_LR_RANGE
 
 logger = logging.getLogger(__name__)
@@ -85,6 +88,33 @@ def trained_start(policy: SavedPolicy | Mapping[str, Any]) -> str | None:
     return "probe" if _trained_episode(policy).get("init_lr") == "probe" else None
 
 
+def trained_envelope(policy: SavedPolicy | Mapping[str, Any], epochs: int) -> Envelope | None:
+    """The LR envelope the policy was trained under (``episode.schedule``), for a run of ``epochs``
+    epochs: every epoch trains at the LR it chose times the envelope's value. None for a policy
+    trained without one (``constant``, or a file from before the option).
+
+    ``policy``: a loaded policy, or its ``policy.json`` as read.
+    """
+    episode = _trained_episode(policy)
+    schedule = episode.get("schedule", "constant")
+    if schedule == "constant":
+        return None
+    try:
+        return Envelope(schedule, int(epochs), float(episode.get("schedule_floor", 0.01)))
+    except ValueError as exc:
+        raise PolicyFileError(f"training.spec.episode: {exc}") from None
+
+
+def policy_episode(policy: SavedPolicy, episode: EpisodeSpec) -> EpisodeSpec:
+    """``episode`` with the policy's action kind and the LR envelope it was trained under: a policy
+    acts in the env it was trained in, whatever spec it runs on."""
+    trained = _trained_episode(policy)
+    return dataclasses.replace(
+        episode, action=action_kind(policy), schedule=trained.get("schedule", "constant"),
+        schedule_floor=float(trained.get("schedule_floor", episode.schedule_floor)),
+    )  # fmt: skip
+
+
 def _trained_episode(policy: SavedPolicy | Mapping[str, Any]) -> dict[str, Any]:
     """The ``episode`` table of the spec the policy was trained on (empty if not recorded)."""
     metadata = policy.metadata if isinstance(policy, SavedPolicy) else policy
@@ -118,6 +148,9 @@ class Controller:
     before the next epoch. The LR returned is then already the one that epoch trained at, moved
     by the policy's factor. :class:`rlagent.rollback.BestWeights` keeps them for a
     :class:`~rlagent.training.Trainer`; :func:`rlagent.train_with_policy` does all of it.
+
+    A policy trained under an LR envelope (``episode.schedule = "cosine"``; :attr:`envelope`) chooses
+    an LR that the envelope then scales epoch by epoch; the LR returned is the one to train at.
 
     Args:
         policy: A :class:`SavedPolicy`, a policy directory, or a shipped policy's name.
@@ -159,6 +192,9 @@ class Controller:
         self.tracker = RunTracker(
             num_classes=num_classes, lr_range=lr_range, batch_size_range=batch_size_range, epochs=epochs
         )
+        self.envelope = trained_envelope(self.policy, epochs)
+        """The LR envelope the policy was trained under (None: none): :attr:`lr` is the LR it chose
+        (``hparams.lr``, what it sees and moves) times the envelope's value for the next epoch."""
         self._expects_probe = lr is None and trained_start(self.policy) == "probe"
         lr = 1e-3 if lr is None else lr
         self.hparams = HParams(lr, batch_size, lr_range, batch_size_range, n_train or batch_size_range[1]).clipped()
@@ -224,8 +260,9 @@ class Controller:
 
     @property
     def lr(self) -> float:
-        """Learning rate for the next epoch."""
-        return self.hparams.lr
+        """Learning rate to train the next epoch at: the policy's choice, times its envelope's value
+        for that epoch if it was trained under one (:attr:`envelope`)."""
+        return self.hparams.lr * (self.envelope(self.tracker.epoch) if self.envelope else 1.0)
 
     @property
     def batch_size(self) -> int:
@@ -257,7 +294,7 @@ class Controller:
                 "or pass lr=, to start where it expects (starting at lr=%g)",
                 self.lr,
             )
-        obs = self.tracker.start(val_loss=val_loss, val_acc=val_acc, lr=self.lr, batch_size=self.batch_size)
+        obs = self.tracker.start(val_loss=val_loss, val_acc=val_acc, lr=self.hparams.lr, batch_size=self.batch_size)
         return self.act(obs)
 
     def observe(
@@ -281,9 +318,11 @@ class Controller:
             )
         obs = self.tracker.update(
             train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
-            lr=self.lr, batch_size=self.batch_size, loss_noise=loss_noise, noise=noise,
+            lr=self.hparams.lr, batch_size=self.batch_size, loss_noise=loss_noise, noise=noise,
         )  # fmt: skip
         return self.act(obs)
 
 
-__all__ = ["Controller", "action_kind", "policy_path", "resolve_policy", "trained_start"]
+__all__ = [
+    "Controller", "action_kind", "policy_episode", "policy_path", "resolve_policy", "trained_envelope", "trained_start",
+]  # fmt: skip

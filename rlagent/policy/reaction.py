@@ -33,7 +33,7 @@ import torch
 from rlagent.config import EnvSpec, load_spec
 from rlagent.env import HyperTuneEnv
 from rlagent.errors import SpecError
-from rlagent.policy.controller import action_kind
+from rlagent.policy.controller import policy_episode
 from rlagent.policy.file import load_policy
 from rlagent.policy.validate import check_start, map_draws, validation_seeds
 from rlagent.workloads import WorkloadSpec
@@ -135,7 +135,7 @@ def _run(
 def _twin_draw(policy_dir: str, spec: EnvSpec, seed: int, start: dict[str, Any]) -> TwinResult:
     torch.set_num_threads(1)
     policy = load_policy(policy_dir)
-    spec = replace(spec, episode=replace(spec.episode, action=action_kind(policy)))
+    spec = replace(spec, episode=policy_episode(policy, spec.episode))
     shifted, twin = HyperTuneEnv(spec), HyperTuneEnv(without_shift(spec))
     # A fresh actor per run: a frame-stacking or recurrent one carries state through a run.
     val_acc, acted, _ = _run(shifted, seed, policy.actor(deterministic=True), start)

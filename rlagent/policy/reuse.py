@@ -34,6 +34,7 @@ from rlagent.policy._args import (
 from rlagent.policy.controller import (
     Controller,
     action_kind,
+    policy_episode,
     policy_path,
     resolve_policy,
     trained_start,
@@ -52,7 +53,8 @@ class TuneResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     """Per epoch: lr, batch_size, train_loss, train_acc, val_loss, val_acc, seconds; with a
     ``discrete-rollback`` policy also ``rolled_back_to``: the epoch whose weights it started from
-    (None: the previous epoch's, as usual)."""
+    (None: the previous epoch's, as usual); with a policy trained under an LR envelope also
+    ``lr_envelope``: the epoch trained at ``lr × lr_envelope`` (``lr`` is the policy's choice)."""
     test_acc: float | None = None
     """Accuracy on ``test_data`` after the last epoch, if it was given (never used to decide)."""
     diverged: bool = False
@@ -144,8 +146,8 @@ def train_with_policy(
         lr_range=lr_range, batch_size_range=batch_size_range, n_train=len(train),
     )  # fmt: skip
     trainer = Trainer(
-        model, train, optimizer=optimizer, lr=ctl.lr, batch_size=ctl.batch_size,
-        generator=torch.Generator().manual_seed(seed), loss_fn=loss_fn,
+        model, train, optimizer=optimizer, lr=ctl.hparams.lr, batch_size=ctl.batch_size,
+        generator=torch.Generator().manual_seed(seed), loss_fn=loss_fn, envelope=ctl.envelope,
     )  # fmt: skip
     if probe or check:
         ctl.probe(trainer, seed=probe_seed(seed), check=check)
@@ -159,6 +161,8 @@ def train_with_policy(
         rolled = {}
         if best is not None:
             rolled["rolled_back_to"] = best.restore(trainer) if ctl.rollback else None
+        if ctl.envelope is not None:
+            rolled["lr_envelope"] = ctl.envelope(ctl.tracker.epoch)
         epoch, obs = run_epoch(trainer, val, ctl.tracker, ctl.hparams)
         if best is not None:
             best.update(trainer, ctl.tracker, epoch.diverged)
@@ -218,7 +222,7 @@ def run_policy(
         raise SpecError("start_check", start_check, "true or false")
     saved = resolve_policy(policy)
     env_spec = load_spec(spec) if not isinstance(spec, EnvSpec) else spec
-    episode = dataclasses.replace(env_spec.episode, action=action_kind(saved))
+    episode = policy_episode(saved, env_spec.episode)
     if epochs is not None:
         episode = dataclasses.replace(episode, epochs=epochs)
     env_spec = dataclasses.replace(env_spec, episode=episode)
@@ -242,7 +246,7 @@ def run_policy(
     while not done:
         obs, _, terminated, truncated, info = env.step(act(obs))
         keys = ("epoch", "lr", "batch_size", "train_loss", "train_acc", "val_loss", "val_acc", "diverged")
-        rolled = {"rolled_back_to": info["rolled_back_to"]} if "rolled_back_to" in info else {}
+        rolled = {k: info[k] for k in ("rolled_back_to", "lr_envelope") if k in info}
         history.append({**{k: info[k] for k in keys}, "seconds": env.epoch_time, **rolled})
         done = terminated or truncated
     env.close()

@@ -5,7 +5,8 @@ compared here, on fresh draws from the spec's procedural sampler — never on th
 whose workloads stay unseen until the final benchmark, and never on a test split. The draws'
 episode seeds come from their own stream (:func:`validation_seeds`), apart from the seeds PPO
 trains on. Each draw is run twice: once with the policy and once at its initial LR and batch
-size held constant, so a score says how much the policy adds on that draw.
+size held constant, so a score says how much the policy adds on that draw. (For a policy trained
+under an LR envelope, holding the LR follows the envelope: the second run is that schedule.)
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from rlagent.env import HyperTuneEnv, hold_action
 from rlagent.errors import SpecError, is_int, is_number
 from rlagent.features import FEATURE_NAMES, move_sign
 from rlagent.policy._integrity import DIGEST_FIELD, read_json
-from rlagent.policy.controller import action_kind
+from rlagent.policy.controller import policy_episode
 from rlagent.policy.file import JSON_NAME, SavedPolicy, load_policy
 from rlagent.pool.executor import ProcessExecutor
 
@@ -76,7 +77,8 @@ class DrawResult:
     val_acc: float
     """Final validation accuracy with the policy."""
     constant_val_acc: float
-    """Final validation accuracy at the draw's initial LR and batch size, unchanged."""
+    """Final validation accuracy at the draw's initial LR and batch size, unchanged (under the
+    policy's LR envelope, if it has one)."""
     diverged: bool
     lr_moves: int
     """LR changes the policy made with another epoch after them (:func:`lr_reversals`)."""
@@ -272,9 +274,9 @@ def _run_draw(policy_dir: str, spec: EnvSpec, seed: int, hide: tuple[str, ...], 
     torch.set_num_threads(1)
     policy: SavedPolicy = load_policy(policy_dir)
     mask = hide_mask(hide)
-    # The policy's own action set (draws are the same either way): a spec's policies are judged
+    # The policy's own action set and LR envelope (draws are the same either way): a spec's policies are judged
     # beside others, e.g. a continuous candidate against a discrete incumbent.
-    spec = replace(spec, episode=replace(spec.episode, action=action_kind(policy)))
+    spec = replace(spec, episode=policy_episode(policy, spec.episode))
     env = HyperTuneEnv(spec)
     actor = policy.actor(deterministic=True)
 

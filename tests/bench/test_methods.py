@@ -20,9 +20,10 @@ from rlagent.bench import methods
 from rlagent.bench.methods import METHOD_NEEDS, METHODS, MethodResult, TrialContext, base, pbt, schedules, search
 from rlagent.config import load_spec
 from rlagent.errors import RLAgentError, SpecError
+from rlagent.hparams import HParams
 from rlagent.policy import reuse as policy_reuse
 from rlagent.probe import PROBE_STEPS
-from rlagent.training import DIVERGED_LOSS, HParams
+from rlagent.training import DIVERGED_LOSS
 from rlagent.workloads import make_run, run_seeds
 
 SPEC = load_spec("tiny")

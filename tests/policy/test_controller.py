@@ -23,7 +23,8 @@ from rlagent.datasets import Split
 from rlagent.env import HyperTuneEnv
 from rlagent.errors import RLAgentError, SpecError
 from rlagent.features import OBS_HIGH, OBS_LOW
-from rlagent.policy.controller import Controller, resolve_policy
+from rlagent.hparams import Envelope, epoch_lr
+from rlagent.policy.controller import Controller, policy_episode, resolve_policy, trained_envelope
 from rlagent.policy.file import PolicyFileError, save_policy
 from rlagent.policy.reuse import run_policy
 from rlagent.policy.train import PPOSettings, TrainConfig, train_policy
@@ -68,11 +69,27 @@ def wide_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_policy(config, venv=DummyVecEnv([lambda: Monitor(HyperTuneEnv(spec))])).policy_dir
 
 
-@pytest.mark.parametrize("policy_fixture", ["tiny_policy", "stacked_policy", "recurrent_policy", "wide_policy"])
+@pytest.fixture(scope="module")
+def cosine_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real PPO policy trained under a cosine LR envelope (``episode.schedule = "cosine"``)."""
+    tmp = tmp_path_factory.mktemp("cosine_policy")
+    tiny = load_spec("tiny")
+    spec = dataclasses.replace(tiny, episode=dataclasses.replace(tiny.episode, schedule="cosine", schedule_floor=0.05))
+    config = TrainConfig(
+        spec=spec, timesteps=64, n_envs=1, devices="cpu", out=tmp / "pol", run_dir=tmp / "run",
+        checkpoint_every=0, progress=False, ppo=PPOSettings(n_steps=32, batch_size=32, net_arch=(8,)),
+    )  # fmt: skip
+    return train_policy(config, venv=DummyVecEnv([lambda: Monitor(HyperTuneEnv(spec))])).policy_dir
+
+
+@pytest.mark.parametrize(
+    "policy_fixture", ["tiny_policy", "stacked_policy", "recurrent_policy", "wide_policy", "cosine_policy"]
+)
 def test_controller_in_a_hand_written_loop_matches_the_env(policy_fixture: str, request: pytest.FixtureRequest) -> None:
     """Same run, same policy: a user's loop with the Controller makes the env's decisions (for a
-    frame-stacking and a recurrent policy too: both keep the run's history; and in the wide action
-    set, which the policy's action space gives)."""
+    frame-stacking and a recurrent policy too: both keep the run's history; in the wide action
+    set, which the policy's action space gives; and under the LR envelope a policy was trained
+    with, which the Controller applies to the LR it returns)."""
     tiny_policy = request.getfixturevalue(policy_fixture)
     spec = load_spec("tiny")
     via_env = run_policy(tiny_policy, "tiny-wide", spec=spec, seed=5)
@@ -84,7 +101,7 @@ def test_controller_in_a_hand_written_loop_matches_the_env(policy_fixture: str, 
     first = trainer.evaluate(run.data.val)
     trainer.lr, trainer.batch_size = ctl.start(val_loss=first.loss, val_acc=first.acc)
     for epoch in via_env["history"]:
-        assert (trainer.lr, trainer.batch_size) == (epoch["lr"], epoch["batch_size"])
+        assert (trainer.lr, trainer.batch_size) == (epoch_lr(epoch), epoch["batch_size"])
         stats = trainer.train_epoch()
         val = trainer.evaluate(run.data.val)
         assert val.acc == epoch["val_acc"]
@@ -97,6 +114,7 @@ def test_controller_in_a_hand_written_loop_matches_the_env(policy_fixture: str, 
             noise=stats.noise,
         )
     assert len(ctl.history) == wl.epochs
+    assert [h["lr"] for h in ctl.history] == [epoch_lr(h) for h in via_env["history"]]  # what each epoch trained at
 
 
 def test_controller_refuses_bad_input(tiny_policy: Path) -> None:
@@ -186,3 +204,19 @@ def test_controller_probe_only_before_the_first_epoch(tiny_policy: Path) -> None
     ctl.observe(train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=0.5)
     with pytest.raises(RuntimeError, match="before the first epoch"):
         ctl.probe(trainer)
+
+
+def test_a_policy_file_says_which_lr_envelope_it_was_trained_under(tiny_policy: Path, cosine_policy: Path) -> None:
+    cosine, plain = resolve_policy(cosine_policy), resolve_policy(tiny_policy)
+    assert trained_envelope(cosine, 12) == Envelope("cosine", 12, 0.05)
+    assert trained_envelope(plain, 12) is None
+    episode = load_spec("tiny").episode
+    assert (policy_episode(cosine, episode).schedule, policy_episode(cosine, episode).schedule_floor) == (
+        "cosine",
+        0.05,
+    )
+    assert policy_episode(plain, episode) == episode
+    ctl = Controller(cosine, num_classes=3, epochs=5, lr=1e-2)
+    assert ctl.lr == pytest.approx(1e-2) and ctl.envelope == Envelope("cosine", 5, 0.05)
+    with pytest.raises(PolicyFileError, match="training.spec.episode: Envelope.kind: got 'linear'"):
+        trained_envelope({"training": {"spec": {"episode": {"schedule": "linear"}}}}, 5)

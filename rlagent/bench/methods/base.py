@@ -26,7 +26,8 @@ from rlagent._io import optional_import
 from rlagent.config import EnvSpec
 from rlagent.errors import RLAgentError
 from rlagent.features import RunTracker
-from rlagent.training import HParams, Trainer, run_epoch
+from rlagent.hparams import HParams
+from rlagent.training import Trainer, run_epoch
 from rlagent.workloads import Data, Source, WorkloadSpec, make_run
 
 logger = logging.getLogger(__name__)

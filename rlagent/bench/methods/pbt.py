@@ -25,7 +25,7 @@ from rlagent.bench.methods.base import (
     sample_configs,
     workload_hparams,
 )
-from rlagent.training import HParams
+from rlagent.hparams import HParams
 
 
 def _exploit(dst: Run, src: Run) -> None:

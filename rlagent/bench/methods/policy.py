@@ -23,6 +23,7 @@ from typing import Any
 
 from rlagent.bench.methods.base import MethodResult, TrialContext, best_index
 from rlagent.errors import RLAgentError
+from rlagent.hparams import epoch_lr
 from rlagent.policy.reuse import run_policy
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def _details(ctx: TrialContext, run: dict[str, Any]) -> dict[str, Any]:
         "trained_on": run["trained_on"],
         "heldout": run["heldout"],
         "diverged": run["diverged"],
-        "schedule": [[h["lr"], h["batch_size"]] for h in history],
+        "schedule": [[epoch_lr(h), h["batch_size"]] for h in history],  # what each epoch trained at
         "history": history,
         "probe_lr": run["probe_lr"],
         "probe_epochs": run["probe_epochs"],

@@ -61,7 +61,7 @@ from rlagent.bench.methods.base import (
     workload_hparams,
 )
 from rlagent.errors import RLAgentError
-from rlagent.training import HParams
+from rlagent.hparams import HParams
 
 __all__ = ["RAY_METHODS", "ray_asha", "ray_pb2", "ray_pbt"]
 
