@@ -294,12 +294,13 @@ class EnvSpec:
 
         Fields added after the first records were made are left out while off (:data:`_OFF`: the
         hidden LR scale and shift, the sampler's ``first`` and ``start_lr_range``, the reward's
-        ``reversal_cost``), so a spec that does not use them reads as it did before they existed:
+        ``reversal_cost``, the episode's LR envelope), so a spec that does not use them reads as it did before they existed:
         records made with it (checkpoints, benchmark trial files) still match.
         """
         data = dataclasses.asdict(self)
         train = data["workloads"]["train"]
         _drop_off(data["reward"], _OFF["reward"])
+        _drop_off(data["episode"], _OFF["episode"])
         if isinstance(train, dict):
             _drop_off(train, _OFF["train"])
         for workload in data["workloads"].get("define", {}).values():
@@ -314,6 +315,7 @@ _OFF: dict[str, dict[str, Any]] = {
     },
     "workload": {"lr_scale": 1.0, "probe_lr_scale": None, "lr_shift": None},
     "reward": {"reversal_cost": 0.0},
+    "episode": {"schedule": "constant", "schedule_floor": 0.01},
 }  # fmt: skip
 """Fields :meth:`EnvSpec.to_dict` leaves out at these values, by table."""
 

@@ -115,11 +115,15 @@ def test_to_dict_round_trips_through_json() -> None:
         assert spec_from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
 
 
-def test_reversal_cost_is_left_out_of_records_while_off() -> None:
+def test_reversal_cost_and_the_lr_envelope_are_left_out_of_records_while_off() -> None:
     assert "reversal_cost" not in load_spec("default-hot-final").to_dict()["reward"]  # old records still match
     steady = load_spec("default-steady-final")
     assert steady.reward.reversal_cost == 0.005 and steady.to_dict()["reward"]["reversal_cost"] == 0.005
     assert spec_from_dict(json.loads(json.dumps(steady.to_dict()))) == steady
+    assert not {"schedule", "schedule_floor"} & set(load_spec("default-hot-final").to_dict()["episode"])
+    cosine = load_spec("default-cosine")
+    assert cosine.to_dict()["episode"]["schedule"] == "cosine" and cosine.episode.envelope(3)(2) == 0.01
+    assert spec_from_dict(json.loads(json.dumps(cosine.to_dict()))) == cosine
 
 
 def test_minimal_spec_uses_defaults() -> None:

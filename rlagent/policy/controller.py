@@ -95,12 +95,11 @@ def trained_envelope(policy: SavedPolicy | Mapping[str, Any], epochs: int) -> En
 
     ``policy``: a loaded policy, or its ``policy.json`` as read.
     """
-    episode = _trained_episode(policy)
-    schedule = episode.get("schedule", "constant")
+    schedule, floor = _trained_schedule(policy)
     if schedule == "constant":
         return None
     try:
-        return Envelope(schedule, int(epochs), float(episode.get("schedule_floor", 0.01)))
+        return Envelope(schedule, int(epochs), floor)
     except ValueError as exc:
         raise PolicyFileError(f"training.spec.episode: {exc}") from None
 
@@ -108,11 +107,17 @@ def trained_envelope(policy: SavedPolicy | Mapping[str, Any], epochs: int) -> En
 def policy_episode(policy: SavedPolicy, episode: EpisodeSpec) -> EpisodeSpec:
     """``episode`` with the policy's action kind and the LR envelope it was trained under: a policy
     acts in the env it was trained in, whatever spec it runs on."""
-    trained = _trained_episode(policy)
-    return dataclasses.replace(
-        episode, action=action_kind(policy), schedule=trained.get("schedule", "constant"),
-        schedule_floor=float(trained.get("schedule_floor", episode.schedule_floor)),
-    )  # fmt: skip
+    schedule, floor = _trained_schedule(policy)
+    return dataclasses.replace(episode, action=action_kind(policy), schedule=schedule, schedule_floor=floor)
+
+
+def _trained_schedule(policy: SavedPolicy | Mapping[str, Any]) -> tuple[str, float]:
+    """``(episode.schedule, episode.schedule_floor)`` of the policy's training spec; a record leaves
+    them out at their defaults (:meth:`rlagent.config.EnvSpec.to_dict`)."""
+    episode = _trained_episode(policy)
+    return episode.get("schedule", EpisodeSpec.schedule), float(
+        episode.get("schedule_floor", EpisodeSpec.schedule_floor)
+    )
 
 
 def _trained_episode(policy: SavedPolicy | Mapping[str, Any]) -> dict[str, Any]:

@@ -216,6 +216,8 @@ def test_a_policy_file_says_which_lr_envelope_it_was_trained_under(tiny_policy: 
         0.05,
     )
     assert policy_episode(plain, episode) == episode
+    other = dataclasses.replace(episode, schedule="cosine", schedule_floor=0.2)  # the spec run on does not matter
+    assert policy_episode(cosine, other).schedule_floor == 0.05 and policy_episode(plain, other) == episode
     ctl = Controller(cosine, num_classes=3, epochs=5, lr=1e-2)
     assert ctl.lr == pytest.approx(1e-2) and ctl.envelope == Envelope("cosine", 5, 0.05)
     with pytest.raises(PolicyFileError, match="training.spec.episode: Envelope.kind: got 'linear'"):
