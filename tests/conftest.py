@@ -44,6 +44,29 @@ def tiny_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_policy(config, venv=DummyVecEnv([lambda: Monitor(HyperTuneEnv("tiny"))])).policy_dir
 
 
+@pytest.fixture(scope="session")
+def tiny_cosine_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real PPO policy trained for 64 steps on the tiny spec under a cosine LR envelope to 0.05
+    (``episode.schedule = "cosine"``)."""
+    import dataclasses
+
+    from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from rlagent.config import load_spec
+    from rlagent.env import HyperTuneEnv
+    from rlagent.policy.train import PPOSettings, TrainConfig, train_policy
+
+    tmp = tmp_path_factory.mktemp("tiny_cosine_policy")
+    tiny = load_spec("tiny")
+    spec = dataclasses.replace(tiny, episode=dataclasses.replace(tiny.episode, schedule="cosine", schedule_floor=0.05))
+    config = TrainConfig(
+        spec=spec, timesteps=64, n_envs=1, devices="cpu", out=tmp / "pol", run_dir=tmp / "run",
+        checkpoint_every=0, progress=False, ppo=PPOSettings(n_steps=32, batch_size=32, net_arch=(8,)),
+    )  # fmt: skip
+    return train_policy(config, venv=DummyVecEnv([lambda: Monitor(HyperTuneEnv(spec))])).policy_dir
+
+
 TINY_ROLLBACK = 'extends = "tiny"\nname = "tiny-rollback"\n\n[episode]\naction = "discrete-rollback"\n'
 """The tiny spec with the rollback action (``discrete-rollback``)."""
 

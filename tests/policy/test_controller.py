@@ -69,21 +69,8 @@ def wide_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_policy(config, venv=DummyVecEnv([lambda: Monitor(HyperTuneEnv(spec))])).policy_dir
 
 
-@pytest.fixture(scope="module")
-def cosine_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real PPO policy trained under a cosine LR envelope (``episode.schedule = "cosine"``)."""
-    tmp = tmp_path_factory.mktemp("cosine_policy")
-    tiny = load_spec("tiny")
-    spec = dataclasses.replace(tiny, episode=dataclasses.replace(tiny.episode, schedule="cosine", schedule_floor=0.05))
-    config = TrainConfig(
-        spec=spec, timesteps=64, n_envs=1, devices="cpu", out=tmp / "pol", run_dir=tmp / "run",
-        checkpoint_every=0, progress=False, ppo=PPOSettings(n_steps=32, batch_size=32, net_arch=(8,)),
-    )  # fmt: skip
-    return train_policy(config, venv=DummyVecEnv([lambda: Monitor(HyperTuneEnv(spec))])).policy_dir
-
-
 @pytest.mark.parametrize(
-    "policy_fixture", ["tiny_policy", "stacked_policy", "recurrent_policy", "wide_policy", "cosine_policy"]
+    "policy_fixture", ["tiny_policy", "stacked_policy", "recurrent_policy", "wide_policy", "tiny_cosine_policy"]
 )
 def test_controller_in_a_hand_written_loop_matches_the_env(policy_fixture: str, request: pytest.FixtureRequest) -> None:
     """Same run, same policy: a user's loop with the Controller makes the env's decisions (for a
@@ -206,8 +193,8 @@ def test_controller_probe_only_before_the_first_epoch(tiny_policy: Path) -> None
         ctl.probe(trainer)
 
 
-def test_a_policy_file_says_which_lr_envelope_it_was_trained_under(tiny_policy: Path, cosine_policy: Path) -> None:
-    cosine, plain = resolve_policy(cosine_policy), resolve_policy(tiny_policy)
+def test_a_policy_file_says_which_lr_envelope_it_was_trained_under(tiny_policy: Path, tiny_cosine_policy: Path) -> None:
+    cosine, plain = resolve_policy(tiny_cosine_policy), resolve_policy(tiny_policy)
     assert trained_envelope(cosine, 12) == Envelope("cosine", 12, 0.05)
     assert trained_envelope(plain, 12) is None
     episode = load_spec("tiny").episode

@@ -74,35 +74,21 @@ def test_train_with_policy_trains_a_users_own_model(tiny_policy: Path) -> None:
     assert result.test_acc is not None and not result.diverged
 
 
-def test_train_with_a_cosine_policy_steps_the_users_optimiser_under_its_envelope(tmp_path: Path) -> None:
+def test_train_with_a_cosine_policy_steps_the_users_optimiser_under_its_envelope(tiny_cosine_policy: Path) -> None:
     """A policy trained under an LR envelope scales the LR it chooses for a user's model too: the
     history says by how much, and the user's own optimiser steps at that rate."""
-    import dataclasses
-
-    from stable_baselines3.common.monitor import Monitor
-    from stable_baselines3.common.vec_env import DummyVecEnv
-
-    from rlagent.env import HyperTuneEnv
     from rlagent.hparams import Envelope
-    from rlagent.policy.train import PPOSettings, TrainConfig, train_policy
 
-    tiny = load_spec("tiny")
-    spec = dataclasses.replace(tiny, episode=dataclasses.replace(tiny.episode, schedule="cosine"))
-    config = TrainConfig(
-        spec=spec, timesteps=32, n_envs=1, devices="cpu", out=tmp_path / "pol", run_dir=tmp_path / "run",
-        checkpoint_every=0, progress=False, ppo=PPOSettings(n_steps=32, batch_size=32, net_arch=(8,)),
-    )  # fmt: skip
-    policy = train_policy(config, venv=DummyVecEnv([lambda: Monitor(HyperTuneEnv(spec))])).policy_dir
     x, y = users_data()
     model = users_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     result = train_with_policy(
-        model, (x[:300], y[:300]), (x[300:], y[300:]), epochs=4, policy=policy, optimizer=optimizer, lr=1e-2
+        model, (x[:300], y[:300]), (x[300:], y[300:]), epochs=4, policy=tiny_cosine_policy, optimizer=optimizer, lr=1e-2
     )
-    envelope = Envelope("cosine", 4, 0.01)
+    envelope = Envelope("cosine", 4, 0.05)
     assert [h["lr_envelope"] for h in result.history] == [envelope(e) for e in range(4)]
     # after the last epoch the optimiser is left at the last chosen LR times the envelope's end
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(result.history[-1]["lr"] * 0.01)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(result.history[-1]["lr"] * 0.05)
 
 
 def test_tune_is_the_deprecated_name_of_train_with_policy(tiny_policy: Path) -> None:
