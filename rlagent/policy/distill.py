@@ -44,7 +44,7 @@ from rlagent.errors import RLAgentError, SpecError, is_int, is_number
 from rlagent.features import FEATURE_NAMES
 from rlagent.policy._checks import build_policy
 from rlagent.policy.checkpoints import widen_action_head
-from rlagent.policy.controller import action_kind
+from rlagent.policy.controller import action_kind, policy_episode
 from rlagent.policy.file import SavedPolicy, load_policy
 from rlagent.policy.validate import map_draws, seed_stream
 
@@ -170,6 +170,7 @@ def distill_rollback(
     saved = load_policy(policy)
     if action_kind(saved) != "discrete" or saved.frame_stack != 1 or saved.recurrent:
         raise RLAgentError(f"distill: {policy} must be a discrete feed-forward policy without frame stacking")
+    spec = replace(spec, episode=policy_episode(saved, spec.episode))  # its LR envelope, if it has one
     if not (is_int(spread) and spread >= 0):
         raise SpecError("spread", spread, "an integer >= 0")
     draws = map_draws(_teach_draw, [(str(policy), spec, s, rule) for s in distill_seeds(spec, n_draws)], n_workers)
@@ -292,7 +293,7 @@ def distilled_record(
 ) -> dict[str, Any]:
     """The ``training`` record of a distilled policy: the saved one's, with the rollback spec and the fit."""
     training = dict(saved.metadata.get("training", {}))
-    spec_record = spec.to_dict()
+    spec_record = replace(spec, episode=policy_episode(saved, spec.episode)).to_dict()
     spec_record["episode"] = {**spec_record.get("episode", {}), "action": ROLLBACK}
     training.update(
         spec=spec_record, spec_name=spec.name,
