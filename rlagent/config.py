@@ -294,8 +294,9 @@ class EnvSpec:
 
         Fields added after the first records were made are left out while off (:data:`_OFF`: the
         hidden LR scale and shift, the sampler's ``first`` and ``start_lr_range``, the reward's
-        ``reversal_cost``, the episode's LR envelope), so a spec that does not use them reads as it did before they existed:
-        records made with it (checkpoints, benchmark trial files) still match.
+        ``reversal_cost``, the episode's LR envelope), so a spec that does not use them reads as it
+        did before they existed: records made with it (checkpoints, benchmark trial files) still
+        match.
         """
         data = dataclasses.asdict(self)
         train = data["workloads"]["train"]

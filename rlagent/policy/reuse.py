@@ -158,15 +158,15 @@ def train_with_policy(
     best = BestWeights(trainer) if ctl.kind == ROLLBACK else None
     ctl.start(val_loss=first.loss, val_acc=first.acc)
     for _ in range(epochs):
-        rolled = {}
+        extra: dict[str, Any] = {}
         if best is not None:
-            rolled["rolled_back_to"] = best.restore(trainer) if ctl.rollback else None
+            extra["rolled_back_to"] = best.restore(trainer) if ctl.rollback else None
         if ctl.envelope is not None:
-            rolled["lr_envelope"] = ctl.envelope(ctl.tracker.epoch)
+            extra["lr_envelope"] = ctl.envelope(ctl.tracker.epoch)
         epoch, obs = run_epoch(trainer, val, ctl.tracker, ctl.hparams)
         if best is not None:
             best.update(trainer, ctl.tracker, epoch.diverged)
-        result.history.append({**epoch.record(), "seconds": epoch.stats.seconds, **rolled})
+        result.history.append({**epoch.record(), "seconds": epoch.stats.seconds, **extra})
         if epoch.diverged:
             result.diverged = True
             break
@@ -246,8 +246,8 @@ def run_policy(
     while not done:
         obs, _, terminated, truncated, info = env.step(act(obs))
         keys = ("epoch", "lr", "batch_size", "train_loss", "train_acc", "val_loss", "val_acc", "diverged")
-        rolled = {k: info[k] for k in ("rolled_back_to", "lr_envelope") if k in info}
-        history.append({**{k: info[k] for k in keys}, "seconds": env.epoch_time, **rolled})
+        extra = {k: info[k] for k in ("rolled_back_to", "lr_envelope") if k in info}
+        history.append({**{k: info[k] for k in keys}, "seconds": env.epoch_time, **extra})
         done = terminated or truncated
     env.close()
     return {

@@ -274,8 +274,8 @@ def _run_draw(policy_dir: str, spec: EnvSpec, seed: int, hide: tuple[str, ...], 
     torch.set_num_threads(1)
     policy: SavedPolicy = load_policy(policy_dir)
     mask = hide_mask(hide)
-    # The policy's own action set and LR envelope (draws are the same either way): a spec's policies are judged
-    # beside others, e.g. a continuous candidate against a discrete incumbent.
+    # The policy's own action set and LR envelope (draws are the same either way): a spec's
+    # policies are judged beside others, e.g. a continuous candidate against a discrete incumbent.
     spec = replace(spec, episode=policy_episode(policy, spec.episode))
     env = HyperTuneEnv(spec)
     actor = policy.actor(deterministic=True)
