@@ -131,9 +131,9 @@ class EpisodeSpec:
                     "episode.init_batch_size", self.init_batch_size, f"a value inside batch_size_range {bs}"
                 )
 
-    def envelope(self, epochs: int) -> Envelope:
-        """The schedule under the chosen LR for a run of ``epochs`` epochs."""
-        return Envelope(self.schedule, epochs, float(self.schedule_floor))
+    def envelope(self, epochs: int) -> Envelope | None:
+        """The schedule under the chosen LR for a run of ``epochs`` epochs; None for ``constant``."""
+        return None if self.schedule == "constant" else Envelope(self.schedule, epochs, float(self.schedule_floor))
 
     def probes(self, episode_seed: int) -> bool:
         """Whether a procedural draw with this episode seed starts from the probe's LR."""

@@ -262,11 +262,10 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
         run = make_run(wl, episode_seed, device=self.device, sources=sources, replica=options.get("replica", 0))
         data = run.data
         hp, probe_start = self._initial_values(wl, len(data.train), options)
-        episode = self.env_spec.episode
         self.trainer = Trainer(
             run.model, data.train, optimizer=wl.optimizer, optimizer_args=wl.optimizer_args,
             lr=hp.lr, batch_size=hp.batch_size, generator=run.generator, lr_scale=wl.lr_scale, lr_shift=wl.lr_shift,
-            envelope=episode.envelope(wl.epochs) if episode.schedule != "constant" else None,
+            envelope=self.env_spec.episode.envelope(wl.epochs),
         )  # fmt: skip
         probe, replaced = None, None
         p_seed = probe_seed(episode_seed, options.get("replica", 0))
