@@ -301,7 +301,7 @@ class EnvSpec:
         data = dataclasses.asdict(self)
         train = data["workloads"]["train"]
         _drop_off(data["reward"], _OFF["reward"])
-        _drop_off(data["episode"], _OFF["episode"])
+        _drop_off(data["episode"], _OFF["episode"], together=True)
         if isinstance(train, dict):
             _drop_off(train, _OFF["train"])
         for workload in data["workloads"].get("define", {}).values():
@@ -318,12 +318,20 @@ _OFF: dict[str, dict[str, Any]] = {
     "reward": {"reversal_cost": 0.0},
     "episode": {"schedule": "constant", "schedule_floor": 0.01},
 }  # fmt: skip
-"""Fields :meth:`EnvSpec.to_dict` leaves out at these values, by table."""
+"""Fields :meth:`EnvSpec.to_dict` leaves out at these values, by table (the episode's only all
+together: a cosine's floor is recorded even at its default)."""
 
 
-def _drop_off(table: dict[str, Any], off: Mapping[str, Any]) -> None:
-    for key, value in off.items():
-        if key in table and (tuple(table[key]) if isinstance(table[key], list) else table[key]) == value:
+def _drop_off(table: dict[str, Any], off: Mapping[str, Any], *, together: bool = False) -> None:
+    def is_off(key: str) -> bool:
+        value = table[key]
+        return (tuple(value) if isinstance(value, list) else value) == off[key]
+
+    present = [key for key in off if key in table]
+    if together and not all(is_off(key) for key in present):
+        return
+    for key in present:
+        if is_off(key):
             del table[key]
 
 

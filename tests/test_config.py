@@ -123,6 +123,7 @@ def test_reversal_cost_and_the_lr_envelope_are_left_out_of_records_while_off() -
     assert not {"schedule", "schedule_floor"} & set(load_spec("default-hot-final").to_dict()["episode"])
     cosine = load_spec("default-cosine")
     assert cosine.to_dict()["episode"]["schedule"] == "cosine" and cosine.episode.envelope(3)(2) == 0.01
+    assert cosine.to_dict()["episode"]["schedule_floor"] == 0.01  # an envelope in use is recorded whole
     assert spec_from_dict(json.loads(json.dumps(cosine.to_dict()))) == cosine
 
 

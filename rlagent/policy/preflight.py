@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlagent.config import EnvSpec, load_spec
+from rlagent.config import EnvSpec, load_spec, spec_from_dict
 from rlagent.env import ROLLBACK, action_kind_of, action_space
 from rlagent.errors import PolicyFileError, RLAgentError, SpecError
 from rlagent.features import FEATURE_NAMES
@@ -90,10 +90,23 @@ def _plain(data: Any) -> Any:
     return json.loads(json.dumps(data, default=str))
 
 
+def _same_spec(recorded: Any, spec: EnvSpec) -> bool:
+    """Whether a checkpoint's spec record is ``spec``: equal as read back, so a record written
+    before a field's default was left out (or kept) still matches; equal as data if it no longer
+    reads."""
+    current = _plain(spec.to_dict())
+    if recorded == current:
+        return True
+    try:
+        return _plain(spec_from_dict(recorded).to_dict()) == current
+    except RLAgentError:
+        return False
+
+
 def check_resume(ckpt: Checkpoint, spec: EnvSpec, ppo: Any, *, allow_spec_change: bool) -> None:
     """Refuse to resume a checkpoint of another spec (unless allowed) or another network."""
     if ckpt.spec is not None:
-        same = ckpt.spec == _plain(spec.to_dict())
+        same = _same_spec(ckpt.spec, spec)
     else:  # written before checkpoints recorded their spec: compare the names
         same = ckpt.spec_name in (spec.name, str(spec.name))
     if not same:

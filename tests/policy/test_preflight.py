@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -126,6 +127,28 @@ def test_resume_with_another_spec_is_refused_naming_both(run: Path, tmp_path: Pa
         check_training(config)
     allowed = check_training(_config(tmp_path, spec=other, resume=run / "run" / "checkpoints", allow_spec_change=True))
     assert allowed.checkpoint is not None and allowed.checkpoint.spec_name == "tiny"
+
+
+def test_a_record_that_spells_a_default_out_resumes_and_a_real_change_is_still_refused(
+    run: Path, tmp_path: Path
+) -> None:
+    """Resume compares specs as read back: a checkpoint written while a field at its default was
+    recorded (here the reward's ``reversal_cost`` and the episode's envelope, off) is the same spec;
+    a changed value under the same name is not."""
+    ckpts = tmp_path / "checkpoints"
+    shutil.copytree(run / "run" / "checkpoints", ckpts)
+    for state_file in ckpts.glob("step-*/state.json"):
+        state = json.loads(state_file.read_text())
+        state["spec"]["reward"]["reversal_cost"] = 0.0
+        state["spec"]["episode"].update(schedule="constant", schedule_floor=0.01)
+        state_file.write_text(json.dumps(state))
+    assert check_training(_config(tmp_path, resume=ckpts)).checkpoint is not None
+    for state_file in ckpts.glob("step-*/state.json"):
+        state = json.loads(state_file.read_text())
+        state["spec"]["episode"]["epochs"] += 1
+        state_file.write_text(json.dumps(state))
+    with pytest.raises(RLAgentError, match="spec 'tiny' but this run uses spec 'tiny' \\(same name, other contents\\)"):
+        check_training(_config(tmp_path, resume=ckpts))
 
 
 def test_a_policy_to_start_from_must_fit_the_run(run: Path, tmp_path: Path) -> None:
