@@ -34,7 +34,7 @@ from rlagent.workloads import (
     check_range,
 )
 
-ACTIONS = ("discrete", "continuous", "discrete-wide", "discrete-rollback")
+ACTIONS = ("discrete", "continuous", "discrete-wide", "discrete-rollback", "discrete-coupled")
 REWARDS = ("val_acc", "val_acc_change", "best_improvement", "final")
 COST_UNITS = ("steps", "seconds")
 
@@ -65,7 +65,9 @@ class EpisodeSpec:
     ``continuous``: Box(-1, 1, (2,)), LR ×4^a and batch size ×2^b; ``discrete-wide``:
     MultiDiscrete([7, 3]), LR ×{1/16,¼,½,1,2,4,16} and batch size ×{½,1,2}; ``discrete-rollback``:
     MultiDiscrete([5, 3, 2]), as ``discrete`` plus a choice to roll the run back to its best epoch
-    so far, and its LR, before the next epoch (:mod:`rlagent.rollback`)."""
+    so far, and its LR, before the next epoch (:mod:`rlagent.rollback`); ``discrete-coupled``:
+    MultiDiscrete([5, 2]), LR ÷ batch size ×{¼,½,1,2,4}, taken by the LR alone or with the batch
+    size taking ×2 of a cut or ×½ of a raise (:func:`rlagent.env.coupled_factors`)."""
     lr_range: tuple[float, float] | None = None
     """Learning-rate range the agent moves within; None uses each workload's own."""
     batch_size_range: tuple[int, int] | None = None

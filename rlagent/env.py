@@ -30,11 +30,33 @@ a start that is far off."""
 _LR_FACTORS_OF = {"discrete": LR_FACTORS, "discrete-wide": WIDE_LR_FACTORS, "discrete-rollback": LR_FACTORS}
 ROLLBACK = "discrete-rollback"
 """The action kind with a third choice: 1 rolls the run back to its best epoch (:mod:`rlagent.rollback`)."""
+COUPLED = "discrete-coupled"
+"""The action kind of coupled moves: action 0 multiplies LR ÷ batch size (the SGD noise temperature,
+Smith & Le 2018) by one of :data:`TEMPERATURE_FACTORS`; action 1 says which hyperparameter takes it
+(:func:`coupled_factors`)."""
+TEMPERATURE_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
+"""``discrete-coupled`` action 0: LR ÷ batch size is multiplied by one of these."""
 RESET_OPTIONS = ("workload", "lr", "batch_size", "replica", "start_check", "probe_divisor")
+
+
+def coupled_factors(temperature: float, via_batch: bool) -> tuple[float, float]:
+    """The (LR, batch size) factors of a ``discrete-coupled`` move of LR ÷ batch size by
+    ``temperature``: the LR alone takes it, or (``via_batch``) the batch size takes a factor of 2
+    of it (×2 to cool, ×½ to heat) and the LR the rest. A hold is a hold either way.
+
+    A cooling move so becomes ×¼ LR or ×½ LR and ×2 batch, or ×½ LR or ×2 batch: a batch-size raise
+    is one way to take a cut, not a separate choice a policy can drop (session 49's diagnosis).
+    """
+    if not via_batch or temperature == 1.0:
+        return temperature, 1.0
+    bs_factor = 2.0 if temperature < 1.0 else 0.5
+    return temperature * bs_factor, bs_factor
 
 
 def action_space(kind: str) -> spaces.Space:
     """The action space of an episode spec's ``action`` kind."""
+    if kind == COUPLED:
+        return spaces.MultiDiscrete([len(TEMPERATURE_FACTORS), 2])
     if kind in _LR_FACTORS_OF:
         return spaces.MultiDiscrete([len(_LR_FACTORS_OF[kind]), len(BS_FACTORS)] + [2] * (kind == ROLLBACK))
     return spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
@@ -42,6 +64,8 @@ def action_space(kind: str) -> spaces.Space:
 
 def hold_action(kind: str) -> np.ndarray:
     """The action of ``kind`` that keeps the LR and the batch size as they are."""
+    if kind == COUPLED:
+        return np.array([TEMPERATURE_FACTORS.index(1.0), 0])
     if kind in _LR_FACTORS_OF:
         return np.array([_LR_FACTORS_OF[kind].index(1.0), BS_FACTORS.index(1.0)] + [0] * (kind == ROLLBACK))
     return np.zeros(2, dtype=np.float32)
@@ -58,6 +82,11 @@ def decode_action(action: Any, kind: str) -> tuple[float, float]:
     size = 3 if kind == ROLLBACK else 2
     if a.shape != (size,):
         raise ValueError(f"action: got shape {np.asarray(action).shape}; expected ({size},)")
+    if kind == COUPLED:
+        i, j = int(a[0]), int(a[1])
+        if not (0 <= i < len(TEMPERATURE_FACTORS) and j in (0, 1)):
+            raise ValueError(f"action: got {a.tolist()}; expected [0..{len(TEMPERATURE_FACTORS) - 1}, 0..1]")
+        return coupled_factors(TEMPERATURE_FACTORS[i], bool(j))
     if kind in _LR_FACTORS_OF:
         lr_factors = _LR_FACTORS_OF[kind]
         i, j = int(a[0]), int(a[1])
@@ -74,7 +103,11 @@ def without_lr_raise(action: Any, kind: str) -> np.ndarray:
     its batch-size and rollback choices are kept. Any other action comes back as a copy."""
     a = np.array(action, copy=True)
     flat = a.reshape(-1)
-    if kind in _LR_FACTORS_OF:
+    if kind == COUPLED:  # a raise of the LR is a heating move: x2 via the batch keeps its batch halving
+        if decode_action(flat, kind)[0] > 1.0:
+            via_batch = int(flat[1]) == 1
+            flat[0] = TEMPERATURE_FACTORS.index(2.0 if via_batch else 1.0)
+    elif kind in _LR_FACTORS_OF:
         factors = _LR_FACTORS_OF[kind]
         if factors[int(flat[0])] > 1.0:
             flat[0] = factors.index(1.0)
@@ -103,7 +136,10 @@ class HyperTuneEnv(gym.Env[np.ndarray, np.ndarray]):
     ``episode.action = "discrete"`` (default): ``MultiDiscrete([5, 3])`` — the LR is multiplied
     by ``LR_FACTORS[a0]`` = ×{¼, ½, 1, 2, 4} and the batch size by ``BS_FACTORS[a1]`` = ×{½, 1, 2}.
     ``"discrete-wide"``: ``MultiDiscrete([7, 3])`` — as ``discrete`` with ×1/16 and ×16 added to
-    the LR's factors (:data:`WIDE_LR_FACTORS`). ``"discrete-rollback"``: ``MultiDiscrete([5, 3,
+    the LR's factors (:data:`WIDE_LR_FACTORS`). ``"discrete-coupled"``: ``MultiDiscrete([5, 2])``
+    — LR ÷ batch size is multiplied by ×{¼, ½, 1, 2, 4} (:data:`TEMPERATURE_FACTORS`), taken by
+    the LR alone (a1 = 0) or with the batch size taking ×2 of a cut or ×½ of a raise (a1 = 1;
+    :func:`coupled_factors`). ``"discrete-rollback"``: ``MultiDiscrete([5, 3,
     2])`` — as ``discrete``, and a third choice of 1 first restores the model and optimiser state
     of the run's best epoch so far by validation accuracy, and the LR it trained at, which the LR
     factor then moves (:mod:`rlagent.rollback`; ``info``'s ``rolled_back_to`` names that epoch).

@@ -22,6 +22,7 @@ from rlagent.config import EnvSpec, load_spec, resolve_spec_path, spec_from_dict
 from rlagent.env import (
     BS_FACTORS,
     LR_FACTORS,
+    TEMPERATURE_FACTORS,
     action_kind_of,
     action_space,
     decode_action,
@@ -32,7 +33,7 @@ from rlagent.env import (
 from rlagent.policy.validate import lr_reversals
 
 ENV_IDS = [i for i in gym.registry if i.startswith("rlagent/")]
-ACTION_KINDS = ("discrete", "continuous", "discrete-wide", "discrete-rollback")
+ACTION_KINDS = ("discrete", "continuous", "discrete-wide", "discrete-rollback", "discrete-coupled")
 RESET_KEYS = {"workload", "heldout", "epoch", "lr", "batch_size", "val_loss", "val_acc", "episode_seed"}
 STEP_KEYS = {
     "workload", "heldout", "epoch", "lr", "batch_size", "train_loss", "train_acc", "val_loss", "val_acc",
@@ -83,6 +84,8 @@ def _actions(kind: str) -> list[np.ndarray]:
         return [np.array(a) for a in ([6, 2], [0, 0], [3, 1], [1, 2])]
     if kind == "discrete-rollback":
         return [np.array(a) for a in ([4, 2, 0], [0, 0, 1], [2, 1, 1], [3, 2, 0])]
+    if kind == "discrete-coupled":
+        return [np.array(a) for a in ([4, 1], [0, 1], [2, 0], [1, 0])]
     return [np.array(a, dtype=np.float32) for a in ([1.0, 1.0], [-0.7, -1.0], [0.0, 0.0], [0.3, 0.5])]
 
 
@@ -413,6 +416,40 @@ def test_wide_discrete_actions_add_a_sixteenfold_step_and_name_their_range() -> 
     assert info["lr"] == pytest.approx(1e-2 / 16)
 
 
+@pytest.mark.parametrize(
+    ("action", "factors"),
+    [
+        ([2, 0], (1.0, 1.0)),  # hold
+        ([2, 1], (1.0, 1.0)),  # hold either way
+        ([0, 0], (0.25, 1.0)),  # LR ÷ batch x1/4, all on the LR
+        ([0, 1], (0.5, 2.0)),  # ... the batch doubles, the LR halves
+        ([1, 0], (0.5, 1.0)),
+        ([1, 1], (1.0, 2.0)),  # a x1/2 cut taken by the batch alone
+        ([3, 1], (1.0, 0.5)),
+        ([4, 0], (4.0, 1.0)),
+        ([4, 1], (2.0, 0.5)),
+    ],
+)
+def test_coupled_actions_move_lr_over_batch_size_by_their_factor(action: list[int], factors: tuple) -> None:
+    lr_factor, bs_factor = decode_action(np.array(action), "discrete-coupled")
+    assert (lr_factor, bs_factor) == factors
+    assert lr_factor / bs_factor == TEMPERATURE_FACTORS[action[0]]
+
+
+def test_coupled_actions_in_the_env_name_their_range_and_move_both_hyperparameters() -> None:
+    assert action_space("discrete-coupled") == spaces.MultiDiscrete([5, 2])
+    assert decode_action(hold_action("discrete-coupled"), "discrete-coupled") == (1.0, 1.0)
+    for bad in ([5, 0], [0, 2], [-1, 0]):
+        with pytest.raises(ValueError, match=r"expected \[0..4, 0..1\]"):
+            decode_action(np.array(bad), "discrete-coupled")
+    env = HyperTuneEnv(_tiny("discrete-coupled"))
+    env.reset(seed=0, options={"lr": 1e-2, "batch_size": 32})
+    _, _, _, _, info = env.step(np.array([0, 1]))  # LR / batch x1/4: LR x1/2, batch x2
+    assert (info["lr"], info["batch_size"]) == (pytest.approx(5e-3), 64)
+    _, _, _, _, info = env.step(np.array([4, 1]))  # x4: LR x2, batch x1/2
+    assert (info["lr"], info["batch_size"]) == (pytest.approx(1e-2), 32)
+
+
 def test_decode_continuous_action_clips() -> None:
     assert decode_action(np.array([0.0, 0.0]), "continuous") == (1.0, 1.0)
     assert decode_action(np.array([1.0, -1.0]), "continuous") == (4.0, 0.5)
@@ -649,6 +686,10 @@ def test_a_rollback_at_the_best_epoch_changes_nothing() -> None:
         ("discrete", [2, 1], [2, 1]),
         ("discrete-wide", [6, 1], [3, 1]),  # x16
         ("discrete-rollback", [3, 1, 1], [2, 1, 1]),  # the rollback kept
+        ("discrete-coupled", [4, 0], [2, 0]),  # x4 on the LR: held
+        ("discrete-coupled", [4, 1], [3, 1]),  # LR x2, batch x1/2: the batch halving kept
+        ("discrete-coupled", [3, 1], [3, 1]),  # batch x1/2 alone: no LR raise
+        ("discrete-coupled", [0, 1], [0, 1]),
         ("continuous", [0.5, -0.3], [0.0, -0.3]),
         ("continuous", [-0.5, 0.3], [-0.5, 0.3]),
     ],

@@ -64,7 +64,7 @@ def resolve_policy(policy: SavedPolicy | str | Path) -> SavedPolicy:
 
 def action_kind(policy: SavedPolicy) -> str:
     """The ``episode.action`` kind the policy acts in (``discrete``, ``discrete-wide``,
-    ``discrete-rollback`` or ``continuous``), from its action space.
+    ``discrete-rollback``, ``discrete-coupled`` or ``continuous``), from its action space.
 
     Raises:
         PolicyFileError: If no kind has the policy's action space.
