@@ -56,12 +56,10 @@ def recurrent_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_policy(config, venv=DummyVecEnv([lambda: Monitor(HyperTuneEnv("tiny"))])).policy_dir
 
 
-@pytest.fixture(scope="module")
-def wide_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real PPO policy in the ``discrete-wide`` action set (LR ×1/16 .. ×16)."""
-    tmp = tmp_path_factory.mktemp("wide_policy")
+def _policy_acting_in(kind: str, tmp: Path) -> Path:
+    """A real PPO policy trained briefly on the tiny spec with another ``episode.action`` kind."""
     tiny = load_spec("tiny")
-    spec = dataclasses.replace(tiny, episode=dataclasses.replace(tiny.episode, action="discrete-wide"))
+    spec = dataclasses.replace(tiny, episode=dataclasses.replace(tiny.episode, action=kind))
     config = TrainConfig(
         spec=spec, timesteps=64, n_envs=1, devices="cpu", out=tmp / "pol", run_dir=tmp / "run",
         checkpoint_every=0, progress=False, ppo=PPOSettings(n_steps=32, batch_size=32, net_arch=(8,)),
@@ -69,13 +67,26 @@ def wide_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_policy(config, venv=DummyVecEnv([lambda: Monitor(HyperTuneEnv(spec))])).policy_dir
 
 
+@pytest.fixture(scope="module")
+def wide_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real PPO policy in the ``discrete-wide`` action set (LR ×1/16 .. ×16)."""
+    return _policy_acting_in("discrete-wide", tmp_path_factory.mktemp("wide_policy"))
+
+
+@pytest.fixture(scope="module")
+def coupled_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real PPO policy in the ``discrete-coupled`` action set (LR ÷ batch size moves)."""
+    return _policy_acting_in("discrete-coupled", tmp_path_factory.mktemp("coupled_policy"))
+
+
 @pytest.mark.parametrize(
-    "policy_fixture", ["tiny_policy", "stacked_policy", "recurrent_policy", "wide_policy", "tiny_cosine_policy"]
+    "policy_fixture",
+    ["tiny_policy", "stacked_policy", "recurrent_policy", "wide_policy", "coupled_policy", "tiny_cosine_policy"],
 )
 def test_controller_in_a_hand_written_loop_matches_the_env(policy_fixture: str, request: pytest.FixtureRequest) -> None:
     """Same run, same policy: a user's loop with the Controller makes the env's decisions (for a
-    frame-stacking and a recurrent policy too: both keep the run's history; in the wide action
-    set, which the policy's action space gives; and under the LR envelope a policy was trained
+    frame-stacking and a recurrent policy too: both keep the run's history; in the wide and the
+    coupled action sets, which the policy's action space gives; and under the LR envelope a policy was trained
     with, which the Controller applies to the LR it returns)."""
     tiny_policy = request.getfixturevalue(policy_fixture)
     spec = load_spec("tiny")
