@@ -61,13 +61,12 @@ class EpisodeSpec:
     epochs: int | None = None
     """Epochs per episode; None uses each workload's own budget."""
     action: str = "discrete"
-    """``discrete``: MultiDiscrete([5, 3]), LR ×{¼,½,1,2,4} and batch size ×{½,1,2};
-    ``continuous``: Box(-1, 1, (2,)), LR ×4^a and batch size ×2^b; ``discrete-wide``:
-    MultiDiscrete([7, 3]), LR ×{1/16,¼,½,1,2,4,16} and batch size ×{½,1,2}; ``discrete-rollback``:
-    MultiDiscrete([5, 3, 2]), as ``discrete`` plus a choice to roll the run back to its best epoch
-    so far, and its LR, before the next epoch (:mod:`rlagent.rollback`); ``discrete-coupled``:
-    MultiDiscrete([5, 2]), LR ÷ batch size ×{¼,½,1,2,4}, taken by the LR alone or with the batch
-    size taking ×2 of a cut or ×½ of a raise (:func:`rlagent.env.coupled_factors`)."""
+    """``discrete``: MultiDiscrete([5, 3]), LR ×{¼,½,1,2,4} and batch size ×{½,1,2}; ``continuous``:
+    Box(-1, 1, (2,)), LR ×4^a and batch size ×2^b; ``discrete-wide``: MultiDiscrete([7, 3]), LR
+    ×{1/16,¼,½,1,2,4,16}, batch size as ``discrete``; ``discrete-rollback``: MultiDiscrete([5, 3, 2]),
+    ``discrete`` plus a choice to roll the run back to its best epoch and its LR (:mod:`rlagent.rollback`);
+    ``discrete-coupled``: MultiDiscrete([5, 2]), LR ÷ batch size ×{¼,½,1,2,4}, taken by the LR or
+    partly by the batch size (:func:`rlagent.env.coupled_factors`)."""
     lr_range: tuple[float, float] | None = None
     """Learning-rate range the agent moves within; None uses each workload's own."""
     batch_size_range: tuple[int, int] | None = None
