@@ -44,8 +44,10 @@ def coupled_factors(temperature: float, via_batch: bool) -> tuple[float, float]:
     ``temperature``: the LR alone takes it, or (``via_batch``) the batch size takes a factor of 2
     of it (×2 to cool, ×½ to heat) and the LR the rest. A hold is a hold either way.
 
-    A cooling move so becomes ×¼ LR or ×½ LR and ×2 batch, or ×½ LR or ×2 batch: a batch-size raise
-    is one way to take a cut, not a separate choice a policy can drop (session 49's diagnosis).
+    A ×¼ cut so becomes LR ×¼, or LR ×½ with batch ×2; a ×½ cut LR ×½, or batch ×2 alone: a
+    batch-size raise is one way to take a cut, not a separate choice a policy can learn to drop.
+    Both factors are clipped to their ranges as every action's are, so at the batch-size cap a cut
+    via the batch moves only the LR's share.
     """
     if not via_batch or temperature == 1.0:
         return temperature, 1.0
