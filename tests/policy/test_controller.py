@@ -86,8 +86,8 @@ def coupled_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_controller_in_a_hand_written_loop_matches_the_env(policy_fixture: str, request: pytest.FixtureRequest) -> None:
     """Same run, same policy: a user's loop with the Controller makes the env's decisions (for a
     frame-stacking and a recurrent policy too: both keep the run's history; in the wide and the
-    coupled action sets, which the policy's action space gives; and under the LR envelope a policy was trained
-    with, which the Controller applies to the LR it returns)."""
+    coupled action sets, which the policy's action space gives; and under the LR envelope a policy
+    was trained with, which the Controller applies to the LR it returns)."""
     tiny_policy = request.getfixturevalue(policy_fixture)
     spec = load_spec("tiny")
     via_env = run_policy(tiny_policy, "tiny-wide", spec=spec, seed=5)
